@@ -1,0 +1,280 @@
+"""Case records, their audit trails and indexes in Redis.
+
+Layout (prefix ``hl`` by default; a case's own keys share the hash tag ``{case_id}``):
+- ``hl:case:{id}``      the case record as JSON
+- ``hl:events:{id}``    stream, the case's append-only audit trail (who/what/when)
+- ``hl:seq:YYYYMMDD``   counter behind the day's case numbers
+- ``hl:idem:<key>``     idempotency keys (client request ids, exact resubmissions) → case id
+- ``hl:cases``          zset of every case by creation time
+- ``hl:status:<s>``     zset of the cases in status s by creation time
+- ``hl:queue:confirm``  zset of cases waiting for a call-taker, most urgent and oldest first
+- ``hl:feed``           stream of every change, capped, for live consoles and background workers
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hotline.records import Case
+from hotline.status import Status, check_move
+
+FEED_MAXLEN = 100_000
+EVENTS_PER_CASE_MAX = 10_000
+# Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
+PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
+CONFIRM_QUEUE_STATES = frozenset({Status.CLASSIFIED, Status.RETURNED})
+
+StoreUnavailable = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class CaseNotFound(KeyError):
+    def __init__(self, case_id: str) -> None:
+        super().__init__(case_id)
+        self.case_id = case_id
+
+
+@dataclass
+class Event:
+    id: str
+    ts: float
+    actor: str
+    action: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "actor": self.actor, "action": self.action, "data": self.data}
+
+
+@dataclass
+class CreateResult:
+    case_id: str
+    created: bool  # False: an idempotency key matched and case_id is the earlier case
+
+
+# Creates a case with its events and index entries in one atomic step, unless one of the
+# idempotency keys is already taken (then the earlier case id is returned and nothing is written).
+# KEYS: case, events, all-cases, status index, confirm queue, feed, idem keys...
+# ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status
+_CREATE_LUA = """
+local n_fixed = 6
+for i = n_fixed + 1, #KEYS do
+  local existing = redis.call('GET', KEYS[i])
+  if existing then return {0, existing} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('case id already used: ' .. ARGV[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+for _, ev in ipairs(cjson.decode(ARGV[5])) do
+  redis.call('XADD', KEYS[2], '*', 'ts', ev[1], 'actor', ev[2], 'action', ev[3], 'data', ev[4])
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1]) end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'case', ARGV[1], 'action', 'created', 'status', ARGV[7])
+for i = n_fixed + 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
+end
+return {1, ARGV[1]}
+"""
+
+
+def queue_score(case: Case) -> float | None:
+    """Position in the confirmation queue (lower first), or None when the case does not wait there."""
+    if case.status not in CONFIRM_QUEUE_STATES:
+        return None
+    boost = case.priority + (2 if case.emergency else 0) + (1 if case.status == Status.RETURNED else 0)
+    return case.created_at - boost * PRIORITY_WEIGHT_S
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "hl", timezone: str = "Asia/Shanghai",
+                 idempotency_ttl_s: int = 86400) -> None:
+        self.r = client
+        self.p = prefix
+        self.tz = ZoneInfo(timezone)
+        self.idem_ttl = idempotency_ttl_s
+        self._create = self.r.register_script(_CREATE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Store:
+        # A bounded pool that waits for a free connection: bursts queue instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
+            health_check_interval=30, max_connections=64, timeout=5,
+        )
+        return cls(aioredis.Redis(connection_pool=pool), **kwargs)
+
+    async def close(self) -> None:
+        await self.r.aclose(close_connection_pool=True)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.r.ping())
+        except (RedisError, OSError):
+            return False
+
+    # keys -----------------------------------------------------------------
+    def k_case(self, case_id: str) -> str:
+        return f"{self.p}:case:{{{case_id}}}"
+
+    def k_events(self, case_id: str) -> str:
+        return f"{self.p}:events:{{{case_id}}}"
+
+    def k_status(self, status: Status | str) -> str:
+        return f"{self.p}:status:{status}"
+
+    def k_idem(self, key: str) -> str:
+        return f"{self.p}:idem:{key}"
+
+    @property
+    def k_all(self) -> str:
+        return f"{self.p}:cases"
+
+    @property
+    def k_confirm(self) -> str:
+        return f"{self.p}:queue:confirm"
+
+    @property
+    def k_feed(self) -> str:
+        return f"{self.p}:feed"
+
+    # ids ------------------------------------------------------------------
+    async def allocate_id(self, now: float | None = None) -> str:
+        """Date + day sequence, e.g. 20261122-000123: short enough to read out on the phone."""
+        day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
+        key = f"{self.p}:seq:{day}"
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 3 * 86400)
+            n, _ = await pipe.execute()
+        return f"{day}-{int(n):06d}"
+
+    # cases ----------------------------------------------------------------
+    async def create_case(self, case: Case, *, idempotency_keys: Iterable[str] = (),
+                          events: Iterable[tuple[str, str, dict[str, Any]]] = ()) -> CreateResult:
+        """Store a new case atomically with its first events, unless an idempotency key matched."""
+        evs = [[f"{case.created_at:.6f}", actor, action, json.dumps(data, ensure_ascii=False)]
+               for actor, action, data in events]
+        score = queue_score(case)
+        keys = [self.k_case(case.id), self.k_events(case.id), self.k_all, self.k_status(case.status),
+                self.k_confirm, self.k_feed, *(self.k_idem(k) for k in idempotency_keys)]
+        args = [case.id, json.dumps(case.to_dict(), ensure_ascii=False), f"{case.created_at:.6f}",
+                self.idem_ttl, json.dumps(evs, ensure_ascii=False), "" if score is None else f"{score:.6f}",
+                str(case.status), FEED_MAXLEN]
+        created, case_id = await self._create(keys=keys, args=args)
+        return CreateResult(case_id=case_id, created=bool(int(created)))
+
+    async def get_case(self, case_id: str) -> Case:
+        raw = await self.r.get(self.k_case(case_id))
+        if raw is None:
+            raise CaseNotFound(case_id)
+        return Case.from_dict(json.loads(raw))
+
+    async def get_cases(self, case_ids: list[str]) -> list[Case]:
+        if not case_ids:
+            return []
+        raws = await self.r.mget([self.k_case(c) for c in case_ids])
+        return [Case.from_dict(json.loads(r)) for r in raws if r is not None]
+
+    async def case_exists(self, case_id: str) -> bool:
+        return bool(await self.r.exists(self.k_case(case_id)))
+
+    async def update_case(self, case_id: str, mutate: Callable[[Case], dict[str, Any] | None], *,
+                          actor: str, action: str, target: Status | None = None) -> Case:
+        """Read-modify-write one case under WATCH, with its event, indexes and feed entry.
+
+        ``mutate`` changes the case in place and returns the event's data. A ``target`` status is
+        checked against the status machine before anything is written.
+        """
+        key = self.k_case(case_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise CaseNotFound(case_id)
+                    case = Case.from_dict(json.loads(raw))
+                    before = case.status
+                    if target is not None:
+                        check_move(case.status, target)
+                        case.status = target
+                    data = mutate(case) or {}
+                    now = time.time()
+                    case.updated_at = now
+                    if case.status != before:
+                        data = {"from": str(before), "to": str(case.status), **data}
+                    pipe.multi()
+                    self._write_case(pipe, case, before)
+                    pipe.xadd(self.k_events(case_id),
+                              {"ts": f"{now:.6f}", "actor": actor, "action": action,
+                               "data": json.dumps(data, ensure_ascii=False)},
+                              maxlen=EVENTS_PER_CASE_MAX, approximate=True)
+                    pipe.xadd(self.k_feed, {"case": case_id, "action": action, "status": str(case.status)},
+                              maxlen=FEED_MAXLEN, approximate=True)
+                    await pipe.execute()
+                    return case
+                except WatchError:
+                    continue
+
+    def _write_case(self, pipe: Any, case: Case, before: Status) -> None:
+        pipe.set(self.k_case(case.id), json.dumps(case.to_dict(), ensure_ascii=False))
+        if case.status != before:
+            pipe.zrem(self.k_status(before), case.id)
+            pipe.zadd(self.k_status(case.status), {case.id: case.created_at})
+        score = queue_score(case)
+        if score is None:
+            pipe.zrem(self.k_confirm, case.id)
+        else:
+            pipe.zadd(self.k_confirm, {case.id: score})
+
+    async def add_event(self, case_id: str, *, actor: str, action: str, data: dict[str, Any]) -> str:
+        """An audit entry that does not change the case (a view, a note, a notification sent)."""
+        if not await self.case_exists(case_id):
+            raise CaseNotFound(case_id)
+        return await self.r.xadd(self.k_events(case_id),
+                                 {"ts": f"{time.time():.6f}", "actor": actor, "action": action,
+                                  "data": json.dumps(data, ensure_ascii=False)},
+                                 maxlen=EVENTS_PER_CASE_MAX, approximate=True)
+
+    async def events(self, case_id: str, count: int = 1000) -> list[Event]:
+        rows = await self.r.xrange(self.k_events(case_id), count=count)
+        return [Event(id=eid, ts=float(f["ts"]), actor=f["actor"], action=f["action"],
+                      data=json.loads(f.get("data") or "{}")) for eid, f in rows]
+
+    # listings -------------------------------------------------------------
+    async def case_ids(self, *, status: Status | None = None, offset: int = 0, limit: int = 50,
+                       newest_first: bool = True) -> list[str]:
+        key = self.k_status(status) if status else self.k_all
+        if newest_first:
+            return await self.r.zrevrange(key, offset, offset + limit - 1)
+        return await self.r.zrange(key, offset, offset + limit - 1)
+
+    async def count(self, status: Status | None = None) -> int:
+        return int(await self.r.zcard(self.k_status(status) if status else self.k_all))
+
+    async def confirm_queue(self, limit: int = 100) -> list[str]:
+        return await self.r.zrange(self.k_confirm, 0, limit - 1)
+
+    async def idempotent_case(self, key: str) -> str | None:
+        return await self.r.get(self.k_idem(key))
+
+    async def feed(self, last_id: str = "$", block_ms: int = 0, count: int = 100) -> list[tuple[str, dict]]:
+        res = await self.r.xread({self.k_feed: last_id}, count=count, block=block_ms or None)
+        return [(eid, fields) for _stream, entries in res for eid, fields in entries]
+
+    async def feed_last_id(self) -> str:
+        info = await self.r.xrevrange(self.k_feed, count=1)
+        return info[0][0] if info else "0-0"

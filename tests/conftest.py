@@ -1,0 +1,66 @@
+"""Shared fixtures: one real embedded Valkey server per test session, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from hotline.app import create_app
+from hotline.redis_server import EmbeddedRedis
+from hotline.settings import Settings, load_settings
+from hotline.store import Store
+
+ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), appendfsync="everysec")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(redis_url: str, data_dir: Path, prefix: str = "hl", **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {
+        "server": {"data_dir": str(data_dir)},
+        "store": {"redis_url": redis_url, "key_prefix": prefix},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_settings(overrides=overrides, env={})
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str) -> Settings:
+    return make_settings(redis_server.url, tmp_path, key_prefix)
+
+
+@pytest.fixture
+async def store(redis_server: EmbeddedRedis, key_prefix: str) -> AsyncIterator[Store]:
+    s = Store.from_url(redis_server.url, prefix=key_prefix)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    """The whole application on a real loopback server."""
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

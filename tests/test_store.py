@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from hotline.records import Case
+from hotline.status import IllegalTransition, Status
+from hotline.store import CaseNotFound, Store
+
+
+def new_case(case_id: str, status: Status = Status.CLASSIFIED, **kw: object) -> Case:
+    now = time.time()
+    return Case(id=case_id, channel="web", sender="13800001111", status=status, created_at=now, updated_at=now,
+                text="路灯坏了", normalized_text="路灯坏了", contact="13800001111", **kw)  # type: ignore[arg-type]
+
+
+async def test_ids_are_date_and_sequence(store: Store) -> None:
+    first = await store.allocate_id()
+    second = await store.allocate_id()
+    assert re.fullmatch(r"\d{8}-\d{6}", first)
+    assert first[:8] == second[:8]
+    assert int(second[9:]) == int(first[9:]) + 1
+
+
+async def test_ids_are_unique_under_concurrency(store: Store) -> None:
+    ids = await asyncio.gather(*(store.allocate_id() for _ in range(1000)))
+    assert len(set(ids)) == 1000
+
+
+async def test_create_get_and_events(store: Store) -> None:
+    case = new_case(await store.allocate_id())
+    result = await store.create_case(case, events=[("web:citizen", "received", {"channel": "web"})])
+    assert result.created and result.case_id == case.id
+    loaded = await store.get_case(case.id)
+    assert loaded.text == "路灯坏了" and loaded.status is Status.CLASSIFIED
+    events = await store.events(case.id)
+    assert [e.action for e in events] == ["received"]
+    assert await store.confirm_queue() == [case.id]
+    assert await store.count(Status.CLASSIFIED) == 1
+
+
+async def test_idempotency_key_returns_the_first_case(store: Store) -> None:
+    a = new_case(await store.allocate_id())
+    b = new_case(await store.allocate_id())
+    first = await store.create_case(a, idempotency_keys=["req:x"])
+    second = await store.create_case(b, idempotency_keys=["req:x"])
+    assert first.created and not second.created
+    assert second.case_id == a.id
+    with pytest.raises(CaseNotFound):
+        await store.get_case(b.id)
+    assert await store.count() == 1
+
+
+async def test_racing_idempotent_creates_make_one_case(store: Store) -> None:
+    cases = [new_case(await store.allocate_id()) for _ in range(50)]
+    results = await asyncio.gather(*(store.create_case(c, idempotency_keys=["req:race"]) for c in cases))
+    assert sum(r.created for r in results) == 1
+    assert len({r.case_id for r in results}) == 1
+
+
+async def test_transition_updates_indexes_and_log(store: Store) -> None:
+    case = new_case(await store.allocate_id())
+    await store.create_case(case)
+
+    def confirm(c: Case) -> dict:
+        c.classification = {"category": "城乡建设"}
+        return {"category": "城乡建设"}
+
+    updated = await store.update_case(case.id, confirm, actor="agent:li", action="confirmed",
+                                      target=Status.CONFIRMED)
+    assert updated.status is Status.CONFIRMED
+    assert await store.count(Status.CLASSIFIED) == 0
+    assert await store.count(Status.CONFIRMED) == 1
+    assert await store.confirm_queue() == []
+    last = (await store.events(case.id))[-1]
+    assert last.actor == "agent:li" and last.data["from"] == "classified" and last.data["to"] == "confirmed"
+
+
+async def test_illegal_transition_writes_nothing(store: Store) -> None:
+    case = new_case(await store.allocate_id())
+    await store.create_case(case)
+    with pytest.raises(IllegalTransition):
+        await store.update_case(case.id, lambda c: None, actor="x", action="resolved", target=Status.RESOLVED)
+    assert (await store.get_case(case.id)).status is Status.CLASSIFIED
+    assert await store.events(case.id) == []
+
+
+async def test_concurrent_updates_are_not_lost(store: Store) -> None:
+    case = new_case(await store.allocate_id())
+    await store.create_case(case)
+
+    def add_attachment(n: int):
+        def mutate(c: Case) -> dict:
+            c.attachments.append(f"a{n}")
+            return {}
+        return mutate
+
+    await asyncio.gather(*(store.update_case(case.id, add_attachment(n), actor="t", action="note")
+                           for n in range(30)))
+    assert sorted((await store.get_case(case.id)).attachments) == sorted(f"a{n}" for n in range(30))
+
+
+async def test_unknown_case(store: Store) -> None:
+    with pytest.raises(CaseNotFound):
+        await store.get_case("20990101-000001")
+    with pytest.raises(CaseNotFound):
+        await store.update_case("20990101-000001", lambda c: None, actor="x", action="y")
+
+
+async def test_queue_puts_emergencies_and_returns_first(store: Store) -> None:
+    plain = new_case(await store.allocate_id())
+    await store.create_case(plain)
+    urgent = new_case(await store.allocate_id(), emergency=True)
+    await store.create_case(urgent)
+    assert await store.confirm_queue() == [urgent.id, plain.id]
