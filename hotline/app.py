@@ -1,0 +1,148 @@
+"""The aiohttp application factory: state in typed AppKeys, resources in cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from hotline.appkeys import CLASSIFIER, INTAKE, NOTIFICATIONS, SETTINGS, STORE, TEMPLATES
+from hotline.channels import web as web_channel
+from hotline.classifier import load_classifier
+from hotline.intake import Intake, IntakeError
+from hotline.notify import Notifications
+from hotline.pages import STATIC_DIR, make_environment, render
+from hotline.redis_server import EmbeddedRedis
+from hotline.settings import Settings
+from hotline.store import Store, StoreUnavailable
+
+log = logging.getLogger("hotline.app")
+
+# Capabilities plugged into the app, in order. Each module has ``setup(app)`` that adds its routes
+# and cleanup contexts; those run after the store and the pipeline are up.
+FEATURE_MODULES = [
+    "hotline.channels.web",
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+
+
+def wants_json(request: web.Request) -> bool:
+    return request.path.startswith(("/api/", "/open311/")) or request.path in ("/healthz", "/readyz")
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    if wants_json(request):
+        return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                                 headers=headers, dumps=web_channel.dumps)
+    resp = render(request, "error.html", status=status, code=code, message=message)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+               422: "unprocessable", 429: "too_many_requests"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except IntakeError as exc:
+        return error_response(request, exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = "请求内容过大。" if exc.status == 413 else (exc.text or exc.reason or "")
+        if exc.status == 404:
+            message = "未找到。"
+        return error_response(request, exc.status, code, message)
+    except StoreUnavailable:
+        log.error("store unavailable", extra={"event": "store_unavailable", "path": request.path})
+        return error_response(request, 503, "unavailable", "服务暂时繁忙，请稍后再试。", {"Retry-After": "5"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"event": "error", "path": request.path})
+        return error_response(request, 500, "internal", "系统内部错误，请稍后再试。")
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resp = await handler(request)
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    return resp
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    url = settings["store"]["redis_url"]
+    embedded: EmbeddedRedis | None = None
+    if not url:
+        embedded = EmbeddedRedis(settings.data_dir, settings["store"]["appendfsync"])
+        url = await asyncio.to_thread(embedded.start)
+    store = Store.from_url(url, prefix=settings["store"]["key_prefix"],
+                           timezone=settings["intake"]["timezone"],
+                           idempotency_ttl_s=settings["store"]["idempotency_ttl_s"])
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    classifier = await asyncio.to_thread(load_classifier, settings)
+    app[CLASSIFIER] = classifier
+    app[INTAKE] = Intake(app[STORE], classifier,
+                         max_text_bytes=settings["intake"]["max_text_bytes"],
+                         min_text_chars=settings["intake"]["min_text_chars"])
+    app[NOTIFICATIONS] = Notifications(app[STORE])
+    log.info("pipeline ready", extra={"event": "pipeline_ready", "classifier": classifier.name})
+    yield
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store_ok = await request.app[STORE].ping()
+    body = {"redis": store_ok, "classifier": request.app[CLASSIFIER].name}
+    return web.json_response(body, status=200 if store_ok else 503)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings["server"]["max_body_bytes"],
+        middlewares=[security_headers_middleware, errors_middleware],
+    )
+    app[SETTINGS] = settings
+    app[TEMPLATES] = make_environment()
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(pipeline_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_static("/static/", STATIC_DIR, name="static")
+    for name in FEATURE_MODULES:
+        importlib.import_module(name).setup(app)
+    return app

@@ -1,0 +1,1 @@
+"""Doors into the hotline: thin adapters that turn platform traffic into InboundMessage records."""

@@ -1,0 +1,141 @@
+"""The OpenAPI 3.1 document of the public JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hotline import __version__
+from hotline.status import Status
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_TOP = {
+    "type": "array",
+    "items": {"type": "object", "properties": {"label": {"type": "string"}, "p": {"type": "number"}}},
+}
+
+_SUGGESTION = {
+    "type": "object",
+    "properties": {
+        "category": {"type": "object", "properties": {"top": _TOP}},
+        "department": {"type": "object", "properties": {"top": _TOP}},
+        "type": {"type": "object", "properties": {"top": _TOP}},
+        "urgency": {"type": "object", "properties": {"level": {"type": "string"}}},
+        "needs_confirmation": {"type": "boolean"},
+    },
+}
+
+_COMPLAINT_IN = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {
+        "text": {"type": "string", "description": "诉求内容（UTF-8 不超过 64 KiB）", "minLength": 1},
+        "address": {"type": "string", "maxLength": 500},
+        "contact": {"type": "string", "description": "联系电话", "pattern": r"^\+?[\d\s\-()]{5,24}$"},
+        "name": {"type": "string", "maxLength": 50},
+        "channel": {"type": "string", "enum": ["web", "api"]},
+        "location": {
+            "type": "object",
+            "required": ["lat", "lon"],
+            "properties": {
+                "lat": {"type": "number", "minimum": -90, "maximum": 90},
+                "lon": {"type": "number", "minimum": -180, "maximum": 180},
+                "label": {"type": "string"},
+            },
+        },
+        "attachments": {"type": "array", "items": {"type": "string", "maxLength": 500}, "maxItems": 20},
+    },
+}
+
+_COMPLAINT_OUT = {
+    "type": "object",
+    "required": ["case_id", "status", "suggestion"],
+    "properties": {
+        "case_id": {"type": "string", "examples": ["20261122-000123"]},
+        "status": {"type": "string", "enum": [str(s) for s in Status]},
+        "created": {"type": "boolean"},
+        "merged_into": {"type": "string"},
+        "reply": {"type": "string"},
+        "emergency": {"type": "boolean"},
+        "needs_confirmation": {"type": "boolean"},
+        "suggestion": _SUGGESTION,
+    },
+}
+
+_CASE = {
+    "type": "object",
+    "required": ["id", "status", "channel", "text", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": [str(s) for s in Status]},
+        "status_label": {"type": "string"},
+        "channel": {"type": "string"},
+        "text": {"type": "string"},
+        "address": {"type": "string"},
+        "contact": {"type": "string", "description": "masked, e.g. 138****1234"},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+        "suggestion": _SUGGESTION,
+        "classification": {"type": "object"},
+        "reporter_count": {"type": "integer"},
+        "duplicate_of": {"type": "string"},
+    },
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+        for code in codes
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "一号通 citizen hotline API", "version": __version__},
+        "paths": {
+            "/api/v1/complaints": {
+                "post": {
+                    "operationId": "createComplaint",
+                    "summary": "提交诉求",
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "required": False,
+                         "schema": {"type": "string", "maxLength": 200}}
+                    ],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _COMPLAINT_IN}}},
+                    "responses": {
+                        "201": {"description": "case created",
+                                "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
+                        "200": {"description": "the same request was already accepted",
+                                "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
+                        **_errors(400, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/api/v1/cases/{case_id}": {
+                "get": {
+                    "operationId": "getCase",
+                    "summary": "查询案件",
+                    "parameters": [{"name": "case_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the case, contacts masked",
+                                "content": {"application/json": {"schema": _CASE}}},
+                        **_errors(404, 429, 503),
+                    },
+                }
+            },
+        },
+    }

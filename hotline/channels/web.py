@@ -1,0 +1,228 @@
+"""Web door: the citizen form, the case-status page and the JSON API.
+
+The adapter only turns HTTP into an InboundMessage and the pipeline's answer back into HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import math
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from hotline.appkeys import INTAKE, STORE
+from hotline.channels.openapi import openapi_document
+from hotline.intake import IntakeError, IntakeResult
+from hotline.pages import render
+from hotline.records import Case, InboundMessage, Location, last4, mask_pii
+from hotline.status import LABELS_ZH
+from hotline.store import CaseNotFound
+
+dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+CASE_ID_CHARS = set("0123456789-")
+# Events a citizen may see on the status page, with their Chinese wording.
+PUBLIC_EVENTS = {
+    "received": "诉求已受理",
+    "classified": "已登记分类",
+    "confirmed": "已立案",
+    "dispatched": "已派遣至承办单位",
+    "accepted": "承办单位已接单",
+    "in_progress": "承办单位处理中",
+    "returned": "重新派遣中",
+    "resolved": "已办理完毕",
+    "closed": "已办结",
+    "reopened": "重新办理",
+    "merged": "已并入相同诉求案件",
+    "report_merged": "其他市民反映了相同问题",
+    "survey_answered": "已完成回访评价",
+    "answered": "已直接答复",
+}
+
+
+def valid_case_id(case_id: str) -> bool:
+    return 8 <= len(case_id) <= 20 and set(case_id) <= CASE_ID_CHARS
+
+
+def client_sender(request: web.Request, contact: str) -> str:
+    """Who sent an anonymous web complaint: the phone if given, else a salted hash of the address."""
+    if contact:
+        return contact
+    digest = hashlib.sha256(f"web\x00{request.remote or ''}".encode()).hexdigest()[:16]
+    return f"web:{digest}"
+
+
+def api_case_body(result: IntakeResult) -> dict[str, Any]:
+    case = result.case
+    return {
+        "case_id": case.id,
+        "status": str(case.status),
+        "created": result.created,
+        "merged_into": result.merged_into,
+        "reply": result.reply,
+        "emergency": case.emergency,
+        "needs_confirmation": case.needs_confirmation,
+        "suggestion": case.suggestion,
+    }
+
+
+def public_case(case: Case) -> dict[str, Any]:
+    view = case.public_view()
+    view["text"] = mask_pii(view["text"])
+    view["normalized_text"] = mask_pii(view["normalized_text"])
+    view["transcript"] = mask_pii(view["transcript"])
+    view["status_label"] = LABELS_ZH[case.status]
+    view.pop("duplicate_candidates", None)
+    return view
+
+
+# JSON API ------------------------------------------------------------------
+
+def _field(body: dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise IntakeError("missing_field", f"缺少字段 {name}。")
+        return ""
+    if not isinstance(value, str):
+        raise IntakeError("bad_field", f"字段 {name} 必须是字符串。")
+    return value
+
+
+def _location(body: dict[str, Any]) -> Location | None:
+    loc = body.get("location")
+    if loc is None:
+        return None
+    if not isinstance(loc, dict):
+        raise IntakeError("bad_location", "location 必须是包含 lat 和 lon 的对象。")
+    lat, lon = loc.get("lat"), loc.get("lon")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lat, lon)):
+        raise IntakeError("bad_location", "location.lat 和 location.lon 必须是数字。")
+    label = loc.get("label", "")
+    return Location(float(lat), float(lon), label if isinstance(label, str) else "")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise IntakeError("unsupported_media_type", "请求须为 application/json。", 415)
+    raw = await request.read()
+    if not raw.strip():
+        raise IntakeError("empty_body", "请求内容为空。", 400)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntakeError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
+    if not isinstance(body, dict):
+        raise IntakeError("bad_body", "请求内容须为 JSON 对象。")
+    return body
+
+
+async def post_complaint(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    channel = _field(body, "channel") or "api"
+    if channel not in ("web", "api"):
+        raise IntakeError("bad_channel", "本接口只接受 web 或 api 渠道。")
+    attachments = body.get("attachments", [])
+    if not isinstance(attachments, list) or not all(isinstance(a, str) and len(a) <= 500 for a in attachments):
+        raise IntakeError("bad_attachments", "attachments 须为字符串数组。")
+    contact = _field(body, "contact")
+    msg = InboundMessage(
+        channel=channel,
+        sender=client_sender(request, contact),
+        text=_field(body, "text", required=True),
+        contact=contact,
+        name=_field(body, "name"),
+        address=_field(body, "address"),
+        location=_location(body),
+        attachments=attachments,
+        idempotency_key=request.headers.get("Idempotency-Key", ""),
+    )
+    result = await request.app[INTAKE].submit(msg)
+    return web.json_response(api_case_body(result), status=201 if result.created else 200, dumps=dumps)
+
+
+async def get_case(request: web.Request) -> web.Response:
+    case_id = request.match_info["case_id"]
+    if not valid_case_id(case_id):
+        raise IntakeError("not_found", "案件不存在。", 404)
+    try:
+        case = await request.app[STORE].get_case(case_id)
+    except CaseNotFound as exc:
+        raise IntakeError("not_found", "案件不存在。", 404) from exc
+    return web.json_response(public_case(case), dumps=dumps)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(), dumps=dumps)
+
+
+# Pages ---------------------------------------------------------------------
+
+async def index_page(request: web.Request) -> web.Response:
+    return render(request, "index.html", form_token=secrets.token_urlsafe(16), values={}, error="")
+
+
+async def submit_form(request: web.Request) -> web.Response:
+    form = await request.post()
+    values = {k: str(form.get(k, "")) for k in ("text", "address", "contact", "name")}
+    msg = InboundMessage(
+        channel="web",
+        sender=client_sender(request, values["contact"]),
+        text=values["text"],
+        contact=values["contact"],
+        name=values["name"],
+        address=values["address"],
+        idempotency_key=str(form.get("form_token", ""))[:100],
+    )
+    try:
+        result = await request.app[INTAKE].submit(msg)
+    except IntakeError as exc:
+        if exc.status == 413:
+            raise
+        return render(request, "index.html", status=exc.status, form_token=str(form.get("form_token", "")),
+                      values=values, error=exc.message)
+    return render(request, "submitted.html", status=201 if result.created else 200, case=result.case,
+                  reply=result.reply)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return render(request, "status.html", case=None, events=[], error="", case_id="")
+
+
+async def status_lookup(request: web.Request) -> web.Response:
+    form = await request.post()
+    case_id = str(form.get("case_id", "")).strip()
+    digits = str(form.get("last4", "")).strip()
+    not_found = "未找到该案件，请核对案件编号和手机号后四位。"
+    if not valid_case_id(case_id) or len(digits) != 4 or not digits.isdigit():
+        return render(request, "status.html", status=404, case=None, events=[], error=not_found,
+                      case_id=case_id[:20])
+    try:
+        case = await request.app[STORE].get_case(case_id)
+    except CaseNotFound:
+        case = None
+    # The same answer for "no such case" and "wrong digits", so numbers cannot be probed.
+    if case is None or not case.contact or not hmac.compare_digest(last4(case.contact), digits):
+        return render(request, "status.html", status=404, case=None, events=[], error=not_found,
+                      case_id=case_id)
+    events = [
+        {"ts": e.ts, "label": PUBLIC_EVENTS[e.action]}
+        for e in await request.app[STORE].events(case.id)
+        if e.action in PUBLIC_EVENTS
+    ]
+    return render(request, "status.html", case=public_case(case), events=events, error="", case_id=case_id)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", index_page)
+    app.router.add_post("/submit", submit_form)
+    app.router.add_get("/status", status_page)
+    app.router.add_post("/status", status_lookup)
+    app.router.add_post("/api/v1/complaints", post_complaint)
+    app.router.add_get("/api/v1/cases/{case_id}", get_case)
+    app.router.add_get("/api/v1/openapi.json", get_openapi)

@@ -1,0 +1,42 @@
+"""``hotline serve``: run the service (web, API and the channels) in one aiohttp server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hotline.logs import AccessLogger, setup_logging
+from hotline.settings import load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="run the hotline service")
+    parser.add_argument("--host", help="address to listen on (server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (server.port)")
+    parser.add_argument("--data-dir", help="where the embedded store and recordings live (server.data_dir)")
+    parser.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {"server": {}}
+    if args.host:
+        overrides["server"]["host"] = args.host
+    if args.port is not None:
+        overrides["server"]["port"] = args.port
+    if args.data_dir:
+        overrides["server"]["data_dir"] = args.data_dir
+    settings = load_settings(overrides=overrides, extra_file=args.config)
+    setup_logging(settings["logging"]["level"])
+    from hotline.app import create_app
+
+    app = create_app(settings)
+    host, port = settings["server"]["host"], settings["server"]["port"]
+    logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
+    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
+                access_log=logging.getLogger("hotline.access"))
+    return 0

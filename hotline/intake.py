@@ -1,0 +1,203 @@
+"""The one intake pipeline every channel hands its messages to.
+
+validate → normalise → classify → deduplicate → persist → enqueue (confirmation queue or dispatch).
+A case is acknowledged to the citizen only after the store has written it in one atomic step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hotline.classifier import Classifier
+from hotline.nlp.text import normalize, sanitize
+from hotline.records import Case, InboundMessage, Location
+from hotline.status import Status
+from hotline.store import Store
+
+log = logging.getLogger("hotline.intake")
+
+CHANNELS = frozenset({"web", "api", "wechat", "telegram", "voice", "open311"})
+MAX_ADDRESS_CHARS = 500
+MAX_NAME_CHARS = 50
+MAX_ATTACHMENTS = 20
+MAX_KEY_CHARS = 200
+_PHONE_OK = re.compile(r"^\+?[\d\s\-()]{5,24}$")
+RESUBMIT_WINDOW_S = 24 * 3600
+
+EMERGENCY_ADVICE = (
+    "如遇火灾、燃气泄漏、有人被困或人身安全受到威胁等紧急情况，请立即拨打110（报警）、119（火警）、120（急救）。"
+)
+
+
+class IntakeError(Exception):
+    """A message the pipeline refuses; ``code`` and ``status`` map onto the API's error body."""
+
+    def __init__(self, code: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class DedupDecision:
+    action: str  # "merge" | "suggest" | "new"
+    case_id: str = ""
+    score: float = 0.0
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Deduplicator(Protocol):
+    async def check(self, case: Case) -> DedupDecision: ...
+
+    async def merge(self, report: Case, into: str, score: float, actor: str) -> Case: ...
+
+
+@dataclass
+class IntakeResult:
+    case: Case
+    created: bool
+    reply: str
+    merged_into: str = ""
+
+
+CaseHook = Callable[[Case], Awaitable[None]]
+
+
+def case_number_reply(case: Case, *, created: bool, merged_into: str = "") -> str:
+    parts: list[str] = []
+    if case.emergency:
+        parts.append(EMERGENCY_ADVICE)
+    if not created:
+        parts.append(f"您已提交过相同的诉求，案件编号：{case.id}，无需重复提交。")
+    elif merged_into:
+        parts.append(
+            f"您反映的问题已有其他市民反映，已并入案件 {merged_into} 一并办理（您的登记编号：{case.id}）。"
+            "办理结果将同样告知您。"
+        )
+    else:
+        parts.append(f"您反映的问题已受理，案件编号：{case.id}。")
+    parts.append("请记好案件编号，可凭编号和手机号后四位查询办理进度。")
+    return "".join(parts)
+
+
+class Intake:
+    def __init__(self, store: Store, classifier: Classifier, *, max_text_bytes: int = 65536,
+                 min_text_chars: int = 2, dedup: Deduplicator | None = None) -> None:
+        self.store = store
+        self.classifier = classifier
+        self.max_text_bytes = max_text_bytes
+        self.min_text_chars = min_text_chars
+        self.dedup = dedup
+        self.on_created: list[CaseHook] = []
+
+    # validation -------------------------------------------------------------
+    def validate(self, msg: InboundMessage) -> tuple[str, str]:
+        if msg.channel not in CHANNELS:
+            raise IntakeError("bad_channel", f"未知的渠道：{msg.channel[:40]}")
+        if not isinstance(msg.text, str):
+            raise IntakeError("bad_text", "诉求内容必须是文字。")
+        if len(msg.text.encode("utf-8", "surrogatepass")) > self.max_text_bytes:
+            raise IntakeError("too_large", f"诉求内容过长（上限 {self.max_text_bytes // 1024} KB）。", 413)
+        text = sanitize(msg.text.encode("utf-8", "replace").decode("utf-8"))
+        norm = normalize(text)
+        if len(norm) < self.min_text_chars:
+            raise IntakeError("empty_text", "请描述您要反映的问题。")
+        if msg.contact and not _PHONE_OK.match(msg.contact):
+            raise IntakeError("bad_contact", "联系电话格式不正确。")
+        if len(msg.address) > MAX_ADDRESS_CHARS:
+            raise IntakeError("bad_address", f"地址过长（上限 {MAX_ADDRESS_CHARS} 字）。")
+        if len(msg.name) > MAX_NAME_CHARS:
+            raise IntakeError("bad_name", f"姓名过长（上限 {MAX_NAME_CHARS} 字）。")
+        if len(msg.attachments) > MAX_ATTACHMENTS:
+            raise IntakeError("bad_attachments", f"附件过多（上限 {MAX_ATTACHMENTS} 个）。")
+        if len(msg.idempotency_key) > MAX_KEY_CHARS:
+            raise IntakeError("bad_idempotency_key", "Idempotency-Key 过长。", 400)
+        if msg.location is not None and not (-90 <= msg.location.lat <= 90 and -180 <= msg.location.lon <= 180):
+            raise IntakeError("bad_location", "位置坐标不正确。")
+        return text, norm
+
+    # pipeline ---------------------------------------------------------------
+    async def submit(self, msg: InboundMessage) -> IntakeResult:
+        text, norm = self.validate(msg)
+        keys = self._idempotency_keys(msg, norm)
+        for key in keys:
+            earlier = await self.store.idempotent_case(key)
+            if earlier:
+                return await self._existing(earlier)
+
+        suggestion = self.classifier.suggest(norm)
+        urgency = suggestion.get("urgency") or {}
+        now = time.time()
+        case = Case(
+            id=await self.store.allocate_id(now),
+            channel=msg.channel,
+            sender=msg.sender[:200],
+            status=Status.CLASSIFIED,
+            created_at=now,
+            updated_at=now,
+            text=text,
+            normalized_text=norm,
+            contact=sanitize(msg.contact),
+            name=sanitize(msg.name),
+            address=normalize(msg.address),
+            location=Location(msg.location.lat, msg.location.lon, msg.location.label[:200])
+            if msg.location else None,
+            audio_ref=msg.audio_ref,
+            transcript=msg.transcript,
+            attachments=list(msg.attachments),
+            suggestion=suggestion,
+            needs_confirmation=bool(suggestion.get("needs_confirmation", True)),
+            emergency=urgency.get("level") == "emergency",
+            priority=1 if urgency.get("level") == "urgent" else 0,
+        )
+        decision = await self.dedup.check(case) if self.dedup else None
+        if decision is not None and decision.action == "suggest":
+            case.duplicate_candidates = decision.candidates
+        events = [
+            (f"{msg.channel}:citizen", "received", {"channel": msg.channel, "received_at": msg.received_at}),
+            ("system", "classified", {"model": suggestion.get("model", ""),
+                                      "needs_confirmation": case.needs_confirmation}),
+        ]
+        result = await self.store.create_case(case, idempotency_keys=keys, events=events)
+        if not result.created:
+            return await self._existing(result.case_id)
+
+        merged_into = ""
+        if decision is not None and decision.action == "merge" and self.dedup is not None:
+            case = await self.dedup.merge(case, decision.case_id, decision.score, "system")
+            merged_into = decision.case_id
+        log.info("case created", extra={"event": "case_created", "case_id": case.id, "channel": case.channel,
+                                        "merged_into": merged_into})
+        for hook in self.on_created:
+            try:
+                await hook(case)
+            except Exception:
+                # A hook (live console push, auto-dispatch) failing must not undo an acknowledged case.
+                log.exception("case hook failed", extra={"event": "hook_failed", "case_id": case.id})
+        return IntakeResult(case=case, created=True,
+                            reply=case_number_reply(case, created=True, merged_into=merged_into),
+                            merged_into=merged_into)
+
+    async def _existing(self, case_id: str) -> IntakeResult:
+        case = await self.store.get_case(case_id)
+        return IntakeResult(case=case, created=False, reply=case_number_reply(case, created=False),
+                            merged_into=case.duplicate_of)
+
+    @staticmethod
+    def _idempotency_keys(msg: InboundMessage, norm: str) -> list[str]:
+        keys = []
+        if msg.idempotency_key:
+            keys.append(f"req:{msg.channel}:{hashlib.sha256(msg.idempotency_key.encode()).hexdigest()[:32]}")
+        who = msg.contact or msg.sender
+        if who:
+            # The same citizen sending the same words again within a day is one case (exact resubmission).
+            digest = hashlib.sha256(f"{who}\x00{norm}".encode()).hexdigest()[:32]
+            keys.append(f"resub:{digest}")
+        return keys

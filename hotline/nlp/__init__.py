@@ -1,0 +1,1 @@
+"""Pure text computation: cleaning, tokenising, classification, duplicate scoring. No I/O at import."""

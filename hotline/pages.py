@@ -1,0 +1,41 @@
+"""Server-rendered pages: one jinja2 environment with autoescaping, so citizen text is always text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from hotline.appkeys import TEMPLATES
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=jinja2.select_autoescape(["html"], default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["datetime"] = _format_ts
+    return env
+
+
+def _format_ts(ts: float) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+
+
+def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
+    template = request.app[TEMPLATES].get_template(name)
+    return web.Response(text=template.render(**context), status=status, content_type="text/html",
+                        charset="utf-8")
