@@ -9,6 +9,7 @@ from hotline.classifier import Classifier
 from hotline.intake import Intake
 from hotline.notify import Notifications
 from hotline.settings import Settings
+from hotline.speech import SpeechToText
 from hotline.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,3 +18,5 @@ CLASSIFIER = web.AppKey("classifier", Classifier)
 INTAKE = web.AppKey("intake", Intake)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 NOTIFICATIONS = web.AppKey("notifications", Notifications)
+# Present only when a speech model is installed; channels check with ``app.get(STT)``.
+STT = web.AppKey("stt", SpeechToText)

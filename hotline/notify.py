@@ -8,7 +8,7 @@ each on their own channel. Every attempt is written to the case's audit trail.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,10 +38,38 @@ class Notifier(Protocol):
         ...
 
 
+@dataclass
+class Reply:
+    """A citizen's answer to a notification that offered options (a survey, 是否解决了您的问题?)."""
+
+    case_id: str
+    kind: str
+    value: str  # one of the offered option values
+    channel: str
+    sender: str
+    report_id: str = ""
+    comment: str = ""
+
+
+# Returns the text to send back to the citizen.
+ReplyHandler = Callable[[Reply], Awaitable[str]]
+
+
 class Notifications:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._by_channel: dict[str, Notifier] = {}
+        self._reply_handlers: dict[str, ReplyHandler] = {}
+
+    def on_reply(self, kind: str, handler: ReplyHandler) -> None:
+        """The feature that sends notifications of ``kind`` with options handles the answers."""
+        self._reply_handlers[kind] = handler
+
+    async def reply(self, reply: Reply) -> str:
+        handler = self._reply_handlers.get(reply.kind)
+        if handler is None:
+            return "感谢您的回复。"
+        return await handler(reply)
 
     def register(self, channel: str, notifier: Notifier) -> None:
         self._by_channel[channel] = notifier

@@ -1,0 +1,37 @@
+"""Who may call a route: staff roles declared on the handler, enforced by the console's auth middleware.
+
+A feature marks a staff-only handler with ``@requires("call_taker", "supervisor")``; citizen-facing
+handlers carry no mark. The auth middleware (``hotline/console``) reads the mark from
+``request.match_info.handler`` and answers 401 (not logged in) or 403 (wrong role).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+CALL_TAKER = "call_taker"  # 接线员
+FOLLOW_UP = "follow_up"  # 回访员
+SUPERVISOR = "supervisor"  # 班长/管理员
+ROLES = (CALL_TAKER, FOLLOW_UP, SUPERVISOR)
+ROLE_LABELS_ZH = {CALL_TAKER: "接线员", FOLLOW_UP: "回访员", SUPERVISOR: "班长/管理员"}
+
+F = TypeVar("F", bound=Callable[..., object])
+ATTR = "__hotline_roles__"
+
+
+def requires(*roles: str) -> Callable[[F], F]:
+    unknown = set(roles) - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"unknown roles: {sorted(unknown)}")
+
+    def mark(handler: F) -> F:
+        setattr(handler, ATTR, frozenset(roles))
+        return handler
+
+    return mark
+
+
+def required_roles(handler: object) -> frozenset[str] | None:
+    """The roles a handler needs, or None for a public handler."""
+    return getattr(handler, ATTR, None)
