@@ -1,0 +1,190 @@
+"""Intake throughput: N concurrent clients POST complaints to a real `hotline serve` over loopback.
+
+Starts `hotline serve` (embedded Valkey in a temporary data dir, unless --url points at a running
+service), drives POST /api/v1/complaints, then checks every acknowledged case id in the store.
+Prints one JSON object as the last line: cases_per_s, p50_ms, p99_ms, errors, lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("HOTLINE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def complaint_texts(n: int, seed: int = 7) -> list[str]:
+    """Real citizen messages when the shared data is there, else varied synthetic ones."""
+    texts: list[str] = []
+    path = SHARED / "taidi_labeled_train.jsonl"
+    if path.exists():
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                text = f"{row.get('title', '')}。{row.get('text', '')}".strip("。")
+                if text:
+                    texts.append(text[:1500])
+    if not texts:
+        places = ["幸福小区", "建设路", "阳光花园", "东湖村", "实验小学", "人民医院"]
+        problems = ["夜间施工噪音扰民", "路灯不亮", "垃圾无人清运", "停水三天", "占道经营", "井盖破损"]
+        texts = [f"{p}{q}，请尽快处理" for p in places for q in problems]
+    rnd = random.Random(seed)
+    # A unique suffix per request: the exact-resubmission guard must not fold them together.
+    return [f"{rnd.choice(texts)}（第{i}号反映）" for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_ready(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"service at {url} not ready after {timeout}s")
+
+
+async def drive(url: str, texts: list[str], concurrency: int,
+                tag: str) -> tuple[list[float], list[str], int, float]:
+    latencies: list[float] = []
+    acked: list[str] = []
+    errors = 0
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for i, text in enumerate(texts):
+        queue.put_nowait((i, text))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while True:
+            try:
+                i, text = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            body = {"text": text, "contact": f"139{i:08d}", "address": "", "channel": "api"}
+            key = f"bench-{tag}-{i}"
+            t0 = time.perf_counter()
+            try:
+                async with http.post(f"{url}/api/v1/complaints", json=body,
+                                     headers={"Idempotency-Key": key}) as resp:
+                    data = await resp.json()
+                    if resp.status == 201:
+                        acked.append(data["case_id"])
+                    else:
+                        errors += 1
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                errors += 1
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return latencies, acked, errors, elapsed
+
+
+async def count_lost(url: str, acked: list[str]) -> int:
+    """Ask the service for every acknowledged case: an acknowledged complaint must be readable."""
+    lost = 0
+    sem = asyncio.Semaphore(32)
+    async with aiohttp.ClientSession() as http:
+
+        async def check(case_id: str) -> None:
+            nonlocal lost
+            async with sem, http.get(f"{url}/api/v1/cases/{case_id}") as resp:
+                if resp.status != 200:
+                    lost += 1
+
+        await asyncio.gather(*(check(c) for c in acked))
+    return lost
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(args: argparse.Namespace) -> dict:
+    texts = complaint_texts(args.requests)
+    proc = None
+    tmp = None
+    url = args.url
+    if not url:
+        tmp = tempfile.TemporaryDirectory(prefix="hotline-bench-")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "HOTLINE_LOGGING__LEVEL": "WARNING"}
+        env.pop("REDIS_URL", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hotline", "serve", "--port", str(port), "--data-dir", tmp.name],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if not args.verbose else None,
+        )
+    try:
+        await wait_ready(url)
+        # Warm-up: connection pools, model caches.
+        await drive(url, complaint_texts(50, seed=1), 8, "warmup")
+        latencies, acked, errors, elapsed = await drive(url, texts, args.concurrency, "run")
+        lost = await count_lost(url, acked)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
+    return {
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "cases_per_s": round(len(acked) / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(statistics.median(latencies), 2) if latencies else 0.0,
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "errors": errors,
+        "lost": lost,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--url", help="drive an already running service instead of starting one")
+    parser.add_argument("--verbose", action="store_true", help="show the service's log")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:>12}: {value}")
+    print(json.dumps(result))
+    return 0 if result["lost"] == 0 and result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
