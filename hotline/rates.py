@@ -1,0 +1,181 @@
+"""The 三率 a hotline centre publishes: 响应率, 解决率, 满意率 — and the ranking built from them.
+
+Pure computation over plain rows, one per case (a merged repeat is not a row: its reporter's survey
+answers are folded into the master case's row by the caller).
+
+- 响应率 response rate: among cases dispatched to a unit, those it accepted (接单) within the response
+  time limit. Cases answered at intake (直接答复) count as dispatched and responded.
+- 解决率 resolution rate: among surveyed cases, those the citizen says are solved (已解决).
+- 满意率 satisfaction rate: among surveyed cases, 满意 + w·基本满意 (w from config), as a share.
+- score: the weighted sum the ranking sorts by (weights from config; Beijing's 接诉即办 assessment weighs
+  response 10 %, resolution 45 %, satisfaction 45 %).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+SATISFIED = "satisfied"  # 满意
+BASIC = "basic"  # 基本满意
+UNSATISFIED = "unsatisfied"  # 不满意
+SATISFACTION_LABELS_ZH = {SATISFIED: "满意", BASIC: "基本满意", UNSATISFIED: "不满意"}
+DIRECT_ANSWER_UNIT = "直接答复"
+
+
+@dataclass(frozen=True)
+class RateRow:
+    case_id: str
+    department: str
+    street: str
+    category: str
+    created_at: float
+    dispatched: bool
+    # Seconds from dispatch to acceptance; None when the unit never accepted.
+    accept_delay_s: float | None
+    response_limit_s: float
+    answered_at_intake: bool = False
+    resolved: bool | None = None  # survey Q1; None when not surveyed
+    satisfaction: str | None = None  # survey Q2
+
+
+@dataclass(frozen=True)
+class Weights:
+    basic_satisfied: float = 0.8
+    response: float = 0.10
+    resolution: float = 0.45
+    satisfaction: float = 0.45
+
+
+@dataclass
+class Rates:
+    key: str
+    cases: int = 0
+    dispatched: int = 0
+    responded: int = 0
+    surveyed: int = 0
+    resolved: int = 0
+    satisfied: int = 0
+    basic: int = 0
+    unsatisfied: int = 0
+    weights: Weights = field(default_factory=Weights, repr=False)
+
+    @property
+    def response_rate(self) -> float | None:
+        return self.responded / self.dispatched if self.dispatched else None
+
+    @property
+    def resolution_rate(self) -> float | None:
+        return self.resolved / self.surveyed if self.surveyed else None
+
+    @property
+    def satisfaction_rate(self) -> float | None:
+        if not self.surveyed:
+            return None
+        return (self.satisfied + self.weights.basic_satisfied * self.basic) / self.surveyed
+
+    @property
+    def score(self) -> float | None:
+        """Weighted score over the rates that exist; None when the unit had nothing to rate."""
+        parts = [(self.response_rate, self.weights.response), (self.resolution_rate, self.weights.resolution),
+                 (self.satisfaction_rate, self.weights.satisfaction)]
+        known = [(value, w) for value, w in parts if value is not None]
+        total_w = sum(w for _, w in known)
+        if not known or total_w == 0:
+            return None
+        return sum(value * w for value, w in known) / total_w
+
+    def add(self, row: RateRow) -> None:
+        self.cases += 1
+        if row.answered_at_intake:
+            self.dispatched += 1
+            self.responded += 1
+        elif row.dispatched:
+            self.dispatched += 1
+            if row.accept_delay_s is not None and row.accept_delay_s <= row.response_limit_s:
+                self.responded += 1
+        if row.resolved is not None:
+            self.surveyed += 1
+            self.resolved += int(row.resolved)
+            if row.satisfaction == SATISFIED:
+                self.satisfied += 1
+            elif row.satisfaction == BASIC:
+                self.basic += 1
+            elif row.satisfaction == UNSATISFIED:
+                self.unsatisfied += 1
+
+    def to_dict(self) -> dict[str, object]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {"key": self.key, "cases": self.cases, "dispatched": self.dispatched, "responded": self.responded,
+                "surveyed": self.surveyed, "resolved": self.resolved, "satisfied": self.satisfied,
+                "basic": self.basic, "unsatisfied": self.unsatisfied,
+                "response_rate": r(self.response_rate), "resolution_rate": r(self.resolution_rate),
+                "satisfaction_rate": r(self.satisfaction_rate), "score": r(self.score)}
+
+
+def week_of(ts: float, tz: str = "Asia/Shanghai") -> str:
+    year, week, _ = datetime.fromtimestamp(ts, ZoneInfo(tz)).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def group_key(by: str, tz: str = "Asia/Shanghai") -> Callable[[RateRow], str]:
+    if by == "department":
+        return lambda row: DIRECT_ANSWER_UNIT if row.answered_at_intake and not row.department else row.department
+    if by == "street":
+        return lambda row: row.street
+    if by == "category":
+        return lambda row: row.category
+    if by == "week":
+        return lambda row: week_of(row.created_at, tz)
+    raise ValueError(f"cannot group by {by!r}: use department, street, category or week")
+
+
+def compute(rows: Iterable[RateRow], by: str, weights: Weights | None = None,
+            tz: str = "Asia/Shanghai") -> list[Rates]:
+    """Rates per group; rows without a value for the grouping (no street known) are left out."""
+    weights = weights or Weights()
+    key_of = group_key(by, tz)
+    groups: dict[str, Rates] = {}
+    for row in rows:
+        key = key_of(row)
+        if not key:
+            continue
+        groups.setdefault(key, Rates(key=key, weights=weights)).add(row)
+    return list(groups.values())
+
+
+def ranking(rates: Iterable[Rates], min_cases: int = 1) -> list[Rates]:
+    """Best first, as the published 排名; units with too few cases to judge are left out."""
+    eligible = [r for r in rates if r.cases >= min_cases and r.score is not None]
+    return sorted(eligible, key=lambda r: (-(r.score or 0.0), -r.cases, r.key))
+
+
+def total(rows: Iterable[RateRow], weights: Weights | None = None) -> Rates:
+    out = Rates(key="全部", weights=weights or Weights())
+    for row in rows:
+        out.add(row)
+    return out
+
+
+CSV_HEADER_ZH = ["排名", "单位", "案件数", "派遣数", "按时响应", "回访数", "已解决", "满意", "基本满意", "不满意",
+                 "响应率", "解决率", "满意率", "综合得分"]
+
+
+def to_csv(ranked: list[Rates]) -> str:
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{x * 100:.1f}%"
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_HEADER_ZH)
+    for i, r in enumerate(ranked, 1):
+        writer.writerow([i, r.key, r.cases, r.dispatched, r.responded, r.surveyed, r.resolved, r.satisfied, r.basic,
+                         r.unsatisfied, pct(r.response_rate), pct(r.resolution_rate), pct(r.satisfaction_rate),
+                         "" if r.score is None else f"{r.score * 100:.2f}"])
+    return buf.getvalue()
