@@ -43,12 +43,9 @@ class NoModelClassifier:
 
 def load_classifier(settings: Settings) -> Classifier:
     models_dir = settings.resolve_path("nlp.models_dir")
-    try:
-        from hotline.nlp.suggest import Suggester
-    except ImportError:
-        log.warning("no classifier code installed; all cases need confirmation")
-        return NoModelClassifier()
-    if not (models_dir / "category").is_dir():
+    from hotline.nlp.suggest import Suggester
+
+    if not (models_dir / "category" / "head.json").is_file():
         log.warning("no trained models in %s; all cases need confirmation", models_dir)
         return NoModelClassifier()
     return Suggester.load(models_dir, settings)

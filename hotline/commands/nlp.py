@@ -6,7 +6,10 @@ import argparse
 import importlib
 
 # Modules adding ``hotline nlp`` sub-commands, each with ``register(nlp_subparsers)``.
-NLP_COMMAND_MODULES: list[str] = []
+NLP_COMMAND_MODULES: list[str] = [
+    "hotline.commands.nlp_dedup",
+    "hotline.commands.nlp_heads",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

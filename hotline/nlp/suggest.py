@@ -1,0 +1,222 @@
+"""The suggestion the intake pipeline stores with each case: category, department, type, urgency.
+
+``Suggester.load`` reads everything once at start-up (jieba with the user dictionary, the heads in
+``models/``, the taxonomy, the fallback and urgency tables); ``suggest`` is then pure computation,
+well under a millisecond for an ordinary message (``bench/classify.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from collections import Counter
+from dataclasses import astuple, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hotline.nlp.clean import for_model
+from hotline.nlp.model import Doc, LinearHead, features, softmax
+from hotline.nlp.policy import ConfidencePolicy
+from hotline.nlp.taxonomy import Taxonomy
+from hotline.nlp.tokenize import Tokenizer, is_word
+from hotline.nlp.urgency import UrgencyRules
+from hotline.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger("hotline.nlp")
+
+HEADS = ("category", "department", "type")
+TITLE_CHARS = 200
+
+
+class TextPipeline:
+    """Cleaning + segmentation shared by training, evaluation and live suggestions."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def doc(self, title: str = "", text: str = "", tokens: str | list[str] | None = None, *,
+            words: bool = True) -> Doc:
+        if tokens:
+            # Pre-segmented training rows (stop words already removed): the words as given, and their
+            # concatenation stands in for the text of the character n-grams.
+            words = tokens.split() if isinstance(tokens, str) else [str(t) for t in tokens]
+            words = [w for w in (for_model(w, 50) for w in words) if is_word(w)]
+            return Doc(title="", body="".join(words)[:2000], words=words[:600])
+        t = for_model(title, TITLE_CHARS) if title else ""
+        b = for_model(text)
+        if not words:
+            return Doc(title=t, body=b, words=[])
+        return Doc(title=t, body=b, words=self.tokenizer.words(b),
+                   title_words=self.tokenizer.words(t) if t else [])
+
+    def doc_from_row(self, row: dict[str, Any], *, words: bool = True) -> Doc:
+        return self.doc(str(row.get("title") or ""), str(row.get("text") or ""), row.get("tokens") or None,
+                        words=words)
+
+
+class _FeatureGroup:
+    """Heads trained on the same kind of features share one feature count and one vocabulary lookup.
+
+    Looking feature strings up in the vocabularies is the costliest step of a message; a merged
+    vocabulary does it once for all heads, each head then maps merged ids to its own with one gather.
+    """
+
+    def __init__(self, heads: list[tuple[str, LinearHead]]) -> None:
+        self.heads = heads
+        self.features = heads[0][1].features
+        merged: dict[str, int] = {}
+        for _, head in heads:
+            for term in head.vocab:
+                merged.setdefault(term, len(merged))
+        self.vocab = merged
+        self.maps = []
+        for _, head in heads:
+            m = np.full(len(merged) + 1, -1, dtype=np.int64)  # the last slot: unknown features
+            m[np.fromiter((merged[t] for t in head.vocab), dtype=np.int64, count=len(head.vocab))] = \
+                np.fromiter(head.vocab.values(), dtype=np.int64, count=len(head.vocab))
+            self.maps.append(m)
+
+    def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
+        counts = Counter(features(doc, self.features))
+        n = len(counts)
+        get = self.vocab.get
+        unknown = len(self.vocab)
+        ids = np.fromiter((get(f, unknown) for f in counts), dtype=np.int64, count=n)
+        tf = np.fromiter(counts.values(), dtype=np.float32, count=n)
+        out = {}
+        for (name, head), m in zip(self.heads, self.maps, strict=True):
+            p = softmax(head.scores_ids(m[ids], tf), head.temperature)
+            order = np.argsort(-p)[:3]
+            out[name] = [{"label": head.labels[i], "p": round(float(p[i]), 4)} for i in order]
+        return out
+
+
+def config_path(settings: Settings, key: str) -> Path:
+    path = Path(settings["nlp"][key]).expanduser()
+    if path.is_absolute():
+        return path
+    # Relative tables are looked up beside hotline.toml first (a site config dir), then in the project.
+    beside = settings.config_dir.parent / path
+    return beside if beside.exists() else PROJECT_ROOT / path
+
+
+def load_toml_file(path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+_TABLES = ("userdict", "taxonomy_file", "category_departments_file", "urgency_file")
+_LOADED: dict[tuple, Suggester] = {}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _cache_key(models_dir: Path, settings: Settings) -> tuple:
+    models_dir = models_dir.resolve()
+    files = [models_dir / h / f for h in HEADS for f in ("head.json", "coef.npz", "weights.npz", "vocab.txt")]
+    tables = [config_path(settings, k) for k in _TABLES]
+    cfg = settings["nlp"]
+    return (str(models_dir), tuple(_mtime(f) for f in files), tuple((str(t), _mtime(t)) for t in tables),
+            cfg["confirm_threshold"], cfg["confirm_margin"], cfg["department_fallback_below"],
+            tuple(cfg["confirm_heads"]))
+
+
+@dataclass
+class Suggester:
+    pipeline: TextPipeline
+    heads: dict[str, LinearHead]
+    urgency: UrgencyRules
+    policy: ConfidencePolicy
+    taxonomy: Taxonomy | None = None
+    department_table: dict[str, str] = field(default_factory=dict)
+    department_fallback_below: float = 0.0
+    confirm_heads: tuple[str, ...] = ("category", "department")
+    name: str = "linear-tfidf"
+
+    @classmethod
+    def load(cls, models_dir: Path, settings: Settings) -> Suggester:
+        """Load once per process: an app restarted in the same process (tests, reloads) reuses the models.
+
+        The key holds everything that shapes the result, file modification times included, so retrained
+        models or edited tables are picked up; a loaded Suggester is never mutated, so sharing is safe.
+        """
+        key = _cache_key(models_dir, settings)
+        cached = _LOADED.get(key)
+        if cached is None:
+            cached = cls._load(models_dir, settings)
+            if len(_LOADED) >= 4:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = cached
+        return cached
+
+    @classmethod
+    def _load(cls, models_dir: Path, settings: Settings) -> Suggester:
+        cfg = settings["nlp"]
+        tokenizer = Tokenizer(config_path(settings, "userdict"))
+        heads = {h: LinearHead.load(models_dir / h) for h in HEADS if (models_dir / h / "head.json").is_file()}
+        if "category" not in heads:
+            raise FileNotFoundError(f"no category model in {models_dir}")
+        taxonomy_file = config_path(settings, "taxonomy_file")
+        taxonomy = (Taxonomy.from_json(json.loads(taxonomy_file.read_text(encoding="utf-8")))
+                    if taxonomy_file.is_file() else None)
+        table_file = config_path(settings, "category_departments_file")
+        table = load_toml_file(table_file).get("departments", {}) if table_file.is_file() else {}
+        urgency = UrgencyRules.from_config(load_toml_file(config_path(settings, "urgency_file")))
+        versions = ",".join(f"{h}:{heads[h].meta.get('version', '?')}" for h in heads)
+        log.info("models loaded", extra={"event": "nlp_loaded", "heads": versions})
+        return cls(pipeline=TextPipeline(tokenizer), heads=heads, urgency=urgency,
+                   policy=ConfidencePolicy(cfg["confirm_threshold"], cfg["confirm_margin"]),
+                   taxonomy=taxonomy, department_table={str(k): str(v) for k, v in table.items()},
+                   department_fallback_below=float(cfg["department_fallback_below"]),
+                   confirm_heads=tuple(cfg["confirm_heads"]), name=f"linear-tfidf[{versions}]")
+
+    def _department(self, model_top: list[dict[str, Any]] | None,
+                    category_top: list[dict[str, Any]]) -> dict[str, Any]:
+        if model_top and model_top[0]["p"] >= self.department_fallback_below:
+            return {"top": model_top, "source": "model"}
+        # The category's default unit, with the category's probability: as sure as the category is.
+        seen: dict[str, float] = {}
+        for c in category_top:
+            unit = self.department_table.get(c["label"])
+            if unit and unit not in seen:
+                seen[unit] = c["p"]
+        if not seen and model_top:
+            return {"top": model_top, "source": "model"}
+        return {"top": [{"label": u, "p": p} for u, p in seen.items()][:3], "source": "table"}
+
+    def __post_init__(self) -> None:
+        self._needs_words = any(h.features.words for h in self.heads.values())
+        groups: dict[tuple, list[str]] = {}
+        for name, head in self.heads.items():
+            groups.setdefault(astuple(head.features), []).append(name)
+        self._groups = [_FeatureGroup([(n, self.heads[n]) for n in names]) for names in groups.values()]
+
+    def _tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for group in self._groups:
+            out.update(group.tops(doc))
+        return out
+
+    def suggest(self, text: str, title: str = "") -> dict[str, Any]:
+        doc = self.pipeline.doc(title, text, words=self._needs_words)
+        tops = self._tops(doc)
+        category_top = tops["category"]
+        category: dict[str, Any] = {"top": category_top}
+        if self.taxonomy is not None and category_top:
+            category["path"] = self.taxonomy.path(category_top[0]["label"], f"{doc.title} {doc.body}")
+        department = self._department(tops.get("department"), category_top)
+        rtype = {"top": tops.get("type", [])}
+        urgency = self.urgency.assess(f"{doc.title} {doc.body}")
+        tops = {"category": category_top, "department": department["top"], "type": rtype["top"]}
+        needs, reasons = self.policy.decide({h: tops[h] for h in self.confirm_heads if h in tops},
+                                            urgency["level"])
+        return {"category": category, "department": department, "type": rtype, "urgency": urgency,
+                "needs_confirmation": needs, "reasons": reasons, "model": self.name}

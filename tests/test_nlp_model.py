@@ -1,0 +1,123 @@
+"""Training, saving, loading and evaluating a head through the CLI forms of the issue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hotline.cli import main
+from hotline.nlp.model import Doc, FeatureConfig, LinearHead, ModelError, TrainConfig, features, train_head
+from tests.nlp_support import make_rows, write_jsonl
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("model")
+    a = write_jsonl(tmp / "a.jsonl", make_rows(20, seed=1))
+    # A second file, with rows lacking a label that must be skipped.
+    unlabelled = [{"title": "无标签", "text": "没有标签的行", "label1": ""}, {"text": "也没有", "label1": None}]
+    b = write_jsonl(tmp / "b.jsonl", [*make_rows(10, seed=2), *unlabelled])
+    out = tmp / "head"
+    assert main(["nlp", "train", "--head", "topic", "--data", str(a), "--data", str(b), "--label", "label1",
+                 "--out", str(out), "--json"]) == 0
+    return out
+
+
+def test_train_writes_a_small_loadable_head(trained: Path) -> None:
+    head = LinearHead.load(trained)
+    assert head.labels == ["交通", "供水", "教育"]
+    assert head.meta["rows"] == 90  # 60 + 30 labelled rows, the 2 unlabelled skipped
+    assert 0.01 < head.temperature < 10
+    assert set(head.meta["cv"]) >= {"accuracy", "macro_f1", "top3_accuracy"}
+    size = sum(f.stat().st_size for f in trained.iterdir())
+    assert size < 1_000_000
+
+
+def test_predict_cli_gives_the_top_three(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, ["nlp", "predict", "--model", str(trained), "--json", "家里停水了，水管也漏水"])
+    assert out["top"][0]["label"] == "供水"
+    assert len(out["top"]) == 3
+    assert abs(sum(t["p"] for t in out["top"]) - 1.0) < 0.01
+    assert out["top"][0]["p"] > out["top"][1]["p"] >= out["top"][2]["p"]
+    assert main(["nlp", "predict", "--model", str(trained), "老师乱收补课费"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].endswith("教育")
+
+
+def test_eval_numbers_come_from_the_data_given(trained: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rows = make_rows(10, seed=7)
+    good = write_jsonl(tmp_path / "good.jsonl", rows)
+    result = run_json(capsys, ["nlp", "eval", "--model", str(trained), "--data", str(good), "--label", "label1",
+                               "--json"])
+    assert set(result) == {"n", "accuracy", "macro_f1", "top3_accuracy", "p50_ms", "p99_ms"}
+    assert result["n"] == 30 and result["accuracy"] >= 0.9 and result["top3_accuracy"] == 1.0
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    # The same texts with rotated labels: every prediction is now wrong, top-3 still covers all 3 labels.
+    rotate = {"供水": "教育", "教育": "交通", "交通": "供水"}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**r, "label1": rotate[r["label1"]]} for r in rows])
+    result = run_json(capsys, ["nlp", "eval", "--model", str(trained), "--data", str(bad), "--label", "label1",
+                               "--json"])
+    assert result["n"] == 30 and result["accuracy"] <= 0.1 and result["top3_accuracy"] == 1.0
+    # A label the model never saw is counted wrong, in top-3 too; only the labelled rows count.
+    other = write_jsonl(tmp_path / "other.jsonl", [{**r, "label1": "未知"} for r in rows[:5]] + [{"text": "x"}])
+    result = run_json(capsys, ["nlp", "eval", "--model", str(trained), "--data", str(other), "--label", "label1",
+                               "--json"])
+    assert result["n"] == 5 and result["accuracy"] == 0.0 and result["top3_accuracy"] == 0.0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nlp", "eval", "--model", str(tmp_path), "--data", str(tmp_path / "x.jsonl"),
+                 "--label", "label1"]) == 2
+    assert "not a trained model" in capsys.readouterr().err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label1": "x"}\nnot json\n', encoding="utf-8")
+    assert main(["nlp", "train", "--head", "h", "--data", str(broken), "--label", "label1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "broken.jsonl:2: not JSON" in capsys.readouterr().err
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": "只有一个类", "label1": "a"}] * 5)
+    assert main(["nlp", "train", "--head", "h", "--data", str(one), "--label", "label1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "two different values" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sublinear", [True, False])
+def test_fast_path_matches_scikit_learn_exactly(sublinear: bool) -> None:
+    """The hand-written predict path equals TfidfVectorizer + LinearSVC decision scores."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    rows = make_rows(15, seed=3)
+    docs = [features(Doc(title="", body=r["text"], words=r["text"].split("，")), FeatureConfig()) for r in rows]
+    labels = [r["label1"] for r in rows]
+    cfg = TrainConfig(c=0.5, class_weight=None, min_df=1, max_features=None, prune=0.0, calibration_folds=0)
+    head = train_head(docs, labels, cfg, FeatureConfig(sublinear=sublinear))
+    vec = TfidfVectorizer(analyzer=lambda d: d, sublinear_tf=sublinear, min_df=1, dtype=np.float32)
+    svm = LinearSVC(C=0.5, random_state=0).fit(vec.fit_transform(docs), labels)
+    probe_doc = Doc(title="", body="停水停水了学校学校门口", words=["停水", "停水", "学校", "门口", "未见过的词"])
+    probe = features(probe_doc, FeatureConfig())
+    want = svm.decision_function(vec.transform([probe]))[0]
+    assert np.allclose(head.scores(probe), want, atol=1e-4)
+    assert head.scores([]).shape == (3,)
+
+
+def test_loading_a_corrupt_model_fails_clearly(trained: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in trained.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "vocab.txt").write_text("only\nthree\nterms\n", encoding="utf-8")
+    with pytest.raises(ModelError, match="do not match"):
+        LinearHead.load(bad)
+    (bad / "head.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ModelError, match="not JSON"):
+        LinearHead.load(bad)
