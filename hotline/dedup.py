@@ -1,0 +1,455 @@
+"""The duplicate service: one problem is one case with many reporters.
+
+``check`` runs inside the intake pipeline before a case is stored: it looks up open cases sharing
+distinctive keys with the new complaint (rare character bigrams, place cores) within each case's
+category window, scores the best few and answers merge / suggest / new. ``merge`` keeps the new report
+as its own case in status ``merged`` (its id, text and contact stay) and adds a ``Report`` to the open
+case, whose reporter count and priority rise. Call-takers confirm, reject or undo merges. Every step is
+written to the audit trails of both cases.
+
+The candidate index holds open cases only: a case is indexed when it is created open, and removed
+when the change feed shows it left the open states (dispatched cases stay; resolved, closed, merged,
+answered leave), so merges never land on finished work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+import tomllib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hotline.errors import ApiError
+from hotline.hotspots import HotspotService
+from hotline.intake import DedupDecision
+from hotline.nlp.dedup import (
+    Fingerprint,
+    Idf,
+    Thresholds,
+    decide,
+    fingerprint,
+    from_cleaned,
+    location_distance,
+    pair_score,
+    rare_keys,
+    split_headline,
+)
+from hotline.records import Case, Report
+from hotline.settings import PROJECT_ROOT, Settings, SettingsError
+from hotline.status import OPEN_STATES, Status
+from hotline.store import CaseNotFound, Store
+from hotline.store.dedup import DedupIndex, IndexEntry
+from hotline.tasks import stop_tasks
+
+log = logging.getLogger("hotline.dedup")
+
+DAY_S = 86400.0
+# A merged repeat raises the open case's priority by one, up to this many steps.
+MAX_PRIORITY_BUMP = 3
+# Place keys outweigh single bigrams when ranking candidates: they name the object of the complaint.
+PLACE_KEY_WEIGHT = 12.0
+SUGGESTIONS_KEPT = 3
+_DIGITS = re.compile(r"\D")
+
+
+class DedupError(ApiError):
+    """A merge, reject or undo that the cases' state does not allow (404 unknown case, 409 otherwise)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, 404 if code == "not_found" else 409)
+
+
+@dataclass
+class DedupConfig:
+    thresholds: Thresholds
+    default_window_s: float
+    windows_s: dict[str, float] = field(default_factory=dict)
+    index_keys: int = 24
+    posting_cap: int = 200
+    max_candidates: int = 30
+    enabled: bool = True
+    hotspot_min_reporters: int = 5
+    hotspot_window_s: float = DAY_S
+    hotspot_similarity: float = 0.3
+
+    @property
+    def max_window_s(self) -> float:
+        return max([self.default_window_s, *self.windows_s.values()])
+
+    def window_for(self, category: str) -> float:
+        return self.windows_s.get(category, self.default_window_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DedupConfig:
+        cfg = settings["dedup"]
+        try:
+            thresholds = Thresholds(cfg["auto_merge"], cfg["suggest"])
+        except ValueError as exc:
+            raise SettingsError(f"dedup.auto_merge/dedup.suggest: {exc}") from exc
+        windows: dict[str, float] = {}
+        path = _project_path(cfg["windows_file"])
+        if cfg["windows_file"]:
+            try:
+                with path.open("rb") as fh:
+                    table = tomllib.load(fh).get("windows", {})
+            except FileNotFoundError as exc:
+                raise SettingsError(f"dedup.windows_file: file not found: {path}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"dedup.windows_file: {path} is not valid TOML: {exc}") from exc
+            for name, days in table.items():
+                if not isinstance(days, int | float) or isinstance(days, bool) or days <= 0:
+                    raise SettingsError(f"dedup.windows_file: window of {name!r} must be a positive number of days")
+                windows[name] = float(days) * DAY_S
+        if cfg["default_window_days"] <= 0:
+            raise SettingsError("dedup.default_window_days: must be positive")
+        return cls(thresholds=thresholds, default_window_s=cfg["default_window_days"] * DAY_S, windows_s=windows,
+                   index_keys=max(4, cfg["index_keys"]), posting_cap=max(10, cfg["posting_cap"]),
+                   max_candidates=max(1, cfg["max_candidates"]), enabled=cfg["enabled"],
+                   hotspot_min_reporters=cfg["hotspot_min_reporters"], hotspot_window_s=cfg["hotspot_window_s"],
+                   hotspot_similarity=cfg["hotspot_similarity"])
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def load_idf(settings: Settings) -> Idf:
+    path = _project_path(settings["dedup"]["idf_file"])
+    if not path.is_file():
+        log.warning("no dedup idf table at %s; every bigram weighs the same", path)
+        return Idf.uniform()
+    return Idf.load(path)
+
+
+def category_of(case: Case) -> str:
+    """The confirmed category, else the classifier's top suggestion, else empty."""
+    cat = case.classification.get("category") if case.classification else None
+    if isinstance(cat, str) and cat:
+        return cat
+    top = ((case.suggestion or {}).get("category") or {}).get("top") or []
+    if top and isinstance(top[0], dict) and isinstance(top[0].get("label"), str):
+        return top[0]["label"]
+    return ""
+
+
+def caller_keys(case: Case) -> list[str]:
+    """Hashes of who called: the phone number and the channel's own sender id.
+
+    Anonymous web senders (a hash of the client address) are left out: many citizens share one
+    address behind a NAT, and "same caller" is too strong a signal to hand out on that basis.
+    """
+    out = []
+    digits = _DIGITS.sub("", case.contact or "")
+    if len(digits) >= 5:
+        out.append(hashlib.sha256(f"tel:{digits}".encode()).hexdigest()[:16])
+    if case.sender and not case.sender.startswith("web:") and case.sender != "web":
+        out.append(hashlib.sha256(f"{case.channel}:{case.sender}".encode()).hexdigest()[:16])
+    return out
+
+
+class DedupService:
+    def __init__(self, store: Store, config: DedupConfig, idf: Idf, *,
+                 hotspots: HotspotService | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.idf = idf
+        self.index = DedupIndex(store, posting_cap=config.posting_cap)
+        self.hotspots = hotspots
+
+    # fingerprints ----------------------------------------------------------
+    def fingerprint(self, case: Case) -> Fingerprint:
+        headline, body = split_headline(case.text)
+        return fingerprint(headline, body, self.idf, address=case.address)
+
+    def entry(self, case: Case, fp: Fingerprint | None = None) -> IndexEntry:
+        fp = fp or self.fingerprint(case)
+        category = category_of(case)
+        keys = rare_keys(fp, self.idf, self.config.index_keys) + [f"@{p}" for p in fp.places]
+        loc = (case.location.lat, case.location.lon) if case.location else None
+        return IndexEntry(case_id=case.id, created_at=case.created_at, category=category,
+                          window_s=self.config.window_for(category), text=fp.text, headline=fp.headline,
+                          places=fp.places, callers=caller_keys(case), location=loc, keys=keys,
+                          norms=(fp.head_norm, fp.body_norm, fp.body_mass))
+
+    def _query_keys(self, fp: Fingerprint) -> dict[str, float]:
+        # A query reads fewer keys than a case is filed under: two thirds of them still find a reworded
+        # repeat, and each key read is one posting scan.
+        keys = {g: self.idf(g) for g in rare_keys(fp, self.idf, max(4, self.config.index_keys * 2 // 3))}
+        for p in fp.places:
+            keys[f"@{p}"] = PLACE_KEY_WEIGHT
+        return keys
+
+    # the Deduplicator protocol --------------------------------------------
+    async def check(self, case: Case) -> DedupDecision:
+        if not self.config.enabled:
+            return DedupDecision(action="new")
+        fp = self.fingerprint(case)
+        me = self.entry(case, fp)
+        now = case.created_at
+        cands = await self.index.candidates(self._query_keys(fp), now=now, max_window_s=self.config.max_window_s,
+                                            limit=self.config.max_candidates)
+        rejected = await self.index.rejected(case.id) if cands else set()
+        loc = (case.location.lat, case.location.lon) if case.location else None
+        scored: list[tuple[float, IndexEntry, list[str]]] = []
+        for cand in cands:
+            if cand.case_id == case.id or cand.case_id in rejected:
+                continue
+            s = pair_score(fp, from_cleaned(cand.text, cand.headline, cand.places, self.idf, cand.norms), self.idf,
+                           same_caller=bool(set(me.callers) & set(cand.callers)),
+                           distance=location_distance(loc, cand.location))
+            if s.score >= self.config.thresholds.suggest:
+                scored.append((s.score, cand, s.reasons))
+        scored.sort(key=lambda t: -t[0])
+        # The index can lag the feed by a moment: confirm the best are still open before using them.
+        live = await self._still_open([c.case_id for _s, c, _r in scored[:SUGGESTIONS_KEPT]])
+        scored = [t for t in scored if t[1].case_id in live][:SUGGESTIONS_KEPT]
+        if not scored:
+            return DedupDecision(action="new")
+        best_score, best, _ = scored[0]
+        candidates = [{"case_id": c.case_id, "score": round(s, 4), "reasons": r, "places": c.places}
+                      for s, c, r in scored]
+        return DedupDecision(action=decide(best_score, self.config.thresholds), case_id=best.case_id,
+                             score=round(best_score, 4), candidates=candidates)
+
+    async def _still_open(self, case_ids: list[str]) -> set[str]:
+        live = set()
+        cases = await self.store.get_cases(case_ids)
+        for case in cases:
+            if case.status in OPEN_STATES and not case.duplicate_of:
+                live.add(case.id)
+            else:
+                await self.forget(case.id)
+        for missing in set(case_ids) - {c.id for c in cases}:
+            await self.index.remove(missing)
+        return live
+
+    async def merge(self, report: Case, into: str, score: float, actor: str) -> Case:
+        """Fold ``report`` (stored as its own case) into the open case ``into``; returns the report case."""
+        master_id = await self._root(into)
+        if master_id == report.id:
+            raise DedupError("same_case", "不能将案件并入其自身。")
+        now = time.time()
+        merged_by = "auto" if actor == "system" else actor
+
+        def mark_report(c: Case) -> dict[str, Any]:
+            if c.duplicate_of:
+                raise DedupError("already_merged", f"该案件已并入 {c.duplicate_of}。")
+            c.duplicate_of = master_id
+            c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != master_id]
+            return {"into": master_id, "score": round(score, 4), "merged_by": merged_by}
+
+        try:
+            report = await self.store.update_case(report.id, mark_report, actor=actor, action="merged",
+                                                  target=Status.MERGED)
+        except CaseNotFound as exc:
+            raise DedupError("not_found", "案件不存在。") from exc
+
+        def add_report(c: Case) -> dict[str, Any]:
+            if c.status not in OPEN_STATES or c.duplicate_of:
+                raise DedupError("master_not_open", f"案件 {c.id} 已不在办理中，不能并入。")
+            if any(r.report_id == report.id for r in c.reports):
+                return {"report_id": report.id, "reporters": c.reporter_count, "repeat": True}
+            c.reports.append(Report(report_id=report.id, channel=report.channel, sender=report.sender,
+                                    contact=report.contact, text=report.text, received_at=report.created_at,
+                                    score=round(score, 4), merged_by=merged_by))
+            if len(c.reports) <= MAX_PRIORITY_BUMP:
+                c.priority += 1
+            return {"report_id": report.id, "score": round(score, 4), "reporters": c.reporter_count,
+                    "merged_by": merged_by}
+
+        try:
+            master = await self.store.update_case(master_id, add_report, actor=actor, action="report_merged")
+        except (DedupError, CaseNotFound) as exc:
+            # The report must never hang on a case that did not take it: put it back as its own case.
+            await self.store.update_case(report.id, lambda c: _clear_dup(c, "master_not_open"), actor="system",
+                                         action="unmerged", target=Status.CLASSIFIED)
+            if isinstance(exc, DedupError):
+                raise
+            raise DedupError("not_found", f"案件 {master_id} 不存在。") from exc
+        await self.forget(report.id)
+        log.info("report merged", extra={"event": "report_merged", "case_id": master_id, "report": report.id,
+                                         "score": round(score, 4), "actor": actor, "ts": now})
+        if self.hotspots is not None:
+            entry = await self.index.get(master.id)
+            if entry is not None:
+                await self.hotspots.evaluate(entry)
+        return report
+
+    async def confirm_merge(self, case_id: str, into: str, actor: str) -> Case:
+        """A call-taker confirms a suggested (or spotted) duplicate."""
+        try:
+            case = await self.store.get_case(case_id)
+        except CaseNotFound as exc:
+            raise DedupError("not_found", "案件不存在。") from exc
+        if case.status not in (Status.RECEIVED, Status.CLASSIFIED, Status.CONFIRMED):
+            raise DedupError("not_mergeable", "该案件已派遣或办结，不能合并。")
+        score = next((float(d.get("score", 0)) for d in case.duplicate_candidates if d.get("case_id") == into), 0.0)
+        return await self.merge(case, into, score, actor)
+
+    async def reject(self, case_id: str, candidate_id: str, actor: str) -> Case:
+        """Not a duplicate: drop the suggestion and never suggest this pair again."""
+        def drop(c: Case) -> dict[str, Any]:
+            c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != candidate_id]
+            return {"candidate": candidate_id}
+
+        try:
+            case = await self.store.update_case(case_id, drop, actor=actor, action="duplicate_rejected")
+        except CaseNotFound as exc:
+            raise DedupError("not_found", "案件不存在。") from exc
+        await self.index.add_rejection(case_id, candidate_id)
+        return case
+
+    async def unmerge(self, report_case_id: str, actor: str) -> Case:
+        """Undo a merge: the report becomes its own open case again, the master loses the reporter."""
+        try:
+            report = await self.store.get_case(report_case_id)
+        except CaseNotFound as exc:
+            raise DedupError("not_found", "案件不存在。") from exc
+        if report.status != Status.MERGED or not report.duplicate_of:
+            raise DedupError("not_merged", "该案件未被合并。")
+        master_id = report.duplicate_of
+
+        def drop_report(c: Case) -> dict[str, Any]:
+            before = len(c.reports)
+            c.reports = [r for r in c.reports if r.report_id != report_case_id]
+            if len(c.reports) < before and len(c.reports) < MAX_PRIORITY_BUMP:
+                c.priority = max(0, c.priority - 1)
+            return {"report_id": report_case_id, "reporters": c.reporter_count}
+
+        with contextlib.suppress(CaseNotFound):
+            await self.store.update_case(master_id, drop_report, actor=actor, action="unmerged")
+        report = await self.store.update_case(report_case_id, lambda c: _clear_dup(c, "undo", master_id),
+                                              actor=actor, action="unmerged", target=Status.CLASSIFIED)
+        await self.index.add_rejection(report_case_id, master_id)
+        await self.opened(report)
+        return report
+
+    async def _root(self, case_id: str) -> str:
+        """Follow duplicate_of links so a report joins the case that is actually worked on."""
+        seen = set()
+        current = case_id
+        while current not in seen and len(seen) < 8:
+            seen.add(current)
+            try:
+                case = await self.store.get_case(current)
+            except CaseNotFound as exc:
+                raise DedupError("not_found", f"案件 {current} 不存在。") from exc
+            if not case.duplicate_of:
+                return current
+            current = case.duplicate_of
+        return current
+
+    # index upkeep ------------------------------------------------------------
+    async def opened(self, case: Case) -> None:
+        """An open case joins the candidate index (and may raise a hotspot)."""
+        if case.status not in OPEN_STATES or case.duplicate_of:
+            return
+        entry = self.entry(case)
+        await self.index.add(entry)
+        if self.hotspots is not None and entry.places:
+            await self.hotspots.case_opened(entry)
+
+    async def forget(self, case_id: str) -> None:
+        entry = await self.index.get(case_id)
+        if entry is None:
+            return
+        await self.index.remove(case_id)
+        if self.hotspots is not None:
+            await self.hotspots.case_closed(case_id, entry.places)
+
+    async def on_created(self, case: Case) -> None:
+        """Intake hook: runs after the case is stored (and merged, when it was)."""
+        await self.opened(case)
+
+    async def on_change(self, case_id: str, status: str) -> None:
+        """Change-feed entry: keep the index to open cases."""
+        try:
+            st = Status(status)
+        except ValueError:
+            return
+        if st in OPEN_STATES:
+            if not await self.index.contains(case_id):
+                with contextlib.suppress(CaseNotFound):
+                    await self.opened(await self.store.get_case(case_id))
+        else:
+            await self.forget(case_id)
+
+    async def prune(self, now: float | None = None) -> int:
+        """Drop cases older than the longest window: they can no longer be anyone's candidate."""
+        now = time.time() if now is None else now
+        removed = 0
+        while True:
+            ids = await self.index.expired(now - self.config.max_window_s)
+            if not ids:
+                return removed
+            for cid in ids:
+                await self.index.remove(cid)
+                removed += 1
+
+    async def follow_feed(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
+        last = await self.store.feed_last_id()
+        next_prune = 0.0
+        while not stop.is_set():
+            try:
+                entries = await self.store.feed(last, block_ms=block_ms, count=200)
+                for eid, fields in entries:
+                    last = eid
+                    if fields.get("action") != "created":
+                        await self.on_change(fields.get("case", ""), fields.get("status", ""))
+                if time.monotonic() >= next_prune:
+                    await self.prune()
+                    next_prune = time.monotonic() + 3600
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A Redis hiccup must not end the worker; lookups re-check status anyway.
+                log.exception("dedup feed worker error", extra={"event": "dedup_feed_error"})
+                await asyncio.sleep(1.0)
+
+
+def _clear_dup(c: Case, reason: str, master_id: str = "") -> dict[str, Any]:
+    previous = c.duplicate_of or master_id
+    c.duplicate_of = ""
+    return {"from_case": previous, "reason": reason}
+
+
+# aiohttp feature -----------------------------------------------------------
+
+async def dedup_ctx(app: web.Application) -> AsyncIterator[None]:
+    from hotline.appkeys import DEDUP, HOTSPOTS, INTAKE, SETTINGS, STORE
+
+    settings = app[SETTINGS]
+    config = DedupConfig.from_settings(settings)
+    idf = await asyncio.to_thread(load_idf, settings)
+    store = app[STORE]
+    hotspots = HotspotService(store, DedupIndex(store, posting_cap=config.posting_cap), idf,
+                              min_reporters=config.hotspot_min_reporters, window_s=config.hotspot_window_s,
+                              similarity=config.hotspot_similarity)
+    service = DedupService(store, config, idf, hotspots=hotspots)
+    app[DEDUP] = service
+    app[HOTSPOTS] = hotspots
+    intake = app[INTAKE]
+    intake.dedup = service
+    intake.on_created.append(service.on_created)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(service.follow_feed(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await stop_tasks([worker])
+        intake.dedup = None
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(dedup_ctx)

@@ -1,0 +1,137 @@
+"""Hotspot records (未诉先办): clusters of similar open cases at one place.
+
+Layout (prefix ``hl``):
+- ``hl:hs:place:<core>``   zset case id → created_at of open cases naming that place
+- ``hl:hs:rec:<id>``       the hotspot as JSON
+- ``hl:hs:open`` / ``hl:hs:all``  zsets hotspot id → opened_at
+- ``hl:hs:key:<place>|<category>``  id of the open hotspot of that place and category
+- ``hl:hs:case:{id}``      set of hotspot ids a case belongs to
+- ``hl:hs:events``         stream of raised / updated / closed hotspots (capped)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hotline.store.cases import Store
+
+EVENTS_MAXLEN = 10_000
+PLACE_CAP = 500
+
+
+@dataclass
+class Hotspot:
+    id: str
+    place: str
+    category: str
+    case_ids: list[str]
+    reporters: int
+    status: str  # open | closed
+    opened_at: float
+    updated_at: float
+    closed_at: float = 0.0
+    open_case_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HotspotStore:
+    def __init__(self, store: Store) -> None:
+        self.r = store.r
+        self.p = store.p
+
+    def k_place(self, core: str) -> str:
+        return f"{self.p}:hs:place:{core}"
+
+    def k_rec(self, hid: str) -> str:
+        return f"{self.p}:hs:rec:{hid}"
+
+    def k_key(self, place: str, category: str) -> str:
+        return f"{self.p}:hs:key:{place}|{category}"
+
+    def k_case(self, case_id: str) -> str:
+        return f"{self.p}:hs:case:{{{case_id}}}"
+
+    @property
+    def k_open(self) -> str:
+        return f"{self.p}:hs:open"
+
+    @property
+    def k_all(self) -> str:
+        return f"{self.p}:hs:all"
+
+    @property
+    def k_events(self) -> str:
+        return f"{self.p}:hs:events"
+
+    async def add_place_case(self, places: list[str], case_id: str, created_at: float) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for core in places:
+                pipe.zadd(self.k_place(core), {case_id: created_at})
+                pipe.zremrangebyrank(self.k_place(core), 0, -PLACE_CAP - 1)
+            await pipe.execute()
+
+    async def remove_place_case(self, places: list[str], case_id: str) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for core in places:
+                pipe.zrem(self.k_place(core), case_id)
+            await pipe.execute()
+
+    async def place_cases(self, core: str, since: float) -> list[str]:
+        return await self.r.zrevrangebyscore(self.k_place(core), "+inf", since, start=0, num=PLACE_CAP)
+
+    async def get(self, hid: str) -> Hotspot | None:
+        raw = await self.r.get(self.k_rec(hid))
+        return Hotspot(**json.loads(raw)) if raw else None
+
+    async def open_for(self, place: str, category: str) -> Hotspot | None:
+        hid = await self.r.get(self.k_key(place, category))
+        return await self.get(hid) if hid else None
+
+    async def of_case(self, case_id: str) -> list[Hotspot]:
+        ids = await self.r.smembers(self.k_case(case_id))
+        out = [await self.get(h) for h in sorted(ids)]
+        return [h for h in out if h is not None]
+
+    async def save(self, hs: Hotspot, *, event: str = "") -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.set(self.k_rec(hs.id), json.dumps(hs.to_dict(), ensure_ascii=False))
+            pipe.zadd(self.k_all, {hs.id: hs.opened_at})
+            if hs.status == "open":
+                pipe.zadd(self.k_open, {hs.id: hs.opened_at})
+                pipe.set(self.k_key(hs.place, hs.category), hs.id)
+            else:
+                pipe.zrem(self.k_open, hs.id)
+                pipe.delete(self.k_key(hs.place, hs.category))
+            for cid in hs.case_ids:
+                pipe.sadd(self.k_case(cid), hs.id)
+            if event:
+                pipe.xadd(self.k_events, {"hotspot": hs.id, "action": event, "place": hs.place,
+                                          "category": hs.category, "reporters": str(hs.reporters),
+                                          "ts": f"{time.time():.6f}"},
+                          maxlen=EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
+
+    @staticmethod
+    def new(place: str, category: str, now: float) -> Hotspot:
+        return Hotspot(id=f"hs-{uuid.uuid4().hex[:12]}", place=place, category=category, case_ids=[],
+                       reporters=0, status="open", opened_at=now, updated_at=now)
+
+    async def listing(self, *, status: str = "open", limit: int = 50) -> list[Hotspot]:
+        key = self.k_open if status == "open" else self.k_all
+        ids = await self.r.zrevrange(key, 0, limit - 1)
+        out = []
+        for hid in ids:
+            hs = await self.get(hid)
+            if hs is not None and (status in ("open", "all") or hs.status == status):
+                out.append(hs)
+        return out
+
+    async def events(self, count: int = 100) -> list[dict[str, str]]:
+        rows = await self.r.xrange(self.k_events, count=count)
+        return [fields for _id, fields in rows]

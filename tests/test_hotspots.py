@@ -1,0 +1,117 @@
+"""Hotspots: raised at N reporters of similar open cases at one place, closed when those cases close."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.app import create_app
+from hotline.appkeys import HOTSPOTS, STORE
+from hotline.status import Status
+from tests.conftest import make_settings
+
+SIMILAR = [
+    "阳光花园小区3栋楼下的烧烤店每天晚上油烟很大，噪音扰民到凌晨两点，请有关部门管一管。",
+    "阳光花园小区3栋楼下烧烤店晚上油烟熏人，噪音吵得睡不着。",
+    "阳光花园3栋楼下烧烤摊油烟和噪音严重扰民，晚上根本没法休息。",
+]
+UNRELATED = "阳光花园小区的电梯经常坏，已经停运一个星期了，老人上下楼很不方便。"
+
+
+@pytest.fixture
+async def hs_client(aiohttp_client: Any, redis_server: Any, tmp_path: Path, key_prefix: str) -> Any:
+    # Merging is made rare here so each report stays its own case: the hotspot must gather several cases.
+    settings = make_settings(redis_server.url, tmp_path, key_prefix,
+                             dedup={"auto_merge": 0.99, "suggest": 0.4, "hotspot_min_reporters": 3,
+                                    "hotspot_window_s": 86400})
+    return await aiohttp_client(create_app(settings))
+
+
+async def _post(client: Any, text: str, contact: str) -> dict[str, Any]:
+    resp = await client.post("/api/v1/complaints", json={"text": text, "contact": contact})
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def _hotspots(client: Any, status: str = "open") -> list[dict[str, Any]]:
+    resp = await client.get(f"/api/v1/hotspots?status={status}")
+    assert resp.status == 200
+    return (await resp.json())["hotspots"]
+
+
+async def _close(store: Any, case_id: str) -> None:
+    for target in (Status.CONFIRMED, Status.DISPATCHED, Status.RESOLVED, Status.CLOSED):
+        await store.update_case(case_id, lambda c: None, actor="t", action=str(target), target=target)
+
+
+async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_hotspot_raised_at_n_reporters_and_closed_when_its_cases_close(hs_client: Any) -> None:
+    store = hs_client.app[STORE]
+    ids = [(await _post(hs_client, SIMILAR[0], "13800000101"))["case_id"],
+           (await _post(hs_client, SIMILAR[1], "13800000102"))["case_id"]]
+    await _post(hs_client, UNRELATED, "13800000103")
+    assert await _hotspots(hs_client) == []  # two similar reporters, one unrelated: below 3
+
+    ids.append((await _post(hs_client, SIMILAR[2], "13800000104"))["case_id"])
+    assert [c.status for c in await store.get_cases(ids)] == [Status.CLASSIFIED] * 3  # three separate cases
+    (hot,) = await _hotspots(hs_client)
+    assert hot["status"] == "open" and hot["reporters"] == 3
+    assert sorted(hot["case_ids"]) == sorted(ids)
+    assert "阳光" in hot["place"]
+    assert "contact" not in hot and "text" not in hot
+    assert "hotspot_raised" in [e.action for e in await store.events(ids[0])]
+    events = await hs_client.app[HOTSPOTS].hs.events()
+    assert [e["action"] for e in events][:1] == ["raised"]
+
+    # Closing two cases leaves the hotspot open; closing the last one closes it (via the change feed).
+    for cid in ids[:2]:
+        await _close(store, cid)
+
+    async def one_left() -> bool:
+        spots = await _hotspots(hs_client)
+        return len(spots) == 1 and spots[0]["open_case_ids"] == [ids[2]]
+
+    await _wait_for(one_left)
+    await _close(store, ids[2])
+
+    async def closed() -> bool:
+        return await _hotspots(hs_client) == [] and len(await _hotspots(hs_client, "closed")) == 1
+
+    await _wait_for(closed)
+    (done,) = await _hotspots(hs_client, "closed")
+    assert done["id"] == hot["id"] and done["closed_at"] >= done["opened_at"]
+    assert "closed" in [e["action"] for e in await hs_client.app[HOTSPOTS].hs.events()]
+
+
+async def test_merged_reporters_count_towards_a_hotspot(aiohttp_client: Any, redis_server: Any, tmp_path: Path,
+                                                       key_prefix: str) -> None:
+    settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 3})
+    client = await aiohttp_client(create_app(settings))
+    first = await _post(client, SIMILAR[0], "13800000201")
+    second = await _post(client, "投诉阳光花园小区3栋楼下烧烤店，油烟大、噪音扰民一直到凌晨两点，希望尽快处理。",
+                         "13800000202")
+    assert second["merged_into"] == first["case_id"]
+    assert await _hotspots(client) == []
+    third = await _post(client, "阳光花园小区3栋楼下烧烤店每天晚上油烟大，噪音扰民到凌晨两点，请管一管。",
+                        "13800000203")
+    assert third["merged_into"] == first["case_id"]
+    (hot,) = await _hotspots(client)
+    assert hot["reporters"] == 3 and hot["case_ids"] == [first["case_id"]]
+
+
+async def test_hotspots_api_rejects_bad_queries(client: Any) -> None:
+    for query in ("status=nope", "limit=0", "limit=abc", "limit=100000"):
+        resp = await client.get(f"/api/v1/hotspots?{query}")
+        assert resp.status == 400
+        body = await resp.json()
+        assert body["error"]["code"] in ("bad_status", "bad_limit")
+    assert (await client.get("/api/v1/hotspots")).status == 200
