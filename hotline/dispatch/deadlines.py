@@ -1,0 +1,89 @@
+"""Time limits (办理时限) of work orders, with working-day arithmetic.
+
+Each category belongs to a time-limit class (config/dispatch.toml): urgent 2 hours, utilities 3 hours,
+consultations 1 working day, everything else 15 days. Working days skip weekends and public holidays
+and count the make-up working days (调休) on weekends; the table lists both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hotline.dispatch.tables import DispatchTables, TimeLimit
+from hotline.records import Case
+
+URGENT_LEVELS = ("emergency", "urgent")
+
+
+@dataclass(frozen=True)
+class WorkCalendar:
+    tz: ZoneInfo
+    holidays: frozenset[date] = frozenset()
+    workdays: frozenset[date] = frozenset()
+    day_start_hour: int = 9
+
+    @classmethod
+    def from_tables(cls, tables: DispatchTables, timezone: str) -> WorkCalendar:
+        return cls(ZoneInfo(timezone), tables.holidays, tables.workdays, tables.day_start_hour)
+
+    def is_working_day(self, d: date) -> bool:
+        if d in self.workdays:
+            return True
+        if d in self.holidays:
+            return False
+        return d.weekday() < 5
+
+    def add_working_days(self, start: float, n: int) -> float:
+        """``n`` working days after ``start``, at the same clock time.
+
+        A case that arrives on a day off starts its clock at the beginning of the next working day
+        (a Saturday consultation is due Tuesday 09:00, not Monday at the Saturday hour)."""
+        dt = datetime.fromtimestamp(start, self.tz)
+        day, clock = dt.date(), dt.time()
+        if not self.is_working_day(day):
+            while not self.is_working_day(day):
+                day += timedelta(days=1)
+            clock = time(self.day_start_hour)
+        counted = 0
+        while counted < n:
+            day += timedelta(days=1)
+            if self.is_working_day(day):
+                counted += 1
+        return datetime.combine(day, clock, tzinfo=self.tz).timestamp()
+
+    def deadline(self, start: float, limit: TimeLimit) -> float:
+        if limit.unit == "hours":
+            return start + limit.amount * 3600
+        if limit.unit == "days":
+            return start + limit.amount * 86400
+        return self.add_working_days(start, int(limit.amount))
+
+
+def urgency_of(case: Case, classification: dict[str, Any]) -> str:
+    """The call-taker's urgency when given, else what intake flagged."""
+    chosen = str(classification.get("urgency") or "")
+    if chosen:
+        return chosen
+    if case.emergency:
+        return "emergency"
+    level = str((case.suggestion.get("urgency") or {}).get("level") or "")
+    if level in URGENT_LEVELS or case.priority > 0:
+        return level if level in URGENT_LEVELS else "urgent"
+    return "normal"
+
+
+def limit_for(tables: DispatchTables, case: Case, classification: dict[str, Any],
+              category_path: list[str]) -> TimeLimit:
+    """The time-limit class of a case: urgency first, then the category, then the request type."""
+    if urgency_of(case, classification) in URGENT_LEVELS:
+        return tables.limit(tables.urgent_limit)
+    by_category = DispatchTables.lookup(tables.category_limits, category_path)
+    if by_category:
+        return tables.limit(by_category)
+    by_type = tables.type_limits.get(str(classification.get("type") or ""))
+    if by_type:
+        return tables.limit(by_type)
+    return tables.limit(tables.default_limit)

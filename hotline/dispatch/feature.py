@@ -1,0 +1,188 @@
+"""The dispatch feature: dispatcher, outbox forwarder, poller and overdue sweep, and their HTTP routes.
+
+Routes:
+- ``POST /api/v1/dispatch/events``            signed status events from the backend (hotline/dispatch/events.py)
+- ``GET  /api/v1/cases?status=&overdue=1``    staff listing; ``overdue=1`` lists cases past their deadline (督办)
+- ``GET  /api/v1/dispatch/dead``              dead letters (supervisors)
+- ``POST /api/v1/dispatch/dead/{dead_id}/redrive``  put one dead letter back into the outbox (supervisors)
+- ``GET  /api/v1/dispatch/stats``             outbox, pending, retrying, dead and open orders (supervisors)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from hotline.access import requires
+from hotline.appkeys import DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
+from hotline.dispatch.backends import Open311Backend, WebhookBackend
+from hotline.dispatch.events import post_event
+from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
+from hotline.dispatch.poller import poll_forever
+from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
+from hotline.dispatch.tables import Taxonomy, load_tables
+from hotline.records import Case
+from hotline.settings import Settings
+from hotline.status import LABELS_ZH, OPEN_STATES, parse_status
+from hotline.store.outbox import Outbox
+from hotline.tasks import stop_tasks
+
+log = logging.getLogger("hotline.dispatch")
+dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+DEAD_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+MAX_LIST = 200
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("dispatch_forwarder", Forwarder)
+
+
+def build_dispatcher(settings: Settings, store: Any, notifications: Any) -> Dispatcher:
+    cfg = DispatchConfig.from_section(settings["dispatch"])
+    departments = settings.resolve_path("dispatch.departments_file") if settings["dispatch"].get(
+        "departments_file") else None
+    tables = load_tables(settings.resolve_path("dispatch.tables_file"), departments)
+    taxonomy = Taxonomy(settings.resolve_path("dispatch.taxonomy_file"))
+    return Dispatcher(store, Outbox(store), notifications, tables, taxonomy, cfg,
+                      timezone=settings["intake"]["timezone"])
+
+
+def forwarder_config(cfg: DispatchConfig) -> ForwarderConfig:
+    return ForwarderConfig(max_attempts=cfg.max_attempts, backoff_base_s=cfg.backoff_base_s,
+                           backoff_max_s=cfg.backoff_max_s, claim_idle_s=cfg.claim_idle_s,
+                           concurrency=cfg.concurrency)
+
+
+async def _sweep_forever(dispatcher: Dispatcher, interval_s: float) -> None:
+    while True:
+        try:
+            await dispatcher.recover()
+            await dispatcher.flag_overdue()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dispatch sweep failed", extra={"event": "dispatch_sweep_failed"})
+        await asyncio.sleep(interval_s)
+
+
+async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    dispatcher = build_dispatcher(settings, app[STORE], app[NOTIFICATIONS])
+    cfg = dispatcher.cfg
+    app[DISPATCHER] = dispatcher
+    app[INTAKE].on_created.append(dispatcher.on_case_created)
+    session: aiohttp.ClientSession | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if cfg.backend in ("open311", "webhook"):
+        session = aiohttp.ClientSession(headers={"User-Agent": "hotline-dispatch/1"})
+        backend: Open311Backend | WebhookBackend
+        if cfg.backend == "open311":
+            backend = Open311Backend(session, cfg.url, cfg.api_key, dispatcher.tables, cfg.request_timeout_s)
+        else:
+            backend = WebhookBackend(session, cfg.url, cfg.secret, cfg.request_timeout_s)
+        forwarder = Forwarder(dispatcher.outbox, backend, forwarder_config(cfg), consumer=consumer_name(),
+                              on_delivered=dispatcher.on_delivered, on_dead=dispatcher.on_dead)
+        app[FORWARDER] = forwarder
+        tasks.append(asyncio.create_task(forwarder.run(), name="dispatch-forwarder"))
+        if isinstance(backend, Open311Backend) and cfg.poll_interval_s > 0:
+            tasks.append(asyncio.create_task(poll_forever(dispatcher, backend, cfg.poll_interval_s),
+                                             name="dispatch-poller"))
+    else:
+        # The backend reads the stream with its own consumer group; create ours so stats work.
+        await dispatcher.outbox.ensure_group()
+    tasks.append(asyncio.create_task(_sweep_forever(dispatcher, cfg.sweep_interval_s), name="dispatch-sweep"))
+    try:
+        yield
+    finally:
+        await stop_tasks(tasks)
+        if session is not None:
+            await session.close()
+
+
+# staff routes ------------------------------------------------------------------
+
+def staff_case(case: Case, now: float) -> dict[str, Any]:
+    data = case.to_dict()
+    data["status_label"] = LABELS_ZH[case.status]
+    data["reporter_count"] = case.reporter_count
+    data["overdue"] = case.status in OPEN_STATES and 0 < case.deadline_at < now
+    return data
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise DispatchError("bad_query", f"参数 {name} 须为 {low} 到 {high} 之间的整数。", 400)
+    return int(raw)
+
+
+@requires("call_taker", "follow_up", "supervisor")
+async def list_cases(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 50, 1, MAX_LIST)
+    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    overdue = request.query.get("overdue", "")
+    if overdue not in ("", "0", "1"):
+        raise DispatchError("bad_query", "参数 overdue 须为 0 或 1。", 400)
+    now = time.time()
+    if overdue == "1":
+        cases = await request.app[DISPATCHER].overdue(limit=limit, offset=offset)
+        return web.json_response({"cases": [staff_case(c, now) for c in cases], "overdue": True,
+                                  "limit": limit, "offset": offset}, dumps=dumps)
+    status = None
+    if request.query.get("status"):
+        try:
+            status = parse_status(request.query["status"])
+        except ValueError as exc:
+            raise DispatchError("bad_query", f"未知的状态：{request.query['status'][:30]}", 400) from exc
+    store = request.app[STORE]
+    ids = await store.case_ids(status=status, offset=offset, limit=limit)
+    cases = await store.get_cases(ids)
+    return web.json_response({"cases": [staff_case(c, now) for c in cases], "total": await store.count(status),
+                              "limit": limit, "offset": offset}, dumps=dumps)
+
+
+@requires("supervisor")
+async def list_dead(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    outbox = request.app[DISPATCHER].outbox
+    dead = await outbox.dead_letters(limit)
+    return web.json_response({"dead": [d.to_dict() for d in dead], "total": await outbox.dead_count()}, dumps=dumps)
+
+
+@requires("supervisor")
+async def redrive_dead(request: web.Request) -> web.Response:
+    dead_id = request.match_info["dead_id"]
+    if not DEAD_ID.match(dead_id):
+        raise DispatchError("not_found", "死信不存在。", 404)
+    letter, entry = await request.app[DISPATCHER].redrive(dead_id, "staff:redrive")
+    return web.json_response({"dead_id": dead_id, "entry_id": entry, "order_id": letter.key,
+                              "case_id": letter.case_id}, dumps=dumps)
+
+
+@requires("supervisor")
+async def dispatch_stats(request: web.Request) -> web.Response:
+    dispatcher = request.app[DISPATCHER]
+    stats = await dispatcher.outbox.stats()
+    fwd = request.app.get(FORWARDER)
+    if fwd is not None:
+        stats.update(consumer=fwd.consumer, delivered_here=fwd.delivered, failed_attempts_here=fwd.failed_attempts)
+    stats["backend"] = dispatcher.cfg.backend
+    return web.json_response(stats, dumps=dumps)
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(dispatch_ctx)
+    app.router.add_post("/api/v1/dispatch/events", post_event)
+    app.router.add_get("/api/v1/cases", list_cases)
+    app.router.add_get("/api/v1/dispatch/dead", list_dead)
+    app.router.add_post("/api/v1/dispatch/dead/{dead_id}/redrive", redrive_dead)
+    app.router.add_get("/api/v1/dispatch/stats", dispatch_stats)

@@ -1,0 +1,581 @@
+"""The dispatcher: confirm → dispatch a case, re-dispatch (重办), and apply the backend's status events.
+
+A dispatch round is three steps, each idempotent, so a crash between them is finished later by
+``recover`` instead of losing or doubling the order:
+1. the case moves to CONFIRMED with the classification, deadline and the round's order id;
+2. the work order is enqueued in the outbox under that order id (a second enqueue adds nothing);
+3. the case moves to DISPATCHED and the citizen is told.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hotline.dispatch.deadlines import WorkCalendar, limit_for, urgency_of
+from hotline.dispatch.tables import DispatchTables, Taxonomy
+from hotline.dispatch.workorder import build_work_order, order_key
+from hotline.errors import ApiError
+from hotline.nlp.text import normalize
+from hotline.notify import Notifications
+from hotline.records import Case
+from hotline.status import LABELS_ZH, IllegalTransition, Status
+from hotline.store import CaseNotFound, Store
+from hotline.store.outbox import DeadLetter, Outbox
+
+log = logging.getLogger("hotline.dispatch")
+
+S = Status
+EVENT_TYPES = ("accepted", "in_progress", "resolved", "returned", "extension_requested")
+EVENT_IDS_KEPT = 200
+MAX_LABEL_CHARS = 100
+MAX_CO_DEPARTMENTS = 10
+URGENCY_LEVELS = ("emergency", "urgent", "normal")
+# Status of a case at the backend's progress, for telling stale events from real moves.
+PROGRESS = {S.DISPATCHED: 1, S.IN_PROGRESS: 2, S.RESOLVED: 3, S.CLOSED: 4}
+BACKENDS = ("stream", "open311", "webhook")
+
+
+class DispatchError(ApiError):
+    """A dispatch request or status event refused with a clear 4xx."""
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    backend: str = "stream"
+    url: str = ""
+    api_key: str = ""
+    secret: str = ""
+    auto_confidence: float = 0.0
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 600.0
+    request_timeout_s: float = 10.0
+    claim_idle_s: float = 60.0
+    concurrency: int = 16
+    poll_interval_s: float = 0.0
+    event_max_age_s: float = 300.0
+    sweep_interval_s: float = 30.0
+    tables_file: str = "config/dispatch.toml"
+    taxonomy_file: str = "config/taxonomy.json"
+    open311_api_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> DispatchConfig:
+        from hotline.settings import SettingsError
+
+        values = dict(section)
+        values["open311_api_keys"] = tuple(values.get("open311_api_keys") or ())
+        cfg = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+        if cfg.backend not in BACKENDS:
+            raise SettingsError(f"dispatch.backend: expected one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+        if cfg.backend in ("open311", "webhook") and not cfg.url:
+            raise SettingsError(f"dispatch.url: required for backend {cfg.backend!r}")
+        if cfg.backend == "webhook" and not cfg.secret:
+            raise SettingsError("dispatch.secret: required to sign webhook orders")
+        if cfg.max_attempts < 1 or cfg.concurrency < 1:
+            raise SettingsError("dispatch.max_attempts and dispatch.concurrency must be at least 1")
+        if not 0.0 <= cfg.auto_confidence <= 1.0:
+            raise SettingsError("dispatch.auto_confidence: expected 0..1 (0 = off)")
+        if cfg.backoff_base_s <= 0 or cfg.backoff_max_s < cfg.backoff_base_s:
+            raise SettingsError("dispatch.backoff_base_s must be > 0 and ≤ dispatch.backoff_max_s")
+        return cfg
+
+
+@dataclass
+class StatusEvent:
+    """One status change reported by the backend (pushed to the events endpoint or polled)."""
+
+    event_id: str
+    case_id: str
+    type: str  # accepted | in_progress | resolved | returned | extension_requested
+    order_id: str = ""
+    seq: int | None = None
+    occurred_at: float = 0.0
+    reply: str = ""  # resolved: what the department tells the citizen
+    reason: str = ""  # returned (退单) / extension: why
+    department: str = ""
+    extension_hours: float = 0.0
+    ref: str = ""  # the backend's own id of the order
+    source: str = "backend"
+
+
+@dataclass
+class EventOutcome:
+    result: str  # applied | ignored | duplicate
+    case: Case
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "case_id": self.case.id, "status": str(self.case.status), "note": self.note}
+
+
+class _Duplicate(Exception):
+    pass
+
+
+@dataclass
+class _Decision:
+    kind: str  # apply | ignore | duplicate
+    target: Status | None = None
+    note: str = ""
+
+
+def _label(value: Any, name: str, *, required: bool = False) -> str:
+    if value is None or value == "":
+        if required:
+            raise DispatchError("missing_field", f"缺少字段 {name}。")
+        return ""
+    if not isinstance(value, str):
+        raise DispatchError("bad_field", f"字段 {name} 必须是字符串。")
+    value = normalize(value)
+    if len(value) > MAX_LABEL_CHARS:
+        raise DispatchError("bad_field", f"字段 {name} 过长（上限 {MAX_LABEL_CHARS} 字）。")
+    if required and not value:
+        raise DispatchError("missing_field", f"缺少字段 {name}。")
+    return value
+
+
+def validate_classification(data: Any) -> dict[str, Any]:
+    """The call-taker's decision, checked: category required; the rest optional with table fallbacks."""
+    if not isinstance(data, dict):
+        raise DispatchError("bad_classification", "classification 须为对象。")
+    co = data.get("co_departments") or []
+    if not isinstance(co, list) or len(co) > MAX_CO_DEPARTMENTS:
+        raise DispatchError("bad_field", f"co_departments 须为不超过 {MAX_CO_DEPARTMENTS} 个单位名称的数组。")
+    urgency = data.get("urgency") or ""
+    if urgency and urgency not in URGENCY_LEVELS:
+        raise DispatchError("bad_field", "urgency 须为 emergency / urgent / normal。")
+    address = data.get("address")
+    if address is not None and (not isinstance(address, str) or len(address) > 500):
+        raise DispatchError("bad_field", "address 须为不超过 500 字的字符串。")
+    path = data.get("category_path") or []
+    if not isinstance(path, list) or len(path) > 5:
+        raise DispatchError("bad_field", "category_path 须为不超过 5 级的类别名称数组。")
+    return {
+        "category": _label(data.get("category"), "category", required=True),
+        "category_path": [p for p in (_label(p, "category_path") for p in path) if p],
+        "department": _label(data.get("department"), "department"),
+        "co_departments": [c for c in dict.fromkeys(_label(c, "co_departments") for c in co) if c],
+        "street": _label(data.get("street"), "street"),
+        "type": _label(data.get("type"), "type"),
+        "urgency": urgency,
+        "address": address,
+    }
+
+
+def _top(suggestion: dict[str, Any], head: str) -> tuple[str, float]:
+    top = (suggestion.get(head) or {}).get("top") or []
+    if not top or not isinstance(top[0], dict):
+        return "", 0.0
+    return str(top[0].get("label") or ""), float(top[0].get("p") or 0.0)
+
+
+def _conflict(case: Case, what: str) -> DispatchError:
+    return DispatchError("invalid_transition",
+                         f"案件 {case.id} 当前状态为“{LABELS_ZH[case.status]}”（{case.status}），不能{what}。", 409)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, outbox: Outbox, notifications: Notifications, tables: DispatchTables,
+                 taxonomy: Taxonomy, cfg: DispatchConfig, *, timezone: str = "Asia/Shanghai") -> None:
+        self.store = store
+        self.outbox = outbox
+        self.notifications = notifications
+        self.tables = tables
+        self.taxonomy = taxonomy
+        self.cfg = cfg
+        self.tz = ZoneInfo(timezone)
+        self.calendar = WorkCalendar.from_tables(tables, timezone)
+
+    # confirm and dispatch -------------------------------------------------
+    async def confirm(self, case_id: str, classification: dict[str, Any], actor: str) -> Case:
+        """A call-taker's confirmation (or the auto policy): CLASSIFIED/RETURNED/REOPENED → CONFIRMED →
+        DISPATCHED with the work order in the outbox."""
+        cls = validate_classification(classification)
+        now = time.time()
+
+        def to_confirmed(case: Case) -> dict[str, Any]:
+            if cls["address"] is not None:
+                case.address = normalize(cls["address"])
+            resolved = self._resolve(case, cls)
+            case.classification = {**resolved, "confirmed_by": actor, "confirmed_at": now}
+            return self._open_round(case, now, redo=False, reason="")
+
+        case = await self._move(case_id, to_confirmed, actor=actor, action="confirmed", target=S.CONFIRMED,
+                                what="确认派遣")
+        return await self._send(case, actor)
+
+    async def redispatch(self, case_id: str, reason: str, actor: str) -> Case:
+        """重办: the citizen was not satisfied; the same departments get a new, flagged order."""
+        reason = (reason or "").strip()[:1000] or "市民反映问题未解决"
+        now = time.time()
+
+        def to_confirmed(case: Case) -> dict[str, Any]:
+            if not case.classification.get("department"):
+                raise DispatchError("no_previous_dispatch", f"案件 {case.id} 没有承办单位记录，请接线员重新确认派遣。",
+                                    409)
+            case.classification = {**case.classification, "confirmed_by": actor, "confirmed_at": now}
+            return self._open_round(case, now, redo=True, reason=reason)
+
+        try:
+            before = await self.store.get_case(case_id)
+        except CaseNotFound as exc:
+            raise DispatchError("not_found", f"案件 {case_id} 不存在。", 404) from exc
+        if before.status != S.REOPENED:
+            raise _conflict(before, "重办派遣")
+        round_before = before.dispatch.get("round")
+
+        def guarded(case: Case) -> dict[str, Any]:
+            # The status was REOPENED when read; the round unchanged means no other dispatch came between.
+            if case.dispatch.get("round") != round_before:
+                raise _conflict(case, "重办派遣")
+            return to_confirmed(case)
+
+        case = await self._move(case_id, guarded, actor=actor, action="confirmed", target=S.CONFIRMED,
+                                what="重办派遣")
+        return await self._send(case, actor)
+
+    def _resolve(self, case: Case, cls: dict[str, Any]) -> dict[str, Any]:
+        """Fill what the call-taker left empty from the tables: department, co-handling, street (属地)."""
+        path = cls["category_path"] or self.taxonomy.path_of(cls["category"])
+        lead = cls["department"] or self.tables.lookup(self.tables.departments, path) or ""
+        if not lead:
+            raise DispatchError("missing_department", f"类别“{cls['category']}”没有默认承办单位，请选择主办单位。")
+        co = cls["co_departments"] or list(self.tables.lookup(self.tables.co_handling, path) or [])
+        co = [c for c in co if c != lead]
+        street = cls["street"] or self.tables.street_for(case.address, case.location.label if case.location else "",
+                                                         case.text)
+        out = {"category": cls["category"], "category_path": path, "department": lead, "co_departments": co,
+               "street": street, "type": cls["type"], "urgency": urgency_of(case, cls)}
+        return out
+
+    def _open_round(self, case: Case, now: float, *, redo: bool, reason: str) -> dict[str, Any]:
+        round_ = int(case.dispatch.get("round") or 0) + 1
+        limit = limit_for(self.tables, case, case.classification, case.classification.get("category_path") or [])
+        case.deadline_at = self.calendar.deadline(now, limit)
+        key = order_key(case.id, round_)
+        case.dispatch = {
+            **case.dispatch, "round": round_, "order_id": key, "state": "queued", "backend": self.cfg.backend,
+            "time_limit": limit.name, "redo": redo, "redo_reason": reason, "confirmed_at": now, "ref": "",
+            "accepted_at": 0.0, "reply": "" if redo else case.dispatch.get("reply", ""), "overdue_flagged": False,
+            "last_seq": -1,
+        }
+        cls = case.classification
+        return {"order_id": key, "round": round_, "category": cls.get("category"), "department": cls.get("department"),
+                "co_departments": cls.get("co_departments"), "street": cls.get("street"), "time_limit": limit.name,
+                "deadline_at": case.deadline_at, "redo": redo, "reason": reason}
+
+    async def _send(self, case: Case, actor: str) -> Case:
+        order = build_work_order(case, self.tz)
+        await self.outbox.enqueue(case.dispatch["order_id"], case.id, order)
+        await self.outbox.set_open(case.id, case.deadline_at)
+        case = await self._mark_dispatched(case.id, case.dispatch["order_id"], actor)
+        await self._notify(case, "dispatched", self.dispatched_text(case))
+        return case
+
+    async def _mark_dispatched(self, case_id: str, order_id: str, actor: str) -> Case:
+        def mark(case: Case) -> dict[str, Any]:
+            if case.dispatch.get("order_id") != order_id:
+                raise _Duplicate()
+            case.dispatch = {**case.dispatch, "state": "sent_to_outbox", "dispatched_at": time.time()}
+            cls = case.classification
+            return {"order_id": order_id, "department": cls.get("department", ""),
+                    "co_departments": cls.get("co_departments", []), "street": cls.get("street", ""),
+                    "deadline_at": case.deadline_at, "redo": bool(case.dispatch.get("redo"))}
+
+        try:
+            return await self.store.update_case(case_id, mark, actor=actor, action="dispatched", target=S.DISPATCHED)
+        except (_Duplicate, IllegalTransition):
+            # Finished by someone else already (recover, or an early status event): that is fine.
+            return await self.store.get_case(case_id)
+
+    def dispatched_text(self, case: Case) -> str:
+        dept = case.classification.get("department", "")
+        street = case.classification.get("street", "")
+        who = f"{dept}和{street}" if street and street != dept else dept
+        due = datetime.fromtimestamp(case.deadline_at, self.tz).strftime("%Y年%m月%d日 %H:%M")
+        again = "重新" if case.dispatch.get("redo") else ""
+        return f"您反映的问题（案件编号：{case.id}）已{again}派遣至{who}办理，办理时限至{due}。"
+
+    async def _notify(self, case: Case, kind: str, text: str) -> None:
+        try:
+            await self.notifications.notify_case(case, kind, text)
+        except Exception:
+            # The case moved already; a failed notice is in the log, not a failed dispatch.
+            log.exception("notification failed", extra={"event": "dispatch_notify_failed", "case_id": case.id})
+
+    async def _move(self, case_id: str, mutate: Any, *, actor: str, action: str, target: Status,
+                    what: str) -> Case:
+        try:
+            return await self.store.update_case(case_id, mutate, actor=actor, action=action, target=target)
+        except CaseNotFound as exc:
+            raise DispatchError("not_found", f"案件 {case_id} 不存在。", 404) from exc
+        except IllegalTransition as exc:
+            case = await self.store.get_case(case_id)
+            raise _conflict(case, what) from exc
+
+    # auto-dispatch --------------------------------------------------------
+    def auto_classification(self, case: Case) -> dict[str, Any] | None:
+        """The classifier's suggestion as a classification when every head clears auto_confidence."""
+        if self.cfg.auto_confidence <= 0 or case.status != S.CLASSIFIED or case.duplicate_of:
+            return None
+        labels = {}
+        for head in ("category", "department", "type"):
+            label, p = _top(case.suggestion, head)
+            if not label or p < self.cfg.auto_confidence:
+                return None
+            labels[head] = label
+        path = (case.suggestion.get("category") or {}).get("path") or []
+        category = "/".join(path) if path else labels["category"]
+        return {"category": category, "department": labels["department"], "type": labels["type"]}
+
+    async def on_case_created(self, case: Case) -> None:
+        cls = self.auto_classification(case)
+        if cls is None:
+            return
+        from hotline.answers import is_consultation  # a consultation is answered, not dispatched
+
+        if is_consultation(case.normalized_text or case.text, case.suggestion):
+            return
+        try:
+            await self.confirm(case.id, cls, actor="system:auto")
+        except DispatchError as exc:
+            # A call-taker (or the answers service) got there first, or a table lacks a department.
+            log.info("auto-dispatch skipped", extra={"event": "auto_dispatch_skipped", "case_id": case.id,
+                                                     "reason": exc.code})
+
+    # delivery callbacks from the forwarder ---------------------------------
+    async def on_delivered(self, case_id: str, order_id: str, ref: str, backend: str) -> None:
+        def note(case: Case) -> dict[str, Any]:
+            if case.dispatch.get("order_id") == order_id:
+                case.dispatch = {**case.dispatch, "state": "delivered", "ref": ref, "delivered_at": time.time()}
+            return {"order_id": order_id, "ref": ref, "backend": backend}
+
+        await self.store.update_case(case_id, note, actor=f"dispatch:{backend}", action="order_delivered")
+
+    async def on_dead(self, case_id: str, order_id: str, error: str, attempts: int) -> None:
+        def note(case: Case) -> dict[str, Any]:
+            if case.dispatch.get("order_id") == order_id:
+                case.dispatch = {**case.dispatch, "state": "dead_letter", "error": error[:300]}
+            return {"order_id": order_id, "error": error[:300], "attempts": attempts}
+
+        await self.store.update_case(case_id, note, actor="dispatch:forwarder", action="order_failed")
+
+    async def on_redriven(self, case_id: str, order_id: str, actor: str) -> None:
+        def note(case: Case) -> dict[str, Any]:
+            if case.dispatch.get("order_id") == order_id:
+                case.dispatch = {**case.dispatch, "state": "sent_to_outbox", "error": ""}
+            return {"order_id": order_id}
+
+        await self.store.update_case(case_id, note, actor=actor, action="order_redriven")
+
+    async def redrive(self, dead_id: str, actor: str) -> tuple[DeadLetter, str]:
+        """Put one dead letter back into the outbox (same order id, fresh attempts); (letter, new entry id)."""
+        letters = await self.outbox.dead_letters(1, start=dead_id)
+        if not letters or letters[0].dead_id != dead_id:
+            raise DispatchError("not_found", f"死信 {dead_id} 不存在或已重新投递。", 404)
+        entry = await self.outbox.redrive(dead_id)
+        if not entry:
+            raise DispatchError("not_found", f"死信 {dead_id} 不存在或已重新投递。", 404)
+        # The order may have outlived its case record; it is sent all the same.
+        with contextlib.suppress(CaseNotFound):
+            await self.on_redriven(letters[0].case_id, letters[0].key, actor)
+        return letters[0], entry
+
+    async def redrive_all(self, actor: str, limit: int = 10_000) -> list[tuple[DeadLetter, str]]:
+        out = []
+        for letter in await self.outbox.dead_letters(limit):
+            try:
+                out.append(await self.redrive(letter.dead_id, actor))
+            except DispatchError:
+                continue  # redriven concurrently by someone else
+        return out
+
+    # status events --------------------------------------------------------
+    def _decide(self, case: Case, ev: StatusEvent) -> _Decision:
+        d = case.dispatch
+        if ev.event_id in (d.get("event_ids") or []):
+            return _Decision("duplicate", note="重复的事件，已处理过。")
+        if ev.order_id and d.get("order_id") and ev.order_id != d["order_id"]:
+            return _Decision("ignore", note=f"事件属于已结束的派遣轮次 {ev.order_id}（当前 {d['order_id']}）。")
+        if not d.get("order_id"):
+            raise _conflict(case, f"处理“{ev.type}”事件（案件尚未派遣）")
+        if ev.seq is not None and ev.seq <= int(d.get("last_seq", -1)):
+            return _Decision("ignore", note=f"事件序号 {ev.seq} 不晚于已处理的 {d.get('last_seq')}。")
+        st = case.status
+        working = st in (S.DISPATCHED, S.IN_PROGRESS)
+        finished = st in (S.RESOLVED, S.CLOSED)
+        if ev.type == "accepted":
+            if st == S.DISPATCHED:
+                return _Decision("apply")
+            if st in PROGRESS:
+                return _Decision("ignore", note="承办单位已在处理或已办结，迟到的接单事件不改变状态。")
+            raise _conflict(case, "接单")
+        if ev.type == "in_progress":
+            if st == S.DISPATCHED:
+                return _Decision("apply", S.IN_PROGRESS)
+            if st == S.IN_PROGRESS:
+                return _Decision("ignore", note="案件已在处理中。")
+            if finished:
+                return _Decision("ignore", note="案件已办结，迟到的处理中事件不改变状态。")
+            raise _conflict(case, "转为处理中")
+        if ev.type == "resolved":
+            if working:
+                return _Decision("apply", S.RESOLVED)
+            if finished:
+                return _Decision("ignore", note="案件已办结。")
+            raise _conflict(case, "办结")
+        if ev.type == "returned":
+            if working:
+                return _Decision("apply", S.RETURNED)
+            if st == S.RETURNED:
+                return _Decision("ignore", note="案件已退回。")
+            raise _conflict(case, "退单")
+        if ev.type == "extension_requested":
+            if working:
+                return _Decision("apply")
+            raise _conflict(case, "申请延期")
+        raise DispatchError("bad_type", f"未知的事件类型：{ev.type[:40]}")
+
+    def _apply(self, case: Case, ev: StatusEvent, read_at: float) -> dict[str, Any]:
+        """Mutate the case for an applied event (inside the store's WATCH). The decision was taken on the
+        version last updated at ``read_at``; any write since then means deciding again."""
+        if case.updated_at != read_at:
+            raise _Duplicate()
+        now = time.time()
+        d = dict(case.dispatch)
+        d["event_ids"] = [*(d.get("event_ids") or []), ev.event_id][-EVENT_IDS_KEPT:]
+        if ev.seq is not None:
+            d["last_seq"] = ev.seq
+        if ev.ref and not d.get("ref"):
+            d["ref"] = ev.ref
+        data: dict[str, Any] = {"event_id": ev.event_id, "order_id": d.get("order_id", ""), "source": ev.source}
+        if ev.department:
+            data["department"] = ev.department
+        if ev.type == "accepted" or (ev.type in ("in_progress", "resolved") and not d.get("accepted_at")):
+            d["accepted_at"] = ev.occurred_at or now
+        if ev.type == "resolved":
+            d["reply"] = ev.reply
+            d["resolved_at"] = ev.occurred_at or now
+            d["state"] = "resolved"
+            data["reply"] = ev.reply
+        elif ev.type == "returned":
+            returns = [*(d.get("returns") or []), {"reason": ev.reason, "at": now, "order_id": d.get("order_id", ""),
+                                                   "department": ev.department or case.classification.get(
+                                                       "department", "")}]
+            d["returns"] = returns[-20:]
+            d["state"] = "returned"
+            data["reason"] = ev.reason
+        elif ev.type == "extension_requested":
+            d["extension_request"] = {"hours": ev.extension_hours, "reason": ev.reason, "at": now}
+            data.update(hours=ev.extension_hours, reason=ev.reason)
+        elif ev.type == "in_progress":
+            d["state"] = "in_progress"
+        case.dispatch = d
+        return data
+
+    async def handle_event(self, ev: StatusEvent) -> EventOutcome:
+        """Apply one backend event. Repeats answer ``duplicate``; late or superseded events ``ignored``
+        with an audit entry; an event that contradicts the case raises 409."""
+        if ev.type not in EVENT_TYPES:
+            raise DispatchError("bad_type", f"未知的事件类型：{ev.type[:40]}")
+        for _ in range(5):
+            try:
+                case = await self.store.get_case(ev.case_id)
+            except CaseNotFound as exc:
+                raise DispatchError("unknown_case", f"案件 {ev.case_id} 不存在。", 404) from exc
+            if case.status == S.CONFIRMED and case.dispatch.get("order_id") and (
+                    not ev.order_id or ev.order_id == case.dispatch["order_id"]):
+                # The backend answered before step 3 of the dispatch finished: finish it first.
+                case = await self._mark_dispatched(case.id, case.dispatch["order_id"], "dispatch:recover")
+            decision = self._decide(case, ev)
+            if decision.kind == "duplicate":
+                return EventOutcome("duplicate", case, decision.note)
+            if decision.kind == "ignore":
+                await self.store.add_event(case.id, actor=f"dispatch:{ev.source}", action="dispatch_event_ignored",
+                                           data={"event_id": ev.event_id, "type": ev.type, "note": decision.note,
+                                                 "order_id": ev.order_id})
+                return EventOutcome("ignored", case, decision.note)
+            try:
+                case = await self.store.update_case(case.id, lambda c, t=case.updated_at: self._apply(c, ev, t),
+                                                    actor=f"dispatch:{ev.source}", action=ev.type,
+                                                    target=decision.target)
+            except (_Duplicate, IllegalTransition):
+                continue  # the case changed between the read and the write: decide again
+            await self._after_event(case, ev)
+            return EventOutcome("applied", case)
+        raise DispatchError("conflict", "案件正在被同时修改，请稍后重试。", 409)
+
+    async def _after_event(self, case: Case, ev: StatusEvent) -> None:
+        if ev.type in ("resolved", "returned"):
+            await self.outbox.clear_open(case.id)
+        if ev.type == "resolved":
+            await self._notify(case, "resolved", self.resolved_text(case))
+
+    def resolved_text(self, case: Case) -> str:
+        reply = case.dispatch.get("reply", "")
+        return f"您反映的问题（案件编号：{case.id}）已办理完毕。办理结果：{reply}"
+
+    # supervision ----------------------------------------------------------
+    async def overdue(self, limit: int = 100, offset: int = 0) -> list[Case]:
+        """Dispatched cases past their deadline and not yet resolved or returned (督办), oldest deadline first."""
+        now = time.time()
+        ids = await self.outbox.overdue_ids(now, limit=limit, offset=offset)
+        cases = await self.store.get_cases(ids)
+        out = []
+        for case in cases:
+            if case.status in (S.DISPATCHED, S.IN_PROGRESS, S.CONFIRMED) and 0 < case.deadline_at < now:
+                out.append(case)
+            else:
+                # Left the open states by a path that did not clear the index (closed by hand, merged).
+                await self.outbox.clear_open(case.id)
+        return out
+
+    async def flag_overdue(self, limit: int = 200) -> int:
+        """Write one 'overdue' audit entry per case when its deadline passes."""
+        flagged = 0
+        for case in await self.overdue(limit):
+            if case.dispatch.get("overdue_flagged"):
+                continue
+
+            def flag(c: Case) -> dict[str, Any]:
+                if c.dispatch.get("overdue_flagged"):
+                    raise _Duplicate()
+                c.dispatch = {**c.dispatch, "overdue_flagged": True}
+                return {"deadline_at": c.deadline_at, "order_id": c.dispatch.get("order_id", ""),
+                        "department": c.classification.get("department", "")}
+
+            try:
+                await self.store.update_case(case.id, flag, actor="system", action="overdue")
+                flagged += 1
+            except _Duplicate:
+                pass
+        return flagged
+
+    async def recover(self, older_than_s: float = 30.0, limit: int = 500) -> int:
+        """Finish dispatch rounds a crashed process left between CONFIRMED and DISPATCHED."""
+        done = 0
+        now = time.time()
+        for case in await self.store.get_cases(await self.store.case_ids(status=S.CONFIRMED, limit=limit)):
+            order_id = case.dispatch.get("order_id")
+            if not order_id or case.status != S.CONFIRMED or now - case.updated_at < older_than_s:
+                continue
+            await self.outbox.enqueue(order_id, case.id, build_work_order(case, self.tz))
+            await self.outbox.set_open(case.id, case.deadline_at)
+            updated = await self._mark_dispatched(case.id, order_id, "dispatch:recover")
+            if updated.status == S.DISPATCHED:
+                await self._notify(updated, "dispatched", self.dispatched_text(updated))
+            done += 1
+        return done
+
+
+@dataclass
+class CaseListing:
+    cases: list[Case] = field(default_factory=list)
+    total: int = 0
