@@ -1,0 +1,137 @@
+"""How a case looks to staff: masked contacts, the AI's suggestions per head, readable audit events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from hotline.console.auth import can_see_phone
+from hotline.errors import ApiError
+from hotline.records import Case, mask_name, mask_phone, mask_pii
+from hotline.status import LABELS_ZH, Status
+from hotline.store import Event
+from hotline.store.users import HEADS, User
+
+HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型"}
+CHANNEL_LABELS = {"web": "网站", "api": "接口", "wechat": "微信", "telegram": "Telegram", "voice": "电话",
+                  "open311": "Open311"}
+URGENCY_LABELS = {"emergency": "紧急", "urgent": "加急", "normal": "一般"}
+# Staff wording of audit actions; unknown actions are shown as they are.
+ACTION_LABELS = {
+    "received": "受理", "classified": "AI 分类", "confirmed": "人工确认", "dispatched": "派遣",
+    "accepted": "承办单位接单", "in_progress": "处理中", "returned": "退单", "resolved": "办结反馈",
+    "closed": "结案", "reopened": "重办", "merged": "并入其他案件", "report_merged": "并入重复诉求",
+    "unmerged": "撤销合并", "duplicate_rejected": "否认重复", "ai_reviewed": "AI 建议审核",
+    "phone_viewed": "查看完整电话", "answered": "直接答复", "survey_answered": "回访评价",
+    "notified": "通知市民", "suggested": "AI 建议更新",
+}
+
+
+def check_case_id(case_id: str) -> str:
+    if not (8 <= len(case_id) <= 20 and set(case_id) <= set("0123456789-")):
+        raise ApiError("not_found", "案件不存在。", 404)
+    return case_id
+
+
+def heads_of(case: Case) -> dict[str, list[dict[str, Any]]]:
+    """The top 3 of each head as [{"label", "p"}], skipping malformed entries."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for head in HEADS:
+        top = ((case.suggestion or {}).get(head) or {}).get("top") or []
+        rows = []
+        for item in top[:3]:
+            if isinstance(item, dict) and isinstance(item.get("label"), str) and item["label"]:
+                p = item.get("p", 0)
+                rows.append({"label": item["label"], "p": float(p) if isinstance(p, int | float) else 0.0})
+        out[head] = rows
+    return out
+
+
+def top_labels(case: Case) -> dict[str, str]:
+    return {h: (rows[0]["label"] if rows else "") for h, rows in heads_of(case).items()}
+
+
+def actor_label(actor: str) -> str:
+    kind, _, who = actor.partition(":")
+    if kind == "staff":
+        return f"{who}（工作人员）"
+    if actor == "system":
+        return "系统"
+    if who == "citizen":
+        return f"市民（{CHANNEL_LABELS.get(kind, kind)}）"
+    return actor
+
+
+def contact_for(user: User, case: Case) -> str:
+    return case.contact if can_see_phone(user, case) else mask_phone(case.contact)
+
+
+def case_view(case: Case, user: User) -> dict[str, Any]:
+    """What staff pages show of a case: text with ID/phone numbers masked, contact masked by role."""
+    urgency = (case.suggestion or {}).get("urgency") or {}
+    return {
+        "id": case.id, "status": str(case.status), "status_label": LABELS_ZH.get(case.status, str(case.status)),
+        "channel": case.channel, "channel_label": CHANNEL_LABELS.get(case.channel, case.channel),
+        "created_at": case.created_at, "updated_at": case.updated_at,
+        "text": mask_pii(case.text), "transcript": mask_pii(case.transcript), "audio_ref": case.audio_ref,
+        "contact": contact_for(user, case), "name": mask_name(case.name), "address": case.address,
+        "location": {"lat": case.location.lat, "lon": case.location.lon, "label": case.location.label}
+        if case.location else None,
+        "emergency": case.emergency, "priority": case.priority,
+        "urgency": {"level": str(urgency.get("level") or "normal"),
+                    "label": URGENCY_LABELS.get(str(urgency.get("level") or "normal"), ""),
+                    "reasons": [str(r) for r in urgency.get("reasons") or []][:5],
+                    "advice": str(urgency.get("advice") or "")},
+        "returned": case.status in (Status.RETURNED, Status.REOPENED),
+        "heads": heads_of(case), "category_path": [str(x) for x in
+                                                    ((case.suggestion or {}).get("category") or {}).get("path")
+                                                    or []],
+        "classification": case.classification, "needs_confirmation": case.needs_confirmation,
+        "duplicate_of": case.duplicate_of,
+        "duplicate_candidates": [{"case_id": str(d.get("case_id", "")), "score": d.get("score", 0),
+                                  "reasons": d.get("reasons", [])}
+                                 for d in case.duplicate_candidates if isinstance(d, dict)],
+        "reports": [{"report_id": r.report_id, "channel": r.channel, "received_at": r.received_at,
+                     "contact": mask_phone(r.contact), "text": mask_pii(r.text), "merged_by": r.merged_by,
+                     "score": r.score} for r in case.reports],
+        "reporter_count": case.reporter_count,
+        "dispatch": case.dispatch, "dispatch_rows": dispatch_rows(case.dispatch or {}), "deadline_at": case.deadline_at,
+        "answer": case.answer, "survey": {k: v for k, v in (case.survey or {}).items() if k != "reports"},
+        "snippet": mask_pii(case.text[:80]),
+    }
+
+
+DISPATCH_FIELDS = {"state": "派遣状态", "order_id": "工单号", "round": "派遣轮次", "backend": "派遣通道",
+                   "time_limit": "办理时限类别", "dispatched_at": "派遣时间", "accepted_at": "接单时间",
+                   "reply": "承办单位答复", "redo": "重办", "redo_reason": "重办原因", "return_reason": "退单原因"}
+
+
+def dispatch_rows(dispatch: dict[str, Any]) -> list[tuple[str, str]]:
+    """The dispatch record as (label, value) rows for people: known fields only, times as local times."""
+    from hotline.pages import _format_ts
+
+    rows = []
+    for key, label in DISPATCH_FIELDS.items():
+        value = dispatch.get(key)
+        if value in (None, "", 0, 0.0, False, -1):
+            continue
+        if key.endswith("_at") and isinstance(value, int | float):
+            value = _format_ts(float(value))
+        elif value is True:
+            value = "是"
+        rows.append((label, mask_pii(str(value))[:500]))
+    return rows
+
+
+def event_view(ev: Event) -> dict[str, Any]:
+    data = json.dumps(ev.data, ensure_ascii=False) if ev.data else ""
+    return {"id": ev.id, "ts": ev.ts, "actor": ev.actor, "actor_label": actor_label(ev.actor),
+            "action": ev.action, "action_label": ACTION_LABELS.get(ev.action, ev.action),
+            "data": mask_pii(data)[:600]}
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False),
+                             headers={"Cache-Control": "no-store"})
