@@ -1,0 +1,426 @@
+"""WeChat Official Account door (公众号 server configuration): verification, pushes, passive and late replies.
+
+- ``GET  <path>``  server URL verification: signature over (token, timestamp, nonce) → echo ``echostr``.
+- ``POST <path>``  message pushes as XML, plaintext or safe mode (``encrypt_type=aes`` + ``msg_signature``).
+  Signatures, AES and the message classes come from wechatpy; every byte of XML we receive is first parsed
+  by defusedxml, which refuses DTDs and entities (XXE, billion laughs) before anything else reads it.
+
+WeChat drops a push after 5 s and sends it again (3 tries). Each push is claimed in Redis by its MsgId
+(events: sender + CreateTime + event), so a retry never starts the work twice: it gets the reply the first
+try produced, or ``success``. When the work (speech recognition, a slow store) takes longer than
+``reply_deadline_s`` the push is answered ``success`` and the answer follows as a customer-service message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+from xml.etree.ElementTree import Element
+
+import aiohttp
+from aiohttp import web
+from defusedxml import ElementTree as SafeET
+from defusedxml.common import DefusedXmlException
+from wechatpy import parse_message
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.exceptions import InvalidSignatureException
+from wechatpy.replies import TextReply
+from wechatpy.utils import check_signature
+
+from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.channels.conversation import (
+    Conversation,
+    Incoming,
+    Outgoing,
+    number_options,
+    remember_question,
+)
+from hotline.channels.wechat_api import WINDOW_ERRORS, WeChatAPI, WeChatAPIError
+from hotline.notify import Notification
+from hotline.records import Location
+from hotline.settings import SettingsError
+from hotline.store.conversations import ConversationStore
+
+log = logging.getLogger("hotline.wechat")
+
+CHANNEL = "wechat"
+MAX_REPLY_BYTES = 2000  # WeChat cuts text replies at 2048 bytes
+_OPENID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+BUSY_REPLY = "系统繁忙，请稍后再发送一次。"
+
+
+class BadPush(Exception):
+    """A push we refuse: ``status`` 400 (malformed) or 403 (signature)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def clip(text: str, limit: int = MAX_REPLY_BYTES) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def render_outgoing(outs: list[Outgoing]) -> str:
+    """WeChat has no buttons: options become numbered lines; several messages become one reply."""
+    return clip("\n\n".join(number_options(o.text, o.options) for o in outs if o.text))
+
+
+def parse_xml(body: bytes) -> Element:
+    """Parse untrusted XML; DTDs, entities and external references are refused (400)."""
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True)
+    except (DefusedXmlException, SafeET.ParseError, ValueError) as exc:
+        raise BadPush(400, "malformed or forbidden XML") from exc
+    if root.tag != "xml":
+        raise BadPush(400, "root element must be <xml>")
+    return root
+
+
+def fields(root: Element) -> dict[str, str]:
+    return {child.tag: (child.text or "").strip() for child in root if isinstance(child.tag, str)}
+
+
+@dataclass
+class WeChatConfig:
+    token: str
+    app_id: str
+    app_secret: str
+    aes_key: str
+    path: str
+    api_base_url: str
+    reply_deadline_s: float
+    max_body_bytes: int
+    max_clock_skew_s: int
+    window_s: int
+    window_quota: int
+    api_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, section: dict[str, Any]) -> WeChatConfig:
+        cfg = cls(**{k: section[k] for k in cls.__dataclass_fields__})
+        if not cfg.path.startswith("/"):
+            raise SettingsError("setting wechat.path: must start with /")
+        if cfg.aes_key and (len(cfg.aes_key) != 43 or not cfg.app_id):
+            raise SettingsError("setting wechat.aes_key: EncodingAESKey has 43 characters and needs wechat.app_id")
+        return cfg
+
+
+@dataclass
+class PushContext:
+    """What a reply to one push needs: the message, the query's nonce/timestamp, safe mode or not."""
+
+    message: Any
+    encrypted: bool
+    nonce: str
+    timestamp: str
+
+
+@dataclass
+class _Work:
+    late: bool = False  # the push was already answered "success"; the result goes out as a CS message
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WeChatDoor:
+    def __init__(self, app: web.Application, cfg: WeChatConfig, session: aiohttp.ClientSession) -> None:
+        self.app = app
+        self.cfg = cfg
+        store = app[STORE]
+        self.conv = ConversationStore(store)
+        self.engine = Conversation(app[INTAKE], store, self.conv, app[NOTIFICATIONS],
+                                   app[SETTINGS]["intake"]["timezone"])
+        self.api = WeChatAPI(session, self.conv, base_url=cfg.api_base_url, app_id=cfg.app_id,
+                             app_secret=cfg.app_secret, timeout_s=cfg.api_timeout_s)
+        self.crypto = WeChatCrypto(cfg.token, cfg.aes_key, cfg.app_id) if cfg.aes_key else None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # signatures ---------------------------------------------------------------
+    def _check_time(self, timestamp: str) -> None:
+        if not timestamp.isdigit():
+            raise BadPush(403, "bad timestamp")
+        skew = self.cfg.max_clock_skew_s
+        if skew and abs(time.time() - int(timestamp)) > skew:
+            # A signed push captured long ago must not be replayed.
+            raise BadPush(403, "timestamp outside the allowed clock skew")
+
+    def _check_plain(self, q: Any) -> None:
+        signature, timestamp, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+        if not (signature and timestamp and nonce):
+            raise BadPush(403, "missing signature")
+        try:
+            check_signature(self.cfg.token, signature, timestamp, nonce)
+        except InvalidSignatureException as exc:
+            raise BadPush(403, "bad signature") from exc
+        self._check_time(timestamp)
+
+    # handlers -------------------------------------------------------------------
+    async def verify(self, request: web.Request) -> web.Response:
+        try:
+            self._check_plain(request.query)
+        except BadPush as exc:
+            return web.Response(status=exc.status, text=exc.message)
+        return web.Response(text=request.query.get("echostr", ""), content_type="text/plain")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.cfg.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        buf = bytearray()
+        async for chunk in request.content.iter_chunked(65536):
+            buf += chunk
+            if len(buf) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(buf))
+        return bytes(buf)
+
+    def _open(self, request: web.Request, body: bytes) -> PushContext:
+        """Check the signature, decrypt in safe mode, and parse the push into a wechatpy message."""
+        q = request.query
+        encrypted = q.get("encrypt_type", "raw").lower() == "aes"
+        timestamp, nonce = q.get("timestamp", ""), q.get("nonce", "")
+        if encrypted:
+            if self.crypto is None:
+                raise BadPush(400, "safe mode push but wechat.aes_key is not set")
+            msg_signature = q.get("msg_signature", "")
+            if not (msg_signature and timestamp and nonce):
+                raise BadPush(403, "missing msg_signature")
+            outer = fields(parse_xml(body))
+            encrypt = outer.get("Encrypt", "")
+            if not encrypt:
+                raise BadPush(400, "no Encrypt element")
+            try:
+                # A dict, not the body: wechatpy would otherwise parse the XML again with xmltodict.
+                plain = self.crypto.decrypt_message({"Encrypt": encrypt}, msg_signature, timestamp, nonce)
+            except InvalidSignatureException as exc:
+                raise BadPush(403, "bad msg_signature") from exc
+            except Exception as exc:
+                # Wrong key, bad padding, wrong app id: nothing we can read.
+                raise BadPush(400, "cannot decrypt") from exc
+            self._check_time(timestamp)
+            xml_bytes = plain.encode("utf-8") if isinstance(plain, str) else bytes(plain)
+        else:
+            self._check_plain(q)
+            xml_bytes = body
+        root = parse_xml(xml_bytes)
+        values = fields(root)
+        if not values.get("MsgType") or not _OPENID.match(values.get("FromUserName", "")):
+            raise BadPush(400, "MsgType and FromUserName are required")
+        if not values.get("CreateTime", "").isdigit() or ("MsgId" in values and not values["MsgId"].isdigit()):
+            raise BadPush(400, "CreateTime and MsgId must be numbers")
+        try:
+            message = parse_message(xml_bytes.decode("utf-8"))
+        except Exception as exc:
+            raise BadPush(400, "unreadable message") from exc
+        return PushContext(message, encrypted, nonce, timestamp)
+
+    def _reply(self, ctx: PushContext, text: str) -> web.Response:
+        if not text:
+            return web.Response(text="success", content_type="text/plain")
+        xml = TextReply(message=ctx.message, content=text).render()
+        if ctx.encrypted and self.crypto is not None:
+            xml = self.crypto.encrypt_message(xml, ctx.nonce, str(int(time.time())))
+        return web.Response(text=xml, content_type="application/xml")
+
+    async def push(self, request: web.Request) -> web.Response:
+        body = await self._read_body(request)
+        try:
+            ctx = self._open(request, body)
+        except BadPush as exc:
+            log.warning("wechat push refused", extra={"event": "wechat_refused", "status": exc.status,
+                                                       "reason": exc.message})
+            return web.Response(status=exc.status, text=exc.message)
+        msg = ctx.message
+        key = dedup_key(msg)
+        if not await self.conv.claim_message(CHANNEL, key):
+            return await self._duplicate(ctx, key)
+        work = _Work()
+        task = asyncio.create_task(self._work(ctx, key, work), name=f"wechat-{key}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        done, _ = await asyncio.wait({task}, timeout=self.cfg.reply_deadline_s)
+        if task not in done:
+            # Answer now so WeChat does not retry; the result follows as a customer-service message.
+            work.late = True
+            log.info("wechat reply late", extra={"event": "wechat_late", "key": key})
+            return self._reply(ctx, "")
+        try:
+            text = task.result()
+        except Exception:
+            return self._reply(ctx, BUSY_REPLY)
+        await self.conv.finish_message(CHANNEL, key, {"via": "passive", "text": text})
+        return self._reply(ctx, text)
+
+    async def _duplicate(self, ctx: PushContext, key: str) -> web.Response:
+        """A retry (or replay) of a push already taken: the same answer, never the same work twice."""
+        deadline = time.monotonic() + self.cfg.reply_deadline_s
+        while True:
+            answer = await self.conv.message_answer(CHANNEL, key)
+            if answer is not None:
+                return self._reply(ctx, answer.get("text", "") if answer.get("via") == "passive" else "")
+            if time.monotonic() >= deadline:
+                return self._reply(ctx, "")
+            await asyncio.sleep(0.1)
+
+    async def _work(self, ctx: PushContext, key: str, work: _Work) -> str:
+        openid = ctx.message.source
+        try:
+            outs = await self.respond(ctx.message)
+            text = render_outgoing(outs)
+        except Exception:
+            log.exception("wechat message failed", extra={"event": "wechat_failed", "key": key})
+            # Let WeChat's next try (or the citizen's resend) do the work again.
+            await self.conv.release_message(CHANNEL, key)
+            if work.late:
+                # Nobody waits for this task's result any more: tell the citizen directly.
+                await self.send_cs(openid, BUSY_REPLY)
+                return ""
+            raise
+        if work.late:
+            sent = await self.send_cs(openid, text) if text else True
+            await self.conv.finish_message(CHANNEL, key, {"via": "cs", "text": text, "sent": sent})
+        return text
+
+    async def send_cs(self, openid: str, text: str) -> bool:
+        """A customer-service message inside the 48-hour window; False when WeChat would refuse it."""
+        if not self.api.configured:
+            log.warning("wechat app_id/app_secret not set", extra={"event": "wechat_no_api"})
+            return False
+        if not await self.conv.use_window(CHANNEL, openid, self.cfg.window_quota):
+            return False
+        try:
+            await self.api.send_text(openid, clip(text))
+        except WeChatAPIError as exc:
+            log.warning("wechat send failed", extra={"event": "wechat_send_failed", "errcode": exc.errcode,
+                                                      "window": exc.errcode in WINDOW_ERRORS})
+            return False
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("wechat api unreachable", extra={"event": "wechat_api_unreachable"})
+            return False
+        return True
+
+    # message → conversation -------------------------------------------------------
+    async def respond(self, msg: Any) -> list[Outgoing]:
+        openid = msg.source
+        kind = msg.type
+        if kind == "event":
+            event = (msg.event or "").lower()
+            if event == "unsubscribe":
+                await self.conv.forget(CHANNEL, openid)
+                return []
+            await self.conv.touch_window(CHANNEL, openid, self.cfg.window_s)
+            if event in ("subscribe", "subscribe_scan"):
+                return await self.engine.handle(Incoming(CHANNEL, openid, "start"))
+            # LOCATION reports, menu clicks and views need no answer.
+            return []
+        await self.conv.touch_window(CHANNEL, openid, self.cfg.window_s)
+        key = str(msg.id)
+        if kind == "text":
+            inc = Incoming(CHANNEL, openid, "text", text=str(msg.content or ""), key=key)
+        elif kind == "voice":
+            inc = await self._voice(msg, key)
+        elif kind == "location":
+            inc = self._location(msg, key)
+        elif kind == "image":
+            ref = f"wechat:image?media_id={quote(str(msg.media_id or ''))}&pic_url={quote(str(msg.image or ''))}"
+            inc = Incoming(CHANNEL, openid, "image", attachment=ref, key=key)
+        else:
+            inc = Incoming(CHANNEL, openid, "unsupported", key=key)
+        return await self.engine.handle(inc)
+
+    def _location(self, msg: Any, key: str) -> Incoming:
+        try:
+            lat, lon = float(msg.location_x), float(msg.location_y)
+        except (TypeError, ValueError):
+            return Incoming(CHANNEL, msg.source, "unsupported", key=key)
+        if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
+            return Incoming(CHANNEL, msg.source, "unsupported", key=key)
+        loc = Location(lat, lon, str(msg.label or "")[:200])
+        return Incoming(CHANNEL, msg.source, "location", location=loc, key=key)
+
+    async def _voice(self, msg: Any, key: str) -> Incoming:
+        media_id = str(msg.media_id or "")
+        ref = f"wechat:voice?media_id={quote(media_id)}"
+        recognition = str(msg.recognition or "").strip()
+        if recognition:
+            return Incoming(CHANNEL, msg.source, "voice", text=recognition, audio_ref=ref, key=key)
+        stt = self.app.get(STT)
+        text = ""
+        if stt is not None and media_id and self.api.configured:
+            try:
+                audio = await self.api.get_media(media_id)
+                text = (await stt.transcribe_audio(audio)).text.strip()
+            except (WeChatAPIError, aiohttp.ClientError, TimeoutError):
+                log.warning("wechat voice download failed", extra={"event": "wechat_voice_failed"})
+            except Exception:
+                log.exception("speech recognition failed", extra={"event": "stt_failed", "channel": CHANNEL})
+        # An empty text makes the conversation ask the citizen to type.
+        return Incoming(CHANNEL, msg.source, "voice", text=text, audio_ref=ref, key=key)
+
+    # notifications ----------------------------------------------------------------
+    async def send(self, n: Notification) -> bool:
+        """Notifier for the wechat channel: False outside the 48-hour window (callbacks fall back to phone)."""
+        q = await remember_question(self.conv, n)
+        ok = await self.send_cs(n.recipient, number_options(n.text, n.options))
+        if not ok and q is not None:
+            await self.conv.drop_question(q)
+        return ok
+
+    async def close(self) -> None:
+        # Late answers still being worked on get a moment to go out, then are cancelled.
+        if self.tasks:
+            _done, pending = await asyncio.wait(set(self.tasks), timeout=5)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+def dedup_key(msg: Any) -> str:
+    if msg.type == "event" or not int(msg.id or 0):
+        return f"{msg.source}:{msg.time}:{(getattr(msg, 'event', '') or msg.type).lower()}"
+    return f"msg:{msg.id}"
+
+
+WECHAT_DOOR = web.AppKey("wechat_door", WeChatDoor)
+
+
+def setup(app: web.Application) -> None:
+    cfg = WeChatConfig.from_settings(app[SETTINGS]["wechat"])
+    if not cfg.token:
+        log.info("wechat channel off: wechat.token is empty", extra={"event": "channel_off", "channel": CHANNEL})
+        return
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            door = WeChatDoor(app, cfg, session)
+            app[WECHAT_DOOR] = door
+            app[NOTIFICATIONS].register(CHANNEL, door)
+            log.info("wechat channel on", extra={"event": "channel_on", "channel": CHANNEL, "path": cfg.path,
+                                                 "safe_mode": bool(cfg.aes_key)})
+            try:
+                yield
+            finally:
+                await door.close()
+
+    async def verify(request: web.Request) -> web.Response:
+        return await request.app[WECHAT_DOOR].verify(request)
+
+    async def push(request: web.Request) -> web.Response:
+        return await request.app[WECHAT_DOOR].push(request)
+
+    app.cleanup_ctx.append(ctx)
+    app.router.add_get(cfg.path, verify)
+    app.router.add_post(cfg.path, push)

@@ -1,0 +1,55 @@
+"""``hotline telegram poll``: the whole service with the Telegram bot long-polling instead of a webhook.
+
+For development, when no public HTTPS URL can reach this machine. Telegram refuses getUpdates while a
+webhook is set, so polling first removes the webhook (set it again with the next ``hotline serve`` that has
+``telegram.webhook_url``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hotline.logs import AccessLogger, setup_logging
+from hotline.settings import load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("telegram", help="Telegram bot tools")
+    tsub = parser.add_subparsers(dest="telegram_command", metavar="SUBCOMMAND", required=True)
+    poll = tsub.add_parser("poll", help="run the service with the bot long-polling Telegram (development)")
+    poll.add_argument("--host", help="address of the web server (server.host)")
+    poll.add_argument("--port", type=int, help="port of the web server (server.port)")
+    poll.add_argument("--data-dir", help="data directory (server.data_dir)")
+    poll.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
+    poll.set_defaults(handler=run_poll)
+
+
+def run_poll(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {"server": {}, "telegram": {"mode": "poll"}}
+    if args.host:
+        overrides["server"]["host"] = args.host
+    if args.port is not None:
+        overrides["server"]["port"] = args.port
+    if args.data_dir:
+        overrides["server"]["data_dir"] = args.data_dir
+    settings = load_settings(overrides=overrides, extra_file=args.config)
+    if not settings["telegram"]["token"]:
+        print("hotline: telegram.token is empty (set HOTLINE_TELEGRAM__TOKEN or config); nothing to poll",
+              file=sys.stderr)
+        return 2
+    setup_logging(settings["logging"]["level"])
+    from hotline.app import create_app
+
+    app = create_app(settings)
+    host, port = settings["server"]["host"], settings["server"]["port"]
+    logging.getLogger("hotline").info("serving with telegram polling",
+                                      extra={"event": "serving", "host": host, "port": port})
+    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
+                access_log=logging.getLogger("hotline.access"))
+    return 0
