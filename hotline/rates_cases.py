@@ -1,0 +1,63 @@
+"""Turn stored cases and their audit trails into the rows the 三率 are computed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hotline.rates import RateRow, Weights
+from hotline.records import Case
+from hotline.status import Status
+from hotline.store import Event
+
+
+@dataclass(frozen=True)
+class RateSettings:
+    weights: Weights
+    response_hours: float
+    urgent_response_hours: float
+    min_cases: int
+
+    @classmethod
+    def from_settings(cls, section: dict[str, Any]) -> RateSettings:
+        return cls(
+            weights=Weights(basic_satisfied=section["basic_weight"], response=section["weight_response"],
+                            resolution=section["weight_resolution"], satisfaction=section["weight_satisfaction"]),
+            response_hours=section["response_hours"], urgent_response_hours=section["urgent_response_hours"],
+            min_cases=section["min_cases_for_ranking"])
+
+
+def _top(head: dict[str, Any] | None) -> str:
+    top = (head or {}).get("top") or []
+    return str(top[0].get("label", "")) if top else ""
+
+
+def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | None:
+    """None for cases that are not units of work: merged repeats and cases never confirmed."""
+    if case.status == Status.MERGED:
+        return None
+    cls = case.classification or {}
+    department = str(cls.get("department") or "")
+    category = str(cls.get("category") or _top(case.suggestion.get("category")))
+    street = str(cls.get("street") or "")
+    answered = case.status == Status.ANSWERED or any(e.data.get("to") == str(Status.ANSWERED) for e in events)
+    dispatched_at = next((e.ts for e in events if e.data.get("to") == str(Status.DISPATCHED)), None)
+    # The unit accepted (接单) when it reported acceptance, started work or resolved, whichever came first.
+    accepted_at = None
+    if dispatched_at is not None:
+        accepted_at = next((e.ts for e in events if e.ts >= dispatched_at and (
+            e.action == "accepted" or e.data.get("to") in (str(Status.IN_PROGRESS), str(Status.RESOLVED)))), None)
+    if not answered and dispatched_at is None:
+        return None
+    urgent = case.emergency or case.priority > 0 or (case.suggestion.get("urgency") or {}).get("level") in (
+        "emergency", "urgent")
+    limit_h = cfg.urgent_response_hours if urgent else cfg.response_hours
+    survey = case.survey or {}
+    resolved = survey.get("resolved") if isinstance(survey.get("resolved"), bool) else None
+    satisfaction = survey.get("satisfaction") if resolved is not None else None
+    return RateRow(
+        case_id=case.id, department=department, street=street, category=category, created_at=case.created_at,
+        dispatched=dispatched_at is not None,
+        accept_delay_s=None if accepted_at is None or dispatched_at is None else accepted_at - dispatched_at,
+        response_limit_s=limit_h * 3600, answered_at_intake=answered and dispatched_at is None,
+        resolved=resolved, satisfaction=satisfaction or None)

@@ -1,0 +1,390 @@
+"""Satisfaction callbacks (回访): ask every reporter of a resolved case, act on the answers.
+
+Q1 问题是否解决 (已解决 / 未解决), Q2 满意度 (满意 / 基本满意 / 不满意), optional comment.
+Chat reporters are asked on their channel with options; phone and web reporters, and anyone who does
+not answer after ``callbacks.max_attempts`` automated tries, go to the follow-up agents' worklist.
+未解决 or 不满意 reopens the case (重办) and sends it back to dispatch; an answer from the case's own
+reporter that is neither closes it (核实结案).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from hotline.errors import ApiError
+from hotline.notify import Notification, Notifications, Reply
+from hotline.rates import BASIC, SATISFACTION_LABELS_ZH, SATISFIED, UNSATISFIED
+from hotline.records import Case
+from hotline.status import Status
+from hotline.store import CaseNotFound, Store
+from hotline.store.surveys import (
+    ANSWERED,
+    ASKED,
+    FOLLOWUP,
+    MAIN,
+    SCHEDULED,
+    UNREACHABLE,
+    Recipient,
+    Survey,
+    SurveyStore,
+)
+
+log = logging.getLogger("hotline.surveys")
+
+KIND = "survey"
+Q1_TEXT = "您好，您反映的问题（案件编号 {case_id}）已办理完毕。请问问题是否已经解决？"
+Q2_TEXT = "请问您对本次办理结果是否满意？"
+Q1_OPTIONS = [("q1:resolved", "已解决"), ("q1:unresolved", "未解决")]
+Q2_OPTIONS = [("q2:satisfied", "满意"), ("q2:basic", "基本满意"), ("q2:unsatisfied", "不满意")]
+SATISFACTIONS = (SATISFIED, BASIC, UNSATISFIED)
+CHAT_CHANNELS = frozenset({"telegram", "wechat"})
+AGENT_OUTCOMES = ("answered", "no_answer", "wrong_number", "call_back_later")
+MAX_COMMENT_CHARS = 1000
+
+
+class SurveyError(ApiError):
+    pass
+
+
+class SurveyCaller(Protocol):
+    """Outbound IVR survey through the telephony adapter: answers, or None when nobody answered."""
+
+    async def survey_call(self, number: str, case_id: str) -> dict[str, Any] | None: ...
+
+
+Redispatch = Callable[[str, str, str], Awaitable[Any]]
+
+
+@dataclass
+class CallbackSettings:
+    delay_s: float = 3600
+    hours_start: int = 9
+    hours_end: int = 20
+    weekdays: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+    answer_timeout_s: float = 86400
+    max_attempts: int = 2
+    max_agent_attempts: int = 3
+    link_ttl_s: float = 14 * 86400
+    timezone: str = "Asia/Shanghai"
+
+    @classmethod
+    def from_settings(cls, section: dict[str, Any], timezone: str) -> CallbackSettings:
+        return cls(delay_s=section["delay_s"], hours_start=section["hours_start"], hours_end=section["hours_end"],
+                   weekdays=tuple(section["weekdays"]), answer_timeout_s=section["answer_timeout_s"],
+                   max_attempts=section["max_attempts"], max_agent_attempts=section["max_agent_attempts"],
+                   link_ttl_s=section["link_ttl_s"], timezone=timezone)
+
+
+def next_working_time(ts: float, cfg: CallbackSettings) -> float:
+    """The first moment at or after ``ts`` inside the calling hours on a calling day."""
+    tz = ZoneInfo(cfg.timezone)
+    t = datetime.fromtimestamp(ts, tz)
+    for _ in range(15):
+        if t.isoweekday() in cfg.weekdays:
+            midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
+            # Added as hours, not set via replace(): hours_end = 24 (calls all day) is a valid setting.
+            start = midnight + timedelta(hours=cfg.hours_start)
+            end = midnight + timedelta(hours=cfg.hours_end)
+            if t < start:
+                return start.timestamp()
+            if t < end:
+                return t.timestamp()
+        t = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return ts  # no calling day configured: do not hold surveys back forever
+
+
+# Signed one-time links ----------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_token(secret: bytes, case_id: str, rid: str, round_: int, expires_at: float) -> str:
+    payload = _b64(json.dumps([case_id, rid, round_, int(expires_at)], separators=(",", ":")).encode())
+    sig = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18])
+    return f"{payload}.{sig}"
+
+
+def read_token(secret: bytes, token: str, now: float | None = None) -> tuple[str, str, int]:
+    try:
+        payload, sig = token.split(".", 1)
+        expected = _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18])
+        if not hmac.compare_digest(sig, expected):
+            raise ValueError("signature")
+        case_id, rid, round_, expires_at = json.loads(_unb64(payload))
+        if not (isinstance(case_id, str) and isinstance(rid, str) and isinstance(round_, int)):
+            raise ValueError("payload")
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise SurveyError("bad_link", "回访链接无效。", 404) from exc
+    if (time.time() if now is None else now) > expires_at:
+        raise SurveyError("link_expired", "回访链接已过期。", 410)
+    return case_id, rid, round_
+
+
+class SurveyService:
+    def __init__(self, store: Store, notifications: Notifications, cfg: CallbackSettings, secret: bytes, *,
+                 public_url: str = "", redispatch: Redispatch | None = None,
+                 caller: SurveyCaller | None = None) -> None:
+        self.store = store
+        self.surveys = SurveyStore(store)
+        self.notifications = notifications
+        self.cfg = cfg
+        self.secret = secret
+        self.public_url = public_url.rstrip("/")
+        self.redispatch = redispatch
+        self.caller = caller
+
+    # scheduling -------------------------------------------------------------
+    async def schedule(self, case: Case, now: float | None = None) -> bool:
+        """One survey round per resolution: the case's reporter and each merged reporter.
+
+        Called for every change seen while a case is resolved; the audit event that moved it to
+        resolved identifies the round, so repeated calls schedule nothing new.
+        """
+        if case.status != Status.RESOLVED:
+            return False
+        trigger = ""
+        for ev in reversed(await self.store.events(case.id)):
+            if ev.data.get("to") == str(Status.RESOLVED):
+                trigger = ev.id
+                break
+        now = time.time() if now is None else now
+        due = next_working_time(now + self.cfg.delay_s, self.cfg)
+        earlier = await self.surveys.get(case.id)
+        if earlier is not None and earlier.trigger == trigger:
+            return False
+        round_ = earlier.round + 1 if earlier else 1
+        survey = Survey(case_id=case.id, created_at=now, round=round_, trigger=trigger)
+        survey.recipients[MAIN] = Recipient(MAIN, case.channel, case.sender, case.contact, next_at=due)
+        for r in case.reports:
+            survey.recipients[r.report_id] = Recipient(r.report_id, r.channel, r.sender, r.contact, next_at=due)
+        created = await self.surveys.create(survey)
+        if created:
+            await self.store.add_event(case.id, actor="system", action="survey_scheduled",
+                                       data={"round": round_, "due_at": due, "recipients": len(survey.recipients)})
+        return created
+
+    # automated tries --------------------------------------------------------
+    async def run_due(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        done = 0
+        for case_id, rid in await self.surveys.claim_due(now):
+            try:
+                await self.try_recipient(case_id, rid, now)
+            except (KeyError, CaseNotFound):
+                log.warning("survey entry without case", extra={"event": "survey_orphan", "case_id": case_id})
+            done += 1
+        return done
+
+    async def try_recipient(self, case_id: str, rid: str, now: float) -> None:
+        survey = await self.surveys.get(case_id)
+        if survey is None or rid not in survey.recipients:
+            return
+        rec = survey.recipients[rid]
+        if rec.state not in (SCHEDULED, ASKED):
+            return
+        if rec.attempts >= self.cfg.max_attempts:
+            await self._to_followup(case_id, rid, "no_reply", now)
+            return
+        if rec.channel in CHAT_CHANNELS:
+            n = Notification(case_id, KIND, Q1_TEXT.format(case_id=case_id), rec.channel, rec.sender, rec.contact,
+                             report_id="" if rid == MAIN else rid, options=list(Q1_OPTIONS), meta={"question": "q1"})
+            delivered = await self.notifications.send(n)
+            if not delivered:
+                await self._to_followup(case_id, rid, "channel_unreachable", now)
+                return
+
+            def asked(r: Recipient, _s: Survey) -> None:
+                r.state, r.question, r.attempts = ASKED, "q1", r.attempts + 1
+                r.next_at = now + self.cfg.answer_timeout_s
+
+            await self.surveys.update(case_id, rid, asked)
+            return
+        if rec.channel == "voice" and self.caller is not None and rec.contact:
+            answers = await self.caller.survey_call(rec.contact, case_id)
+
+            def called(r: Recipient, _s: Survey) -> None:
+                r.attempts += 1
+                r.next_at = next_working_time(now + self.cfg.answer_timeout_s / 4, self.cfg)
+
+            await self.surveys.update(case_id, rid, called)
+            if answers and "resolved" in answers:
+                await self.answer(case_id, rid, resolved=bool(answers["resolved"]),
+                                  satisfaction=answers.get("satisfaction", ""), comment="", actor="voice:survey")
+            return
+        # Phone and web reporters: a person calls (the web status page also offers the signed link).
+        await self._to_followup(case_id, rid, "needs_call", now)
+
+    async def _to_followup(self, case_id: str, rid: str, reason: str, now: float) -> None:
+        def move(r: Recipient, _s: Survey) -> None:
+            r.state, r.question, r.next_at = FOLLOWUP, "", now
+
+        await self.surveys.update(case_id, rid, move)
+        await self.store.add_event(case_id, actor="system", action="survey_followup",
+                                   data={"report_id": "" if rid == MAIN else rid, "reason": reason})
+
+    # answers ----------------------------------------------------------------
+    async def handle_reply(self, reply: Reply) -> str:
+        """A chat answer to a survey question (hotline/notify.py reply path)."""
+        rid = reply.report_id or MAIN
+        survey = await self.surveys.get(reply.case_id)
+        rec = survey.recipients.get(rid) if survey else None
+        if rec is None or rec.state in (ANSWERED, UNREACHABLE):
+            return "本次回访已结束，感谢您的参与。"
+        if rec.channel != reply.channel or rec.sender != reply.sender:
+            return "未找到您的回访。"
+        if reply.value in ("q1:resolved", "q1:unresolved"):
+            resolved = reply.value == "q1:resolved"
+
+            def q1(r: Recipient, _s: Survey) -> None:
+                r.resolved, r.question = resolved, "q2"
+
+            await self.surveys.update(reply.case_id, rid, q1)
+            await self.notifications.send(Notification(
+                reply.case_id, KIND, Q2_TEXT, rec.channel, rec.sender, rec.contact,
+                report_id=reply.report_id, options=list(Q2_OPTIONS), meta={"question": "q2"}))
+            return ""
+        if reply.value.startswith("q2:") and reply.value[3:] in SATISFACTIONS:
+            if rec.resolved is None:
+                return "请先回答问题是否已经解决。"
+            return await self.answer(reply.case_id, rid, resolved=rec.resolved, satisfaction=reply.value[3:],
+                                     comment=reply.comment, actor=f"{reply.channel}:citizen")
+        return "未能识别您的选择，请点击或回复选项编号。"
+
+    async def answer(self, case_id: str, rid: str, *, resolved: bool, satisfaction: str, comment: str,
+                     actor: str, round_: int | None = None) -> str:
+        """Record a full answer (from chat, the web link, the IVR or an agent) and act on it."""
+        if satisfaction not in SATISFACTIONS:
+            raise SurveyError("bad_satisfaction", "满意度须为 满意 / 基本满意 / 不满意。")
+        comment = (comment or "")[:MAX_COMMENT_CHARS]
+        now = time.time()
+        state: dict[str, bool] = {"already": False}
+
+        def record(r: Recipient, s: Survey) -> None:
+            if round_ is not None and s.round != round_:
+                raise SurveyError("link_expired", "回访链接已失效。", 410)
+            if r.state == ANSWERED:
+                state["already"] = True
+                return
+            r.state, r.question = ANSWERED, ""
+            r.resolved, r.satisfaction, r.comment = resolved, satisfaction, comment
+            r.answered_at, r.answered_by = now, actor
+
+        try:
+            await self.surveys.update(case_id, rid, record)
+        except KeyError as exc:
+            raise SurveyError("not_found", "未找到该回访。", 404) from exc
+        if state["already"]:
+            return "您已完成本次回访，感谢您的参与。"
+
+        unhappy = (not resolved) or satisfaction == UNSATISFIED
+        result = {"resolved": resolved, "satisfaction": satisfaction, "comment": comment, "at": now, "by": actor}
+
+        def on_case(case: Case) -> dict[str, Any]:
+            if rid == MAIN:
+                case.survey = {**case.survey, **result, "reports": case.survey.get("reports", {})}
+            else:
+                reports = dict(case.survey.get("reports", {}))
+                reports[rid] = result
+                case.survey = {**case.survey, "reports": reports}
+            return {"report_id": "" if rid == MAIN else rid, "resolved": resolved,
+                    "satisfaction": SATISFACTION_LABELS_ZH[satisfaction], "comment": comment}
+
+        case = await self.store.update_case(case_id, on_case, actor=actor, action="survey_answered")
+        if unhappy and case.status in (Status.RESOLVED, Status.CLOSED):
+            reason = comment or ("市民反映问题未解决" if not resolved else "市民对办理结果不满意")
+            await self.store.update_case(case_id, lambda c: {"reason": reason}, actor=actor, action="reopened",
+                                         target=Status.REOPENED)
+            if self.redispatch is not None:
+                try:
+                    await self.redispatch(case_id, reason, actor)
+                except Exception:
+                    # The case stays REOPENED in the queue; staff re-dispatch it by hand.
+                    log.exception("re-dispatch failed", extra={"event": "redispatch_failed", "case_id": case_id})
+            return "感谢您的反馈，您的问题将重新办理，我们会尽快再次联系您。"
+        if rid == MAIN and case.status == Status.RESOLVED:
+            await self.store.update_case(case_id, lambda c: {"by": "survey"}, actor=actor, action="closed",
+                                         target=Status.CLOSED)
+        return "感谢您的评价！"
+
+    # follow-up agents -------------------------------------------------------
+    async def agent_outcome(self, case_id: str, rid: str, outcome: str, actor: str, *, note: str = "",
+                            call_back_at: float = 0.0) -> Recipient:
+        """An agent's call that did not yield answers: no answer, wrong number, call back later."""
+        if outcome not in ("no_answer", "wrong_number", "call_back_later"):
+            raise SurveyError("bad_outcome", "结果须为 no_answer / wrong_number / call_back_later。")
+        now = time.time()
+        if outcome == "call_back_later" and not (now < call_back_at < now + 30 * 86400):
+            raise SurveyError("bad_call_back_at", "请填写 30 天内的回拨时间。")
+
+        def log_call(r: Recipient, _s: Survey) -> None:
+            if r.state != FOLLOWUP:
+                raise SurveyError("not_waiting", "该回访不在待回访列表中。", 409)
+            r.notes.append({"at": now, "by": actor, "outcome": outcome, "note": note[:MAX_COMMENT_CHARS]})
+            if outcome == "call_back_later":
+                r.next_at = call_back_at
+                return
+            r.agent_attempts += 1
+            if outcome == "wrong_number" or r.agent_attempts >= self.cfg.max_agent_attempts:
+                r.state = UNREACHABLE
+            else:
+                r.next_at = now + 3600  # try again later the same day
+
+        try:
+            rec = await self.surveys.update(case_id, rid, log_call)
+        except KeyError as exc:
+            raise SurveyError("not_found", "未找到该回访。", 404) from exc
+        await self.store.add_event(case_id, actor=actor, action="callback_call",
+                                   data={"report_id": "" if rid == MAIN else rid, "outcome": outcome,
+                                         "note": note[:MAX_COMMENT_CHARS], "call_back_at": call_back_at})
+        if rec.state == UNREACHABLE and rid == MAIN:
+            case = await self.store.get_case(case_id)
+            if case.status == Status.RESOLVED:
+                # 核实结案 without an evaluation: the case closes, the survey is recorded as unreachable.
+                await self.store.update_case(case_id, lambda c: {"by": "unreachable"}, actor=actor,
+                                             action="closed", target=Status.CLOSED)
+        return rec
+
+    async def worklist(self, limit: int = 200) -> list[dict[str, Any]]:
+        rows = []
+        for case_id, rid, since in await self.surveys.followup_list(limit):
+            survey = await self.surveys.get(case_id)
+            try:
+                case = await self.store.get_case(case_id)
+            except CaseNotFound:
+                continue
+            if survey is None or rid not in survey.recipients:
+                continue
+            rec = survey.recipients[rid]
+            rows.append({"case": case, "rid": rid, "recipient": rec, "since": since, "round": survey.round})
+        return rows
+
+    # web link ---------------------------------------------------------------
+    def link(self, case_id: str, rid: str, round_: int, now: float | None = None) -> str:
+        expires = (time.time() if now is None else now) + self.cfg.link_ttl_s
+        return f"{self.public_url}/survey/{make_token(self.secret, case_id, rid, round_, expires)}"
+
+    async def pending_link(self, case_id: str) -> str:
+        """The survey link for the case's own reporter while their answer is still open."""
+        survey = await self.surveys.get(case_id)
+        rec = survey.recipients.get(MAIN) if survey else None
+        if survey is None or rec is None or rec.state in (ANSWERED, UNREACHABLE):
+            return ""
+        return self.link(case_id, MAIN, survey.round)
+
+    def read_link(self, token: str) -> tuple[str, str, int]:
+        return read_token(self.secret, token)
