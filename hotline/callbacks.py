@@ -150,7 +150,7 @@ async def survey_submit(request: web.Request) -> web.Response:
 
 # staff API ---------------------------------------------------------------------
 
-def _worklist_item(row: dict[str, Any], role: str) -> dict[str, Any]:
+def worklist_item(row: dict[str, Any], role: str) -> dict[str, Any]:
     case, rec = row["case"], row["recipient"]
     reply = (case.dispatch or {}).get("reply", "")
     return {
@@ -167,7 +167,7 @@ def _worklist_item(row: dict[str, Any], role: str) -> dict[str, Any]:
 async def get_worklist(request: web.Request) -> web.Response:
     _name, role = staff_user(request)
     rows = await request.app[SURVEYS].worklist()
-    return web.json_response({"items": [_worklist_item(r, role) for r in rows]}, dumps=dumps)
+    return web.json_response({"items": [worklist_item(r, role) for r in rows]}, dumps=dumps)
 
 
 @requires(FOLLOW_UP, SUPERVISOR)

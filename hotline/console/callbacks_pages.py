@@ -15,7 +15,7 @@ from aiohttp import web
 
 from hotline.access import FOLLOW_UP, SUPERVISOR, requires
 from hotline.appkeys import HOTSPOTS, SETTINGS, SURVEYS
-from hotline.callbacks import _worklist_item, rate_rows, rate_window, staff_user
+from hotline.callbacks import rate_rows, rate_window, staff_user, worklist_item
 from hotline.charts import RATE_SERIES, Series, bar_chart, line_chart
 from hotline.console.auth import render_console
 from hotline.rates import Rates, compute, ranking, total
@@ -41,7 +41,7 @@ def _local(ts: Any, tz: ZoneInfo) -> str:
 async def worklist_page(request: web.Request) -> web.Response:
     _name, role = staff_user(request)
     tz = ZoneInfo(request.app[SETTINGS]["intake"]["timezone"])
-    items = [_worklist_item(r, role) for r in await request.app[SURVEYS].worklist()]
+    items = [worklist_item(r, role) for r in await request.app[SURVEYS].worklist()]
     for item in items:
         item["since_text"] = _local(item["since"], tz)
         item["status_label"] = STATUS_LABELS_ZH.get(Status(item["status"]), item["status"])
