@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from hotline.appkeys import CLASSIFIER, INTAKE, NOTIFICATIONS, SETTINGS, STORE, TEMPLATES
+from hotline.appkeys import CLASSIFIER, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT, TEMPLATES
 from hotline.channels import web as web_channel
 from hotline.classifier import load_classifier
-from hotline.intake import Intake, IntakeError
+from hotline.console.auth import auth_middleware
+from hotline.errors import ApiError
+from hotline.intake import Intake
 from hotline.notify import Notifications
 from hotline.pages import STATIC_DIR, make_environment, render
 from hotline.redis_server import EmbeddedRedis
@@ -25,6 +27,16 @@ log = logging.getLogger("hotline.app")
 # and cleanup contexts; those run after the store and the pipeline are up.
 FEATURE_MODULES = [
     "hotline.channels.web",
+    "hotline.callbacks",
+    "hotline.channels.wechat",
+    "hotline.channels.telegram",
+    "hotline.dedup",
+    "hotline.channels.hotspots_api",
+    "hotline.channels.answers_api",
+    "hotline.console.feature",
+    "hotline.ivr.feature",
+    "hotline.dispatch.feature",
+    "hotline.channels.open311",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,7 +74,7 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except IntakeError as exc:
+    except ApiError as exc:
         return error_response(request, exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -127,14 +139,17 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     store_ok = await request.app[STORE].ping()
-    body = {"redis": store_ok, "classifier": request.app[CLASSIFIER].name}
+    classifier = request.app[CLASSIFIER].name
+    # Without models the service still runs, but every case waits for a call-taker and calls go to a person.
+    models = {"classifier": classifier != "none", "stt": request.app.get(STT) is not None}
+    body = {"redis": store_ok, "classifier": classifier, "models": models}
     return web.json_response(body, status=200 if store_ok else 503)
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings["server"]["max_body_bytes"],
-        middlewares=[security_headers_middleware, errors_middleware],
+        middlewares=[security_headers_middleware, errors_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
     app[TEMPLATES] = make_environment()

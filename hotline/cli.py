@@ -14,6 +14,11 @@ from hotline.settings import SettingsError
 COMMAND_MODULES = [
     "hotline.commands.serve",
     "hotline.commands.nlp",
+    "hotline.commands.telegram",
+    "hotline.commands.kb",
+    "hotline.commands.voice",
+    "hotline.commands.users",
+    "hotline.commands.dispatch",
 ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hotline.classifier import Classifier
+from hotline.errors import ApiError
 from hotline.nlp.text import normalize, sanitize
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
@@ -35,14 +36,8 @@ EMERGENCY_ADVICE = (
 )
 
 
-class IntakeError(Exception):
+class IntakeError(ApiError):
     """A message the pipeline refuses; ``code`` and ``status`` map onto the API's error body."""
-
-    def __init__(self, code: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass

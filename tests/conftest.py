@@ -36,6 +36,8 @@ def make_settings(redis_url: str, data_dir: Path, prefix: str = "hl", **sections
     overrides: dict[str, Any] = {
         "server": {"data_dir": str(data_dir)},
         "store": {"redis_url": redis_url, "key_prefix": prefix},
+        # Many apps run side by side in one test session: each PBX listener takes a free port.
+        "voice": {"audiosocket_port": 0},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

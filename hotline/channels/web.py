@@ -15,8 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hotline.appkeys import INTAKE, STORE
+from hotline.answers import intake_offer
+from hotline.appkeys import ANSWERS, INTAKE, STORE, SURVEYS
 from hotline.channels.openapi import openapi_document
+from hotline.errors import decode_json_object
 from hotline.intake import IntakeError, IntakeResult
 from hotline.pages import render
 from hotline.records import Case, InboundMessage, Location, last4, mask_pii
@@ -42,6 +44,8 @@ PUBLIC_EVENTS = {
     "report_merged": "其他市民反映了相同问题",
     "survey_answered": "已完成回访评价",
     "answered": "已直接答复",
+    "answer_resolved": "市民确认答复已解决问题",
+    "answer_not_resolved": "答复未解决问题，已转为人工办理",
 }
 
 
@@ -108,18 +112,10 @@ def _location(body: dict[str, Any]) -> Location | None:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
+    # Content type first: a wrong type is the clearer error even for an empty body.
     if request.content_type != "application/json":
         raise IntakeError("unsupported_media_type", "请求须为 application/json。", 415)
-    raw = await request.read()
-    if not raw.strip():
-        raise IntakeError("empty_body", "请求内容为空。", 400)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntakeError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
-    if not isinstance(body, dict):
-        raise IntakeError("bad_body", "请求内容须为 JSON 对象。")
-    return body
+    return decode_json_object(await request.read(), request.content_type)
 
 
 async def post_complaint(request: web.Request) -> web.Response:
@@ -143,7 +139,13 @@ async def post_complaint(request: web.Request) -> web.Response:
         idempotency_key=request.headers.get("Idempotency-Key", ""),
     )
     result = await request.app[INTAKE].submit(msg)
-    return web.json_response(api_case_body(result), status=201 if result.created else 200, dumps=dumps)
+    body = api_case_body(result)
+    # A confident consultation is answered at once (直接答复), with 是否解决了您的问题? (docs/answers.md).
+    offer = await intake_offer(request.app.get(ANSWERS), result.case, created=result.created)
+    body["answer"] = offer.public() if offer else None
+    if offer:
+        body["status"] = "answered"
+    return web.json_response(body, status=201 if result.created else 200, dumps=dumps)
 
 
 async def get_case(request: web.Request) -> web.Response:
@@ -186,12 +188,16 @@ async def submit_form(request: web.Request) -> web.Response:
             raise
         return render(request, "index.html", status=exc.status, form_token=str(form.get("form_token", "")),
                       values=values, error=exc.message)
+    offer = await intake_offer(request.app.get(ANSWERS), result.case, created=result.created)
+    if offer is not None:
+        return render(request, "answer.html", status=201 if result.created else 200, case=result.case,
+                      offer=offer)
     return render(request, "submitted.html", status=201 if result.created else 200, case=result.case,
                   reply=result.reply)
 
 
 async def status_page(request: web.Request) -> web.Response:
-    return render(request, "status.html", case=None, events=[], error="", case_id="")
+    return render(request, "status.html", case=None, events=[], error="", case_id="", survey_url="")
 
 
 async def status_lookup(request: web.Request) -> web.Response:
@@ -201,7 +207,7 @@ async def status_lookup(request: web.Request) -> web.Response:
     not_found = "未找到该案件，请核对案件编号和手机号后四位。"
     if not valid_case_id(case_id) or len(digits) != 4 or not digits.isdigit():
         return render(request, "status.html", status=404, case=None, events=[], error=not_found,
-                      case_id=case_id[:20])
+                      case_id=case_id[:20], survey_url="")
     try:
         case = await request.app[STORE].get_case(case_id)
     except CaseNotFound:
@@ -209,13 +215,16 @@ async def status_lookup(request: web.Request) -> web.Response:
     # The same answer for "no such case" and "wrong digits", so numbers cannot be probed.
     if case is None or not case.contact or not hmac.compare_digest(last4(case.contact), digits):
         return render(request, "status.html", status=404, case=None, events=[], error=not_found,
-                      case_id=case_id)
+                      case_id=case_id, survey_url="")
     events = [
         {"ts": e.ts, "label": PUBLIC_EVENTS[e.action]}
         for e in await request.app[STORE].events(case.id)
         if e.action in PUBLIC_EVENTS
     ]
-    return render(request, "status.html", case=public_case(case), events=events, error="", case_id=case_id)
+    surveys = request.app.get(SURVEYS)
+    survey_url = await surveys.pending_link(case.id) if surveys is not None else ""
+    return render(request, "status.html", case=public_case(case), events=events, error="", case_id=case_id,
+                  survey_url=survey_url)
 
 
 def setup(app: web.Application) -> None:

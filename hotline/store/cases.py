@@ -13,6 +13,7 @@ Layout (prefix ``hl`` by default; a case's own keys share the hash tag ``{case_i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -30,10 +31,12 @@ from hotline.records import Case
 from hotline.status import Status, check_move
 
 FEED_MAXLEN = 100_000
+FEED_POLL_S = 0.1
 EVENTS_PER_CASE_MAX = 10_000
 # Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
 PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
-CONFIRM_QUEUE_STATES = frozenset({Status.CLASSIFIED, Status.RETURNED})
+# Reopened cases wait here too until they are re-dispatched (automatically when a dispatcher runs).
+CONFIRM_QUEUE_STATES = frozenset({Status.CLASSIFIED, Status.RETURNED, Status.REOPENED})
 
 StoreUnavailable = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -94,7 +97,8 @@ def queue_score(case: Case) -> float | None:
     """Position in the confirmation queue (lower first), or None when the case does not wait there."""
     if case.status not in CONFIRM_QUEUE_STATES:
         return None
-    boost = case.priority + (2 if case.emergency else 0) + (1 if case.status == Status.RETURNED else 0)
+    back = case.status in (Status.RETURNED, Status.REOPENED)
+    boost = case.priority + (2 if case.emergency else 0) + (1 if back else 0)
     return case.created_at - boost * PRIORITY_WEIGHT_S
 
 
@@ -254,7 +258,21 @@ class Store:
         return [Event(id=eid, ts=float(f["ts"]), actor=f["actor"], action=f["action"],
                       data=json.loads(f.get("data") or "{}")) for eid, f in rows]
 
+    async def events_many(self, case_ids: list[str], count: int = 1000) -> dict[str, list[Event]]:
+        """Audit trails of many cases in one round trip (reports over thousands of cases)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for case_id in case_ids:
+                pipe.xrange(self.k_events(case_id), count=count)
+            results = await pipe.execute()
+        return {case_id: [Event(id=eid, ts=float(f["ts"]), actor=f["actor"], action=f["action"],
+                                data=json.loads(f.get("data") or "{}")) for eid, f in rows]
+                for case_id, rows in zip(case_ids, results, strict=True)}
+
     # listings -------------------------------------------------------------
+    async def case_ids_between(self, start: float, end: float, limit: int = 100_000) -> list[str]:
+        """Cases created in [start, end), oldest first."""
+        return await self.r.zrangebyscore(self.k_all, start, f"({end}", start=0, num=limit)
+
     async def case_ids(self, *, status: Status | None = None, offset: int = 0, limit: int = 50,
                        newest_first: bool = True) -> list[str]:
         key = self.k_status(status) if status else self.k_all
@@ -272,8 +290,20 @@ class Store:
         return await self.r.get(self.k_idem(key))
 
     async def feed(self, last_id: str = "$", block_ms: int = 0, count: int = 100) -> list[tuple[str, dict]]:
-        res = await self.r.xread({self.k_feed: last_id}, count=count, block=block_ms or None)
-        return [(eid, fields) for _stream, entries in res for eid, fields in entries]
+        """Feed entries after ``last_id``, waiting up to ``block_ms`` for one.
+
+        Waiting is done by polling, not with XREAD BLOCK: a task cancelled while redis-py waits on a
+        blocking read can lose the cancellation and hang shutdown.
+        """
+        if last_id == "$":
+            last_id = await self.feed_last_id()
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            res = await self.r.xread({self.k_feed: last_id}, count=count)
+            entries = [(eid, fields) for _stream, items in res for eid, fields in items]
+            if entries or time.monotonic() >= deadline:
+                return entries
+            await asyncio.sleep(min(FEED_POLL_S, max(0.0, deadline - time.monotonic())))
 
     async def feed_last_id(self) -> str:
         info = await self.r.xrevrange(self.k_feed, count=1)
