@@ -37,6 +37,8 @@ FEATURE_MODULES = [
     "hotline.ivr.feature",
     "hotline.dispatch.feature",
     "hotline.channels.open311",
+    "hotline.metrics",
+    "hotline.limits",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -15,6 +16,25 @@ from hotline.records import mask_pii
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
+# Beyond mask_pii (which pages share): numbers as citizens write them, with +86 in front or split by
+# spaces and dashes. Logs can afford to over-mask.
+_LOOSE_PHONE = re.compile(r"(?<!\d)(?:\+?86[\s-]?)?(1[3-9]\d)[\s-]?(\d{4})[\s-]?(\d{4})(?!\d)")
+
+
+def scrub(value: Any) -> Any:
+    """Mask PII in a log value, also inside dicts, lists and numbers (a phone may arrive as an int)."""
+    if isinstance(value, str):
+        return _LOOSE_PHONE.sub(lambda m: f"{m.group(1)}****{m.group(3)}", mask_pii(value))
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) in (11, 18):
+        return scrub(str(value))
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return scrub(str(value))
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -22,13 +42,13 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": mask_pii(record.getMessage()),
+            "msg": scrub(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                data[key] = mask_pii(value) if isinstance(value, str) else value
+                data[key] = scrub(value)
         if record.exc_info:
-            data["exc"] = mask_pii(self.formatException(record.exc_info))
+            data["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(data, ensure_ascii=False, default=str)
 
 

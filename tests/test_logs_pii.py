@@ -1,0 +1,135 @@
+"""No phone or ID-card number in the logs of a full run through the app.
+
+Every log record of every logger (the app's, aiohttp's access log as `hotline serve` configures it,
+redis, asyncio) is formatted with the production JsonFormatter and the lines are scanned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from hotline.app import create_app
+from hotline.logs import AccessLogger, JsonFormatter
+
+PHONES = ["13812345678", "15900001111", "18677772222", "13544443333", "17755556666"]
+IDS = ["110101199003071234", "44030619851231002X", "320102197712120017"]
+
+# Any mobile number or ID-card number, also glued to other digits (+8613812345678) or split by
+# spaces and dashes (138 1234 5678, 138-1234-5678), which is how citizens write them.
+# Digit boundaries keep 13-digit stream ids and timestamps out of the scan.
+_SEP = r"[\s\-]?"
+MOBILE = re.compile(r"(?<!\d)(?:86)?1[3-9]\d" + _SEP + r"\d{4}" + _SEP + r"\d{4}(?!\d)")
+ID_CARD = re.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def leaks(text: str) -> list[str]:
+    found = [m.group(0) for m in MOBILE.finditer(text)] + [m.group(0) for m in ID_CARD.finditer(text)]
+    found += [v for v in PHONES + IDS if v in text]
+    return found
+
+
+def test_the_scanner_finds_what_it_looks_for() -> None:
+    # A scan that can never fire proves nothing: it must see the raw forms.
+    for raw in ("电话13812345678", "+8613812345678", "138 1234 5678", "138-1234-5678", "44030619851231002X"):
+        assert leaks(raw), raw
+
+
+def test_formatter_masks_nested_and_non_string_values() -> None:
+    record = logging.LogRecord("hotline.x", logging.INFO, __file__, 1, "citizen %s called from %s",
+                               ("13812345678", "+8613812345678"), None)
+    record.contact = "15900001111"
+    record.data = {"phone": "18677772222", "id": IDS[0], "list": ["138-1234-5678", 13544443333]}
+    try:
+        raise ValueError(f"bad id {IDS[1]}")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["logger"] == "hotline.x"
+    assert leaks(line) == [], line
+
+
+async def test_no_pii_in_logs_of_a_full_run(aiohttp_client: Any, settings: Any, log_lines: io.StringIO) -> None:
+    # As `hotline serve` runs it: the JSON access logger.
+    server = TestServer(create_app(settings))
+    await server.start_server(access_log_class=AccessLogger)
+    client = await aiohttp_client(server)
+    ids: list[str] = []
+
+    # API submissions: contact, phone and ID numbers in the text, in several spellings.
+    for i, (phone, idno) in enumerate(zip(PHONES, IDS * 2, strict=False)):
+        body = {"text": f"第{i}次反映：小区路灯坏了，我电话{phone}，身份证号{idno}，或者打+86{phone}",
+                "contact": phone, "name": "张三", "address": f"幸福小区{i}栋"}
+        resp = await client.post("/api/v1/complaints", json=body, headers={"Idempotency-Key": f"pii-{phone}"})
+        assert resp.status == 201, await resp.text()
+        ids.append((await resp.json())["case_id"])
+    # The same again (idempotent replay) and a spaced number.
+    resp = await client.post("/api/v1/complaints", json={"text": "重复", "contact": PHONES[0]},
+                             headers={"Idempotency-Key": f"pii-{PHONES[0]}"})
+    assert resp.status == 200
+    resp = await client.post("/api/v1/complaints", json={"text": "噪音扰民 电话 138 1234 5678",
+                                                         "contact": "138-1234-5678"})
+    assert resp.status == 201
+
+    # Web form.
+    resp = await client.post("/submit", data={"text": f"井盖丢失，联系{PHONES[1]}，身份证{IDS[2]}",
+                                              "contact": PHONES[1], "name": "李四", "form_token": "pii-form"})
+    assert resp.status == 201
+    # Open311.
+    resp = await client.post("/open311/v2/requests.json",
+                             data={"service_code": "x", "description": f"垃圾堆积 {PHONES[2]}", "phone": PHONES[2]})
+    assert resp.status < 500
+
+    # Status look-ups: right and wrong digits, in the form, the query string and the API.
+    for case_id, phone in zip(ids, PHONES, strict=False):
+        resp = await client.post("/status", data={"case_id": case_id, "last4": phone[-4:]})
+        assert resp.status == 200
+    assert (await client.post("/status", data={"case_id": ids[0], "last4": "0000"})).status == 404
+    assert (await client.get(f"/status?case_id={ids[0]}&phone={PHONES[0]}")).status == 200
+    assert (await client.get(f"/api/v1/cases/{ids[0]}?contact={PHONES[0]}")).status == 200
+
+    # Errors: refused contact, unknown paths carrying numbers, broken JSON, oversized body.
+    resp = await client.post("/api/v1/complaints", json={"text": "路灯坏了", "contact": f"{PHONES[3]}abc{IDS[0]}"})
+    assert resp.status == 422
+    assert (await client.get(f"/api/v1/cases/{PHONES[4]}")).status in (400, 404)
+    assert (await client.get(f"/no/such/{IDS[1]}/{PHONES[0]}")).status == 404
+    resp = await client.post("/api/v1/complaints", data=f'{{"text": "{PHONES[0]}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    big = f"{IDS[0]} {PHONES[0]} " * 100_000
+    assert (await client.post("/api/v1/complaints", json={"text": big})).status == 413
+
+    await client.close()
+    text = log_lines.getvalue()
+    lines = [line for line in text.splitlines() if line.strip()]
+    # The run was logged at all (access lines and case events), else the scan is empty.
+    events = [json.loads(line).get("event") for line in lines]
+    assert events.count("http") >= 20 and "case_created" in events, events
+    bad = [line for line in lines if leaks(line)]
+    assert bad == [], "\n".join(bad[:10])
