@@ -13,7 +13,7 @@ import re
 
 from hotline.nlp.text import normalize
 
-# Longest text the models look at (characters after cleaning); chosen by cross-validation (docs/nlp.md).
+# Longest text the models look at (characters after cleaning); chosen by cross-validation (README, “Complaint understanding (category, department, request type, urgency)”).
 MAX_MODEL_CHARS = 600
 
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s\u4e00-\u9fff]*", re.IGNORECASE)
