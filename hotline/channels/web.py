@@ -140,7 +140,8 @@ async def post_complaint(request: web.Request) -> web.Response:
     )
     result = await request.app[INTAKE].submit(msg)
     body = api_case_body(result)
-    # A confident consultation is answered at once (直接答复), with 是否解决了您的问题? (README, “Answers for consultations (智能问答)”).
+    # A confident consultation is answered at once (直接答复), with 是否解决了您的问题?
+    # (README: Answers for consultations).
     offer = await intake_offer(request.app.get(ANSWERS), result.case, created=result.created)
     body["answer"] = offer.public() if offer else None
     if offer:

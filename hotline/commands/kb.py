@@ -29,8 +29,8 @@ from hotline.commands.common import add_settings_args, open_store, settings_from
 from hotline.nlp.answers import ACTIVE, AnswerIndex, RetrievalConfig, clean_text, date_ts, parse_date
 from hotline.store.kb import KnowledgeBase
 
-# Hit definition (README, “Answers for consultations (智能问答)”): the retrieved answer is the row's reply when their reply similarity is at
-# least SAME_REPLY; it is a same-topic answer of the same department from SAME_TOPIC up.
+# Hit definition (README: Answers for consultations): the retrieved answer is the row's reply when
+# their reply similarity is at least SAME_REPLY; it is a same-topic answer of the same department from SAME_TOPIC up.
 SAME_REPLY = 0.8
 SAME_TOPIC = 0.5
 # Greeting handles (UU0081831, 网友“…”), dates and whitespace differ between copies of one reply.

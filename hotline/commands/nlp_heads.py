@@ -23,7 +23,7 @@ from typing import Any
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
 from hotline.settings import Settings, load_settings
 
-# Training defaults per head, chosen by 5-fold cross-validation on the shared data (README, “Complaint understanding (category, department, request type, urgency)”).
+# Training defaults per head, chosen by 5-fold cross-validation on the shared data (README: Complaint understanding).
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "category": {"c": 1.0, "class_weight": "balanced", "min_df": 1, "max_features": 300_000, "words": True,
                  "sublinear": False},

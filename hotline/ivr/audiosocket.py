@@ -5,7 +5,7 @@ Every message is 1 byte type + 2 bytes big-endian payload length + payload:
 0x10 signed-linear 8 kHz mono little-endian audio, 0x11 the same at 16 kHz (newer Asterisk), 0xff error.
 Asterisk does not time the audio we send: we pace 20 ms frames ourselves. To end the call leg we send
 a hang-up message and close; the dialplan then reads the outcome (transfer or not) from
-``GET /ivr/calls/<uuid>/action`` (README, “Voice: phone calls, IVR and speech-to-text (`hotline/ivr/`)”).
+``GET /ivr/calls/<uuid>/action`` (README: Voice).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Transport(Protocol):
         ...
 
     async def end(self, outcome: CallOutcome) -> None:
-        """Finish the call leg: hang up; the dialplan then reads the outcome (see README, “Voice: phone calls, IVR and speech-to-text (`hotline/ivr/`)”)."""
+        """Finish the call leg: hang up; the dialplan then reads the outcome (see README: Voice)."""
         ...
 
 

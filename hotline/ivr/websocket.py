@@ -6,7 +6,7 @@ then the caller's audio in BINARY messages and notifications such as ``DTMF_END 
 We send prompt audio in BINARY messages between ``START_MEDIA_BUFFERING`` and ``STOP_MEDIA_BUFFERING <id>``
 (Asterisk frames and times it, answers ``MEDIA_BUFFERING_COMPLETED <id>``), ``FLUSH_MEDIA`` for barge-in,
 honour ``MEDIA_XOFF``/``MEDIA_XON``, and finish with ``HANGUP``; the dialplan continues after Dial and
-reads the outcome from ``GET /ivr/calls/<call_id>/action`` (README, “Voice: phone calls, IVR and speech-to-text (`hotline/ivr/`)”).
+reads the outcome from ``GET /ivr/calls/<call_id>/action`` (README: Voice).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import re
 
 from hotline.nlp.text import normalize
 
-# Longest text the models look at (characters after cleaning); chosen by cross-validation (README, “Complaint understanding (category, department, request type, urgency)”).
+# Longest text the models look at (characters after cleaning); chosen by cross-validation
+# (README: Complaint understanding).
 MAX_MODEL_CHARS = 600
 
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s\u4e00-\u9fff]*", re.IGNORECASE)

@@ -12,7 +12,7 @@ of being the same problem from a small logistic model over four features:
 Anonymisation runs (``****``, ``0000``, ``XX``) and the anonymised admin names of open data (``A市``) are
 removed before anything is counted: they make unrelated letters look alike. The same caller adds a fixed
 logit; a different place (both texts name places, none shared; or coordinates far apart) subtracts one.
-The weights were fitted on the labelled dev pairs with 5-fold cross-validation (see README, “Duplicates, merged reporters and hotspots (未诉先办)”).
+The weights were fitted on the labelled dev pairs with 5-fold cross-validation (see README: Duplicates).
 """
 
 from __future__ import annotations
