@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -132,3 +133,22 @@ async def test_wrong_secret_is_refused_by_the_receiver_and_nothing_is_accepted(a
         assert receiver.accepted == []
     finally:
         await receiver.close()
+
+
+async def test_stream_backend_leaves_orders_for_the_city_systems_own_consumer_group(
+        app_client: TestClient, redis_server: EmbeddedRedis) -> None:
+    """With backend = "stream" nothing is sent: the work-order system reads the outbox stream itself."""
+    case = await new_case(app_client)
+    await app_client.app[DISPATCHER].confirm(case.id, CLASSIFICATION, "staff:test")
+    stream = app_client.app[DISPATCHER].outbox.k_stream
+    outside = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await outside.xgroup_create(stream, "city-workorders", id="0")
+        rows = await outside.xreadgroup("city-workorders", "wo-1", {stream: ">"}, count=10)
+        entries = [fields for _s, items in rows for _id, fields in items]
+        orders = [json.loads(f["order"]) for f in entries if f.get("case") == case.id]
+        assert len(orders) == 1
+        assert orders[0]["lead_department"] == CLASSIFICATION["department"]
+        assert orders[0]["deadline_at"] > time.time()
+    finally:
+        await outside.aclose()
