@@ -58,7 +58,7 @@ async def _feed_worker(app: web.Application, service: SurveyService, consumer: s
                 await asyncio.sleep(FEED_POLL_S)
                 continue
             for _eid, fields in entries:
-                if fields.get("status") != "resolved":
+                if fields.get("status") not in ("resolved", "answered"):
                     continue
                 try:
                     case = await app[STORE].get_case(fields.get("case", ""))

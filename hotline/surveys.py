@@ -48,6 +48,8 @@ Q1_OPTIONS = [("q1:resolved", "已解决"), ("q1:unresolved", "未解决")]
 Q2_OPTIONS = [("q2:satisfied", "满意"), ("q2:basic", "基本满意"), ("q2:unsatisfied", "不满意")]
 SATISFACTIONS = (SATISFIED, BASIC, UNSATISFIED)
 CHAT_CHANNELS = frozenset({"telegram", "wechat"})
+# Cases that get a survey round: resolved by a department, or answered at intake (直接答复).
+SURVEYED_STATES = frozenset({Status.RESOLVED, Status.ANSWERED})
 AGENT_OUTCOMES = ("answered", "no_answer", "wrong_number", "call_back_later")
 MAX_COMMENT_CHARS = 1000
 
@@ -152,14 +154,14 @@ class SurveyService:
     async def schedule(self, case: Case, now: float | None = None) -> bool:
         """One survey round per resolution: the case's reporter and each merged reporter.
 
-        Called for every change seen while a case is resolved; the audit event that moved it to
-        resolved identifies the round, so repeated calls schedule nothing new.
+        Called for every change seen while a case is resolved (or answered at intake, 直接答复); the
+        audit event that moved it there identifies the round, so repeated calls schedule nothing new.
         """
-        if case.status != Status.RESOLVED:
+        if case.status not in SURVEYED_STATES:
             return False
         trigger = ""
         for ev in reversed(await self.store.events(case.id)):
-            if ev.data.get("to") == str(Status.RESOLVED):
+            if ev.data.get("to") == str(case.status):
                 trigger = ev.id
                 break
         now = time.time() if now is None else now
@@ -197,6 +199,8 @@ class SurveyService:
         rec = survey.recipients[rid]
         if rec.state not in (SCHEDULED, ASKED):
             return
+        if (await self.store.get_case(case_id)).status not in SURVEYED_STATES:
+            return  # reopened or turned into a normal case meanwhile: this round is moot
         if rec.attempts >= self.cfg.max_attempts:
             await self._to_followup(case_id, rid, "no_reply", now)
             return
@@ -305,6 +309,12 @@ class SurveyService:
                     "satisfaction": SATISFACTION_LABELS_ZH[satisfaction], "comment": comment}
 
         case = await self.store.update_case(case_id, on_case, actor=actor, action="survey_answered")
+        if unhappy and case.status == Status.ANSWERED:
+            # The answer given at intake did not help: the contact becomes a normal case for a call-taker.
+            reason = comment or "市民反映直接答复未解决问题"
+            await self.store.update_case(case_id, lambda c: {"reason": reason}, actor=actor, action="reopened",
+                                         target=Status.CLASSIFIED)
+            return "感谢您的反馈，您的问题将转为工单办理，我们会尽快联系您。"
         if unhappy and case.status in (Status.RESOLVED, Status.CLOSED):
             reason = comment or ("市民反映问题未解决" if not resolved else "市民对办理结果不满意")
             await self.store.update_case(case_id, lambda c: {"reason": reason}, actor=actor, action="reopened",
@@ -316,7 +326,7 @@ class SurveyService:
                     # The case stays REOPENED in the queue; staff re-dispatch it by hand.
                     log.exception("re-dispatch failed", extra={"event": "redispatch_failed", "case_id": case_id})
             return "感谢您的反馈，您的问题将重新办理，我们会尽快再次联系您。"
-        if rid == MAIN and case.status == Status.RESOLVED:
+        if rid == MAIN and case.status in SURVEYED_STATES:
             await self.store.update_case(case_id, lambda c: {"by": "survey"}, actor=actor, action="closed",
                                          target=Status.CLOSED)
         return "感谢您的评价！"
@@ -353,7 +363,7 @@ class SurveyService:
                                          "note": note[:MAX_COMMENT_CHARS], "call_back_at": call_back_at})
         if rec.state == UNREACHABLE and rid == MAIN:
             case = await self.store.get_case(case_id)
-            if case.status == Status.RESOLVED:
+            if case.status in SURVEYED_STATES:
                 # 核实结案 without an evaluation: the case closes, the survey is recorded as unreachable.
                 await self.store.update_case(case_id, lambda c: {"by": "unreachable"}, actor=actor,
                                              action="closed", target=Status.CLOSED)
