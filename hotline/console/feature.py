@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hotline.appkeys import SETTINGS
-from hotline.console import auth, callbacks_pages, cases, live, metrics, queue, search
+from hotline.console import auth, callbacks_pages, cases, kb_pages, live, metrics, queue, search
 from hotline.console.catalog import CatalogSource
 
 API = "/api/v1/console"
@@ -34,6 +34,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/search", search.search_page)
     r.add_get("/console/metrics", metrics.metrics_page)
     callbacks_pages.setup(app)
+    kb_pages.setup(app)
     r.add_get(f"{API}/me", auth.me)
     r.add_get(f"{API}/queue", queue.queue_json)
     r.add_get(f"{API}/catalog", queue.catalog_json)

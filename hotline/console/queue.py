@@ -16,6 +16,7 @@ from hotline.appkeys import SETTINGS, STORE
 from hotline.channels.web import read_json_object
 from hotline.console.auth import render_console, staff_actor
 from hotline.console.catalog import Catalog, CatalogSource
+from hotline.console.kb_pages import answer_panel
 from hotline.console.views import HEAD_LABELS, case_view, check_case_id, heads_of, json_response, top_labels
 from hotline.errors import ApiError
 from hotline.records import Case
@@ -77,7 +78,8 @@ async def queue_case_fragment(request: web.Request) -> web.Response:
     tops = top_labels(case)
     default_dep = tops["department"] or catalog.default_department.get(tops["category"], "")
     return render_console(request, "console/queue_case.html", case=view, candidates=candidates,
-                          in_queue=case.status in CONFIRM_QUEUE_STATES, default_department=default_dep)
+                          in_queue=case.status in CONFIRM_QUEUE_STATES, default_department=default_dep,
+                          answers=await answer_panel(request, case))
 
 
 @requires(CALL_TAKER, SUPERVISOR)
