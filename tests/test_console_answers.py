@@ -151,8 +151,10 @@ async def test_call_taker_sends_a_suggested_answer_and_supervisor_edits_the_kb(
             await boss.fill("#kb-answer", "居住证凭身份证、居住证明和一寸照片到社区警务室办理。")
             await boss.screenshot(path=str(artifacts / "console-kb-editing.png"), full_page=True)
             await boss.click("#kb-save")
-            await boss.wait_for_selector("#kb-message:not([hidden])")
-            assert f"已保存条目 {new_id}" in (await boss.text_content("#kb-message") or "")
+            # The flash of the previous step stays until the page reloads: wait for this step's own.
+            await boss.wait_for_function(
+                "t => (document.querySelector('#kb-message') || {}).textContent?.includes(t)",
+                arg=f"已保存条目 {new_id}")
             rec = await service.kb.get(new_id)
             assert rec.answer == "居住证凭身份证、居住证明和一寸照片到社区警务室办理。" and rec.rev == 2
             assert "一寸照片" in (await row.locator("td.a").text_content() or "")
@@ -162,8 +164,10 @@ async def test_call_taker_sends_a_suggested_answer_and_supervisor_edits_the_kb(
             await boss.click("#kb-search")
             await boss.wait_for_selector(f'#kb-rows tr[data-entry-id="{new_id}"]')
             await boss.locator(f'#kb-rows tr[data-entry-id="{new_id}"] button.kb-retire').click()
-            await boss.wait_for_selector("#kb-message:not([hidden])")
-            assert f"已停用条目 {new_id}" in (await boss.text_content("#kb-message") or "")
+            # The flash of the previous step stays until the page reloads: wait for this step's own.
+            await boss.wait_for_function(
+                "t => (document.querySelector('#kb-message') || {}).textContent?.includes(t)",
+                arg=f"已停用条目 {new_id}")
             assert await boss.locator(f'#kb-rows tr[data-entry-id="{new_id}"]').count() == 0
             await boss.screenshot(path=str(artifacts / "console-kb-retired.png"), full_page=True)
             rec = await service.kb.get(new_id)

@@ -2,7 +2,6 @@
 // 直接答复. The case fragment is replaced whenever another case is selected, so clicks are delegated.
 (function () {
   "use strict";
-  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
   async function send(panel, btn) {
     const caseId = panel.dataset.caseId;
@@ -12,25 +11,13 @@
     result.hidden = false;
     result.className = "answer-result";
     result.textContent = "正在发送……";
-    let resp;
-    let data = {};
+    let data;
     try {
-      resp = await fetch("/api/v1/cases/" + encodeURIComponent(caseId) + "/answer", {
-        method: "POST", credentials: "same-origin",
-        headers: { "X-CSRF-Token": csrf, Accept: "application/json", "Content-Type": "application/json" },
-        body: JSON.stringify({ entry_id: btn.dataset.entryId }),
-      });
-      try { data = await resp.json(); } catch (e) { data = {}; }
+      data = await window.HotlineConsole.api("POST", "/api/v1/cases/" + encodeURIComponent(caseId) + "/answer",
+                                             { entry_id: btn.dataset.entryId });
     } catch (e) {
-      resp = null;
-    }
-    if (resp && resp.status === 401) {
-      window.location.assign("/console/login?expired=1&next=" + encodeURIComponent(location.pathname));
-      return;
-    }
-    if (!resp || !resp.ok) {
       result.className = "answer-result error";
-      result.textContent = "发送失败：" + ((data.error && data.error.message) || (resp ? "请求失败（" + resp.status + "）" : "网络错误"));
+      result.textContent = "发送失败：" + (e.message || "网络错误");
       for (const b of buttons) b.disabled = false;
       return;
     }

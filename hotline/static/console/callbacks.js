@@ -4,23 +4,9 @@
   "use strict";
 
   if (document.body.dataset.page !== "callbacks") return;
-  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
-  async function post(url, body) {
-    const resp = await fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "X-CSRF-Token": csrf, Accept: "application/json", "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    if (resp.status === 401) {
-      window.location.assign("/console/login?expired=1&next=" + encodeURIComponent(location.pathname));
-      throw new Error("登录已过期");
-    }
-    let data = {};
-    try { data = await resp.json(); } catch (e) { data = {}; }
-    if (!resp.ok) throw new Error((data.error && data.error.message) || ("请求失败（" + resp.status + "）"));
-    return data;
-  }
+  const post = (url, body) => window.HotlineConsole.api("POST", url, body);
+
 
   function bodyOf(form) {
     const f = new FormData(form);

@@ -24,6 +24,8 @@
     if (!resp.ok) throw new Error((data.error && data.error.message) || ("请求失败（" + resp.status + "）"));
     return data;
   }
+  // The page scripts (worklist, KB editor, answers panel) call the staff API through this one helper.
+  window.HotlineConsole = { api: api };
 
   async function fragment(url) {
     const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/x-fragment" } });

@@ -3,7 +3,6 @@
 (function () {
   "use strict";
   if (document.body.dataset.page !== "kb") return;
-  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
   const FLASH = "hl-kb-flash";
   const form = document.getElementById("kb-form");
   const error = document.getElementById("kb-error");
@@ -12,20 +11,8 @@
   const title = document.getElementById("kb-form-title");
   const field = (name) => document.getElementById("kb-" + name);
 
-  async function api(method, url, body) {
-    const opts = { method, credentials: "same-origin",
-                   headers: { "X-CSRF-Token": csrf, Accept: "application/json", "Content-Type": "application/json" } };
-    if (body !== undefined) opts.body = JSON.stringify(body);
-    const resp = await fetch(url, opts);
-    if (resp.status === 401) {
-      window.location.assign("/console/login?expired=1&next=" + encodeURIComponent(location.pathname));
-      throw new Error("登录已过期");
-    }
-    let data = {};
-    try { data = await resp.json(); } catch (e) { data = {}; }
-    if (!resp.ok) throw new Error((data.error && data.error.message) || ("请求失败（" + resp.status + "）"));
-    return data;
-  }
+  const api = window.HotlineConsole.api;
+
 
   function showError(text) {
     error.textContent = text;
