@@ -49,6 +49,7 @@ from telegram.ext import (
 from telegram.warnings import PTBDeprecationWarning
 
 from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.bodies import read_limited
 from hotline.channels.conversation import (
     BUSY,
     Conversation,
@@ -290,14 +291,7 @@ class TelegramDoor:
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), self.cfg.secret_token.encode()):
             return web.json_response({"error": {"code": "forbidden", "message": "bad secret token"}}, status=403)
-        limit = self.cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        buf = bytearray()
-        async for chunk in request.content.iter_chunked(65536):
-            buf += chunk
-            if len(buf) > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(buf))
+        buf = await read_limited(request, self.cfg.max_body_bytes)
         try:
             data = json.loads(buf)
         except ValueError:

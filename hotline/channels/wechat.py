@@ -36,6 +36,7 @@ from wechatpy.replies import TextReply
 from wechatpy.utils import check_signature
 
 from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.bodies import read_limited
 from hotline.channels.conversation import (
     Conversation,
     Incoming,
@@ -175,15 +176,7 @@ class WeChatDoor:
         return web.Response(text=request.query.get("echostr", ""), content_type="text/plain")
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        buf = bytearray()
-        async for chunk in request.content.iter_chunked(65536):
-            buf += chunk
-            if len(buf) > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(buf))
-        return bytes(buf)
+        return await read_limited(request, self.cfg.max_body_bytes)
 
     def _open(self, request: web.Request, body: bytes) -> PushContext:
         """Check the signature, decrypt in safe mode, and parse the push into a wechatpy message."""

@@ -10,27 +10,35 @@ from typing import Any
 from aiohttp import web
 
 from hotline.logs import AccessLogger, setup_logging
-from hotline.settings import load_settings
+from hotline.settings import Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="run the hotline service")
+    add_server_args(parser)
+    parser.set_defaults(handler=serve)
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (server.port)")
     parser.add_argument("--data-dir", help="where the embedded store and recordings live (server.data_dir)")
     parser.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
-    parser.set_defaults(handler=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {"server": {}}
+def server_settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {"server": {}, **sections}
     if args.host:
         overrides["server"]["host"] = args.host
     if args.port is not None:
         overrides["server"]["port"] = args.port
     if args.data_dir:
         overrides["server"]["data_dir"] = args.data_dir
-    settings = load_settings(overrides=overrides, extra_file=args.config)
+    return load_settings(overrides=overrides, extra_file=args.config)
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = server_settings(args)
     setup_logging(settings["logging"]["level"])
     from hotline.app import create_app
 

@@ -10,35 +10,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
+from hotline.commands.serve import add_server_args, server_settings
 from hotline.logs import AccessLogger, setup_logging
-from hotline.settings import load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("telegram", help="Telegram bot tools")
     tsub = parser.add_subparsers(dest="telegram_command", metavar="SUBCOMMAND", required=True)
     poll = tsub.add_parser("poll", help="run the service with the bot long-polling Telegram (development)")
-    poll.add_argument("--host", help="address of the web server (server.host)")
-    poll.add_argument("--port", type=int, help="port of the web server (server.port)")
-    poll.add_argument("--data-dir", help="data directory (server.data_dir)")
-    poll.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
+    add_server_args(poll)
     poll.set_defaults(handler=run_poll)
 
 
 def run_poll(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {"server": {}, "telegram": {"mode": "poll"}}
-    if args.host:
-        overrides["server"]["host"] = args.host
-    if args.port is not None:
-        overrides["server"]["port"] = args.port
-    if args.data_dir:
-        overrides["server"]["data_dir"] = args.data_dir
-    settings = load_settings(overrides=overrides, extra_file=args.config)
+    settings = server_settings(args, telegram={"mode": "poll"})
     if not settings["telegram"]["token"]:
         print("hotline: telegram.token is empty (set HOTLINE_TELEGRAM__TOKEN or config); nothing to poll",
               file=sys.stderr)
