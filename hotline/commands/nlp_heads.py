@@ -190,9 +190,12 @@ def evaluate(head: Any, pipeline: Any, rows: list[tuple[dict[str, Any], str]], s
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from hotline.nlp.model import features, softmax
+    from hotline.nlp.model import softmax
+    from hotline.nlp.suggest import FeatureGroup
 
     index = {label: i for i, label in enumerate(head.labels)}
+    # The serving path (integer n-grams, merged index): the latency is what a suggestion costs live.
+    group = FeatureGroup([("head", head)])
     y_true: list[str] = []
     y_pred: list[str] = []
     top3 = 0
@@ -201,7 +204,7 @@ def evaluate(head: Any, pipeline: Any, rows: list[tuple[dict[str, Any], str]], s
     for n, (row, want) in enumerate(iterable):
         t0 = time.perf_counter()
         doc = pipeline.doc_from_row(row, words=head.features.words)
-        p = softmax(head.scores(features(doc, head.features)), head.temperature)
+        p = softmax(group.scores(doc)["head"], head.temperature)
         best = np.argpartition(-p, min(3, len(p)) - 1)[:3]
         latencies[n] = time.perf_counter() - t0
         best = best[np.argsort(-p[best])]

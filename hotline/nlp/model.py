@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
+from itertools import pairwise, repeat
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,266 @@ def features(doc: Doc, cfg: FeatureConfig) -> list[str]:
     return out
 
 
+# fast feature path ------------------------------------------------------------
+# Character n-grams as integers instead of strings: a code point fits in 21 bits, so an n-gram of up to
+# three code points packs into one uint64 (c1<<42 | c2<<21 | c3). Every character of a run is ≥ "0"
+# (0x30), so a longer n-gram always packs to a larger number than any shorter one: keys are unique across
+# lengths, and one sorted key array holds the char n-grams of a vocabulary.
+_BITS = 21
+FAST_CHAR_MAX = 3
+# Which BMP code points belong to a run (the _RUN class). Code points above U+FFFF never do: they are
+# looked up as U+FFFF, which is not in the class.
+_IN_RUN = np.zeros(0x10000, dtype=bool)
+_IN_RUN[0x4E00:0xA000] = True
+_IN_RUN[ord("a") : ord("z") + 1] = True
+_IN_RUN[ord("0") : ord("9") + 1] = True
+_EMPTY_U64 = np.zeros(0, dtype=np.uint64)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+
+
+def fast_supported(cfg: FeatureConfig) -> bool:
+    return 1 <= cfg.char_min <= cfg.char_max <= FAST_CHAR_MAX
+
+
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def char_term_keys(terms: Sequence[str], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``terms`` of the char n-gram terms, their uint64 keys); other terms are word features.
+
+    A term is a char n-gram when ``char_ngrams`` could have produced it: lo..hi characters, all of a run.
+    Vectorised because a vocabulary holds hundreds of thousands of terms and this runs at start-up.
+    """
+    if not terms:
+        return _EMPTY_I64, _EMPTY_U64
+    lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
+    codes = _codes("".join(terms))
+    inrun = _IN_RUN[np.minimum(codes, 0xFFFF)]  # above the BMP: clipped to U+FFFF, not in a run
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    # Characters outside a run per term: a term is a char n-gram when it has none (and a fitting length).
+    outside = np.concatenate([[0], np.cumsum(~inrun, dtype=np.int64)])
+    bad = outside[starts + lengths] - outside[starts]
+    pick = np.flatnonzero((bad == 0) & (lengths >= lo) & (lengths <= hi))
+    u = codes.astype(np.uint64)
+    keys = np.zeros(len(pick), dtype=np.uint64)
+    first = starts[pick]
+    for k in range(hi):
+        has = lengths[pick] > k
+        keys[has] = (keys[has] << np.uint64(_BITS)) | u[first[has] + k]
+    return pick, keys
+
+
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_counts=True)`` of a non-empty array, without the
+    generality (a quarter of its time on a message's few thousand keys)."""
+    perm = np.argsort(keys, kind="stable")  # stable: ``perm[start]`` is a key's first occurrence
+    ordered = keys[perm]
+    flag = np.empty(len(ordered), dtype=bool)
+    flag[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=flag[1:])
+    starts = np.flatnonzero(flag)
+    counts = np.empty_like(starts)
+    counts[:-1] = starts[1:] - starts[:-1]
+    counts[-1] = len(ordered) - starts[-1]
+    return ordered[starts], perm[starts], counts
+
+
+def _char_ngrams_sorted(text: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys sorted, their counts, the permutation putting them in first-occurrence order)."""
+    codes = _codes(text)
+    n = len(codes)
+    if n == 0:
+        return _EMPTY_U64, _EMPTY_I64, _EMPTY_I64
+    inrun = _IN_RUN[np.minimum(codes, 0xFFFF)]  # above the BMP: clipped to U+FFFF, not in a run
+    u = codes.astype(np.uint64)
+    keys_k: list[np.ndarray] = []
+    pos_k: list[np.ndarray] = []
+    ok = inrun
+    key = u
+    for k in range(1, hi + 1):
+        if k > 1:
+            # An n-gram starting at i lies inside one run when its first n−1 and its last character do.
+            ok = ok[:-1] & inrun[k - 1 :]
+            key = (key[:-1] << np.uint64(_BITS)) | u[k - 1 :]
+        if k >= lo:
+            p = np.flatnonzero(ok)
+            pos_k.append(p)
+            keys_k.append(key[p])
+        if not len(ok):
+            break
+    keys = np.concatenate(keys_k) if keys_k else _EMPTY_U64  # none: the text is shorter than ``lo``
+    if not len(keys):
+        return _EMPTY_U64, _EMPTY_I64, _EMPTY_I64
+    uniq, first, counts = _unique(keys)
+    # Reference order of a distinct n-gram: its run, then its length, then its position. Within one
+    # length the concatenation is in position order, so ``first`` is the earliest occurrence.
+    pos = np.concatenate(pos_k)[first]
+    run = np.cumsum(inrun & ~np.concatenate([[False], inrun[:-1]]))
+    length = np.searchsorted(np.cumsum([len(p) for p in pos_k]), first, side="right")
+    order = np.argsort((run[pos] * (hi + 1) + length) * n + pos)
+    return uniq, counts, order
+
+
+def char_ngram_counts(text: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct char n-grams of ``text`` as uint64 keys with their counts, in first-occurrence order.
+
+    The integer twin of ``Counter(char_ngrams(text, lo, hi))``: the same n-grams, the same counts and the
+    same order (run by run, within a run by length, then by position), without a string per n-gram.
+    The order matters only to reproduce the reference scores bit for bit (float sums depend on order).
+    """
+    uniq, counts, order = _char_ngrams_sorted(text, lo, hi)
+    return uniq[order], counts[order]
+
+
+def pack_ngram(gram: str) -> int:
+    """The key of one char n-gram (tests and debugging)."""
+    key = 0
+    for ch in gram:
+        key = (key << _BITS) | ord(ch)
+    return key
+
+
+def word_features(doc: Doc, cfg: FeatureConfig) -> list[str]:
+    """The non-character features of ``features`` (the same strings in the same order)."""
+    if not cfg.words:
+        return []
+    words = doc.title_words + doc.words
+    out = ["w:" + w for w in words]
+    if cfg.word_bigrams:
+        out.extend(f"b:{a}_{b}" for a, b in pairwise(words))
+    if cfg.title_words:
+        out.extend("t:" + w for w in doc.title_words)
+    return out
+
+
+class FeatureIndex:
+    """Feature string → id for one or more vocabularies, with char n-grams looked up as integer keys.
+
+    ``ids(doc)`` gives what ``Counter(features(doc, cfg))`` looked up in the vocabularies gives — ids of
+    the known features in first-occurrence order and their counts — but the char n-grams (nine in ten of a
+    message's features) never become Python strings: one ``np.unique`` counts them and one
+    ``np.searchsorted`` in a sorted key array finds them. Each word is looked up once in a dictionary of
+    words, and a word bigram ``b:a_b`` is the pair of word ids (a sorted integer key array again); only
+    the rare bigram of a word holding "_" (whose string is ambiguous) is built as a string.
+
+    The ids are of the merged vocabulary (a feature of any vocabulary); ``maps[v][id]`` is the id in
+    vocabulary ``v`` or −1, so heads sharing features look a message up once.
+    """
+
+    def __init__(self, vocabs: Sequence[Sequence[str]], cfg: FeatureConfig) -> None:
+        if not fast_supported(cfg):
+            raise ValueError(f"char n-grams up to {FAST_CHAR_MAX} characters only (got {cfg.char_max})")
+        self.cfg = cfg
+        picks, keys = zip(*(char_term_keys(terms, cfg.char_min, cfg.char_max) for terms in vocabs), strict=True)
+        self.keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        inverse = inverse.reshape(-1)
+        n_char = len(self.keys)
+        merged: dict[str, int] = {}  # every other term → merged id
+        word_terms: list[list[str]] = []
+        for terms, pick in zip(vocabs, picks, strict=True):
+            is_char = np.zeros(len(terms), dtype=bool)
+            is_char[pick] = True
+            wt = [terms[i] for i in np.flatnonzero(~is_char).tolist()]
+            for t in wt:
+                merged.setdefault(t, n_char + len(merged))
+            word_terms.append(wt)
+        self.size = n_char + len(merged)
+        self.maps: list[np.ndarray] = []
+        at = 0
+        for terms, pick, wt in zip(vocabs, picks, word_terms, strict=True):
+            m = np.full(self.size, -1, dtype=np.int32)
+            m[inverse[at : at + len(pick)]] = pick
+            at += len(pick)
+            is_word = np.ones(len(terms), dtype=bool)
+            is_word[pick] = False
+            m[np.fromiter(map(merged.__getitem__, wt), dtype=np.int64, count=len(wt))] = np.flatnonzero(is_word)
+            self.maps.append(m)
+        self._index_words(merged)
+
+    def _index_words(self, merged: dict[str, int]) -> None:
+        self.word_ids: dict[str, int] = {}
+        self.other: dict[str, int] = {}  # "t:" terms and bigrams whose split at "_" is ambiguous
+        wid = self.word_ids.setdefault
+        # Flat int arrays rather than lists of tuples: a hundred thousand short-lived objects would leave
+        # the process's memory fragmented for good.
+        uni, pairs = array("q"), array("q")
+        for term, mid in merged.items():
+            if term.startswith("w:"):
+                uni.extend((wid(term[2:], len(self.word_ids)), mid))
+            elif term.startswith("b:") and term.count("_") == 1:
+                # Exactly one "_": the only split into two words without "_", the words of a message
+                # bigram without "_" (a bigram with a "_" word has two or more and goes to ``other``).
+                a, b = term[2:].split("_")
+                pairs.extend((wid(a, len(self.word_ids)), wid(b, len(self.word_ids)), mid))
+            else:
+                self.other[term] = mid
+        self.n_words = len(self.word_ids)
+        self.unigram = np.full(self.n_words + 1, -1, dtype=np.int64)  # the last slot: unknown words (id −1)
+        u = np.frombuffer(uni, dtype=np.int64).reshape(-1, 2)
+        self.unigram[u[:, 0]] = u[:, 1]
+        p = np.frombuffer(pairs, dtype=np.int64).reshape(-1, 3)
+        keys = p[:, 0] * self.n_words + p[:, 1]
+        order = np.argsort(keys)
+        self.pair_keys = keys[order]
+        self.pair_ids = p[order, 2]
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.keys, self.unigram, self.pair_keys, self.pair_ids, *self.maps))
+
+    def _word_feature_ids(self, doc: Doc) -> np.ndarray:
+        """Merged id (−1: unknown) of each of ``word_features(doc, cfg)``, in that order."""
+        cfg = self.cfg
+        words = doc.title_words + doc.words
+        n = len(words)
+        if not cfg.words or not n:
+            return _EMPTY_I64
+        wid = np.fromiter(map(self.word_ids.get, words, repeat(-1, n)), dtype=np.int64, count=n)
+        parts = [self.unigram[wid]]
+        if cfg.word_bigrams and n > 1:
+            a, b = wid[:-1], wid[1:]
+            big = np.full(n - 1, -1, dtype=np.int64)
+            if len(self.pair_keys):
+                key = a * self.n_words + b
+                j = np.searchsorted(self.pair_keys, key)
+                j[j == len(self.pair_keys)] = 0
+                hit = (self.pair_keys[j] == key) & (a >= 0) & (b >= 0)
+                big[hit] = self.pair_ids[j[hit]]
+            if "_" in "".join(words):
+                get = self.other.get
+                for at in {p for i, w in enumerate(words) if "_" in w for p in (i - 1, i) if 0 <= p < n - 1}:
+                    big[at] = get(f"b:{words[at]}_{words[at + 1]}", -1)
+            parts.append(big)
+        if cfg.title_words and doc.title_words:
+            parts.append(np.fromiter((self.other.get("t:" + w, -1) for w in doc.title_words), dtype=np.int64,
+                                     count=len(doc.title_words)))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def ids(self, doc: Doc) -> tuple[np.ndarray, np.ndarray]:
+        """(merged ids, counts as float32) of the known features of ``doc``; unknown ones are left out."""
+        uniq, counts, order = _char_ngrams_sorted(f"{doc.title} {doc.body}", self.cfg.char_min, self.cfg.char_max)
+        if len(uniq) and len(self.keys):
+            # Sorted queries: each search starts near the last one's path, about twice as fast.
+            j = np.searchsorted(self.keys, uniq)
+            j[j == len(self.keys)] = 0
+            hit = self.keys[j] == uniq
+            keep = order[hit[order]]
+            ids = j[keep]
+            tf = counts[keep]
+        else:
+            ids, tf = _EMPTY_I64, _EMPTY_I64
+        wid = self._word_feature_ids(doc)
+        if len(wid):
+            # Distinct features have distinct ids: counted by id, in first-occurrence order.
+            wid = wid[wid >= 0]
+            if len(wid):
+                wu, wfirst, wc = _unique(wid)
+                wo = np.argsort(wfirst)
+                ids = np.concatenate([ids, wu[wo]])
+                tf = np.concatenate([tf, wc[wo]])
+        return ids, tf.astype(np.float32)
+
+
 def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
     z = scores / temperature
     z = z - z.max(axis=-1, keepdims=True)
@@ -132,6 +393,22 @@ class LinearHead:
         v = ((1.0 + np.log(tf[known])) if self.features.sublinear else tf[known]) * self.idf[ia]
         v /= np.sqrt(float(v @ v)) or 1.0
         r = self.rows[ia]
+        has = r >= 0
+        return v[has] @ self.coef[r[has]] + self.intercept
+
+    def scores_gathered(self, tf: np.ndarray, idf: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``scores_ids`` with the per-feature lookups already done by the caller (``HeadTables``).
+
+        ``idf`` and ``rows`` hold this head's idf and weight row of each feature, row −2 for a feature
+        outside its vocabulary. The arithmetic and its order are those of ``scores_ids``, so the scores
+        are the same to the last bit.
+        """
+        known = rows > -2
+        if not known.any():
+            return self.intercept.copy()
+        v = ((1.0 + np.log(tf[known])) if self.features.sublinear else tf[known]) * idf[known]
+        v /= np.sqrt(float(v @ v)) or 1.0
+        r = rows[known]
         has = r >= 0
         return v[has] @ self.coef[r[has]] + self.intercept
 

@@ -11,14 +11,14 @@ import json
 import logging
 import tomllib
 from collections import Counter
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hotline.nlp.clean import for_model
-from hotline.nlp.model import Doc, LinearHead, features, softmax
+from hotline.nlp.model import Doc, FeatureConfig, FeatureIndex, LinearHead, fast_supported, features, softmax
 from hotline.nlp.policy import ConfidencePolicy
 from hotline.nlp.taxonomy import Taxonomy
 from hotline.nlp.tokenize import Tokenizer, is_word
@@ -57,41 +57,102 @@ class TextPipeline:
                         words=words)
 
 
-class _FeatureGroup:
-    """Heads trained on the same kind of features share one feature count and one vocabulary lookup.
+def _terms(head: LinearHead) -> list[str]:
+    """The vocabulary as a list indexed by feature id."""
+    terms = list(head.vocab)
+    ids = np.fromiter(head.vocab.values(), dtype=np.int64, count=len(terms))
+    if not np.array_equal(ids, np.arange(len(terms))):
+        out = [""] * len(terms)
+        for term, i in head.vocab.items():
+            out[i] = term
+        return out
+    return terms
 
-    Looking feature strings up in the vocabularies is the costliest step of a message; a merged
-    vocabulary does it once for all heads, each head then maps merged ids to its own with one gather.
+
+def _extraction(cfg: FeatureConfig) -> tuple:
+    """What decides a message's feature strings; heads that differ only in tf weighting share them."""
+    return astuple(replace(cfg, sublinear=False))
+
+
+class FeatureGroup:
+    """Heads trained on the same feature strings share one feature count and one vocabulary lookup.
+
+    Finding a message's features in the vocabularies was the costliest step of a suggestion. The merged
+    ``FeatureIndex`` does it once for all heads, with the char n-grams as integer keys (no string per
+    n-gram). Per merged feature id, one table row holds every head's idf and weight row side by side,
+    so a message costs two gathers for all heads instead of three per head (the vocabularies are a few
+    MB: each gather is mostly cache misses). Configurations the index does not handle (char n-grams
+    longer than three) use the string path, ``features`` + one merged dictionary.
     """
 
     def __init__(self, heads: list[tuple[str, LinearHead]]) -> None:
         self.heads = heads
         self.features = heads[0][1].features
-        merged: dict[str, int] = {}
-        for _, head in heads:
-            for term in head.vocab:
-                merged.setdefault(term, len(merged))
-        self.vocab = merged
-        self.maps = []
-        for _, head in heads:
-            m = np.full(len(merged) + 1, -1, dtype=np.int64)  # the last slot: unknown features
-            m[np.fromiter((merged[t] for t in head.vocab), dtype=np.int64, count=len(head.vocab))] = \
-                np.fromiter(head.vocab.values(), dtype=np.int64, count=len(head.vocab))
-            self.maps.append(m)
+        self.index: FeatureIndex | None = None
+        self.vocab: dict[str, int] = {}
+        if fast_supported(self.features):
+            self.index = FeatureIndex([_terms(head) for _, head in heads], self.features)
+            maps = self.index.maps
+            size = self.index.size
+            # The per-head maps live on only as the tables below.
+            self.index.maps = []
+        else:
+            for _, head in heads:
+                for term in head.vocab:
+                    self.vocab.setdefault(term, len(self.vocab))
+            size = len(self.vocab) + 1  # the last id: unknown features
+            maps = []
+            for _, head in heads:
+                m = np.full(size, -1, dtype=np.int32)
+                m[np.fromiter((self.vocab[t] for t in head.vocab), dtype=np.int64, count=len(head.vocab))] = \
+                    np.fromiter(head.vocab.values(), dtype=np.int64, count=len(head.vocab))
+                maps.append(m)
+        # One row per merged feature: every head's weight row (−2: not in its vocabulary), then every
+        # head's idf as float32 bits, so that one gather (one cache line) serves all heads.
+        n = len(heads)
+        self.table = np.zeros((size, 2 * n), dtype=np.int32)
+        self.rows = self.table[:, :n]
+        self.idf = self.table[:, n:].view(np.float32)
+        self.rows[:] = -2
+        for h, ((_, head), m) in enumerate(zip(heads, maps, strict=True)):
+            present = np.flatnonzero(m >= 0)
+            self.idf[present, h] = head.idf[m[present]]
+            self.rows[present, h] = head.rows[m[present]]
 
-    def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
+    def nbytes(self) -> int:
+        return self.table.nbytes + (self.index.nbytes() if self.index is not None else 0)
+
+    def ids(self, doc: Doc) -> tuple[np.ndarray, np.ndarray]:
+        """Merged ids and counts of the message's features (in ``features`` order)."""
+        if self.index is not None:
+            return self.index.ids(doc)
         counts = Counter(features(doc, self.features))
-        n = len(counts)
         get = self.vocab.get
         unknown = len(self.vocab)
-        ids = np.fromiter((get(f, unknown) for f in counts), dtype=np.int64, count=n)
-        tf = np.fromiter(counts.values(), dtype=np.float32, count=n)
-        out = {}
-        for (name, head), m in zip(self.heads, self.maps, strict=True):
-            p = softmax(head.scores_ids(m[ids], tf), head.temperature)
-            order = np.argsort(-p)[:3]
-            out[name] = [{"label": head.labels[i], "p": round(float(p[i]), 4)} for i in order]
-        return out
+        ids = np.fromiter((get(f, unknown) for f in counts), dtype=np.int64, count=len(counts))
+        return ids, np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+
+    def scores_from(self, ids: np.ndarray, tf: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(self.heads)
+        t = self.table[ids]
+        rows = t[:, :n]
+        idf = t[:, n:].view(np.float32)
+        return {name: head.scores_gathered(tf, idf[:, h], rows[:, h]) for h, (name, head) in enumerate(self.heads)}
+
+    def scores(self, doc: Doc) -> dict[str, np.ndarray]:
+        return self.scores_from(*self.ids(doc))
+
+    def tops_from(self, ids: np.ndarray, tf: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+        scores = self.scores_from(ids, tf)
+        return {name: _top3(head, softmax(scores[name], head.temperature)) for name, head in self.heads}
+
+    def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
+        return self.tops_from(*self.ids(doc))
+
+
+def _top3(head: LinearHead, p: np.ndarray) -> list[dict[str, Any]]:
+    order = np.argsort(-p)[:3]
+    return [{"label": head.labels[i], "p": round(float(p[i]), 4)} for i in order.tolist()]
 
 
 def config_path(settings: Settings, key: str) -> Path:
@@ -196,8 +257,8 @@ class Suggester:
         self._needs_words = any(h.features.words for h in self.heads.values())
         groups: dict[tuple, list[str]] = {}
         for name, head in self.heads.items():
-            groups.setdefault(astuple(head.features), []).append(name)
-        self._groups = [_FeatureGroup([(n, self.heads[n]) for n in names]) for names in groups.values()]
+            groups.setdefault(_extraction(head.features), []).append(name)
+        self._groups = [FeatureGroup([(n, self.heads[n]) for n in names]) for names in groups.values()]
 
     def _tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}

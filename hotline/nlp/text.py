@@ -16,8 +16,31 @@ def sanitize(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
 
 
+# Characters whose NFKC form is plain ASCII whatever surrounds them (their full compatibility
+# decomposition is that ASCII text): full-width forms, the ideographic and no-break spaces, the ellipsis.
+# Chinese letters are full of them (，：（）), and any one makes ``unicodedata.normalize`` rebuild the
+# whole string; replaced first, most letters pass the fast ``is_normalized`` check instead.
+_NARROW = {c: d for c in [*range(0xFF01, 0xFF5F), 0x3000, 0x00A0, 0x2026]
+           if (d := unicodedata.normalize("NFKD", chr(c))) == unicodedata.normalize("NFKC", chr(c)) and d.isascii()}
+_WIDE = re.compile("[" + "".join(chr(c) for c in _NARROW) + "]+")
+
+
+def _narrow(match: re.Match[str]) -> str:
+    return match.group().translate(_NARROW)
+
+
+def nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, several times faster on Chinese letters.
+
+    NFKC is the canonical composition of the full compatibility decomposition (NFKD), and NFKD maps a
+    ``_NARROW`` character to exactly its replacement, so replacing them first changes no result.
+    """
+    text = _WIDE.sub(_narrow, text)
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+
+
 def normalize(text: str) -> str:
     """Canonical form for matching and classification: NFKC (full-width → half-width), one space."""
-    text = unicodedata.normalize("NFKC", sanitize(text))
+    text = nfkc(sanitize(text))
     text = _SPACES.sub(" ", text)
     return _NEWLINES.sub("\n\n", text).strip()
