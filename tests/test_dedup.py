@@ -53,6 +53,21 @@ def test_reworded_repeat_scores_above_auto_merge_and_other_problem_same_place_st
     assert decide(score(BBQ_1, LIFT, idf), t) == "new"
 
 
+def test_alike_words_without_a_shared_place_are_only_suggested(idf: Idf) -> None:
+    t = Thresholds(auto_merge=0.9, suggest=0.4)
+    a, b = "第1号投诉：垃圾清运不及时，臭味很大。", "第2号投诉：垃圾清运不及时，臭味很大。"
+    fa, fb = (fingerprint(*split_headline(x), idf) for x in (a, b))
+    loose = pair_score(fa, fb, idf)
+    assert loose.score >= 0.9 and not loose.anchored
+    assert decide(loose.score, t, anchored=loose.anchored) == "suggest"
+    same_caller = pair_score(fa, fb, idf, same_caller=True)
+    assert same_caller.anchored and decide(same_caller.score, t, anchored=True) == "merge"
+    near = pair_score(fa, fb, idf, distance=50.0)
+    assert near.anchored and decide(near.score, t, anchored=True) == "merge"
+    far = pair_score(fa, fb, idf, distance=5000.0)
+    assert not far.anchored
+
+
 def test_masked_runs_do_not_make_texts_alike(idf: Idf) -> None:
     a = "我家电话是138********，地址是****小区0000号，楼道灯坏了，晚上出门很不方便。"
     b = "联系电话138********，****小区0000号，孩子上学报名问题想咨询一下。"

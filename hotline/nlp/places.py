@@ -34,6 +34,13 @@ _GENERIC = frozenset({
 })
 _ADMIN_TAIL = re.compile(r"^(?:[\u4e00-\u9fa5]{0,3}?[省市区县镇乡])(?=[\u4e00-\u9fa5]{2,})")
 _TRAIL_NUM = re.compile(r"[\dA-Za-z\-]+$")
+# Words that end a company or estate name without naming it: "深圳华业物业管理有限公司" → 深圳华业.
+_GENERIC_TAIL = re.compile(
+    r"(?:物业管理|房地产开发|经营管理|物业服务|物业|管理|有限|服务|置业|开发|投资|前期|股份|科技)+$"
+)
+# A core holding one of these characters is a clause fragment ("目前我们", "回复称该"), not a name. Characters
+# that also occur in names (丽都, 太阳城, 能源, 会展) are left out.
+_CLAUSE_CHARS = frozenset("我你他她们的了是这那该其此请让就也还要把被说已没不很")
 _NUM_ONLY = re.compile(r"^[\dA-Za-z]+$")
 
 
@@ -55,8 +62,11 @@ def place_cores(text: str, limit: int = 12) -> list[str]:
                 break
             name = shorter
         # "星沙派1栋" → "星沙派": building and unit numbers differ between reports of one place.
-        name = _TRAIL_NUM.sub("", name)[-5:]
-        if len(name) < 2 or name in _GENERIC or _NUM_ONLY.match(name):
+        name = _GENERIC_TAIL.sub("", _TRAIL_NUM.sub("", name))[-5:]
+        # "人民政府", "市政府": 府 ends a government, not an estate.
+        if match.group(0).endswith("政府") or name.endswith("政"):
+            continue
+        if len(name) < 2 or name in _GENERIC or _NUM_ONLY.match(name) or _CLAUSE_CHARS.intersection(name):
             continue
         if name not in out:
             out.append(name)

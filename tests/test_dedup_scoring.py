@@ -1,0 +1,165 @@
+"""Duplicate scoring without the store: place cores, the title feature, eval-dedup --cv and fit-dedup."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotline.cli import main as cli_main
+from hotline.commands.nlp_dedup import side
+from hotline.nlp.dedup import BIAS, FEATURES, WEIGHTS, Idf, features, fingerprint, pair_score, split_headline
+from hotline.nlp.places import place_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_PAIRS = ROOT.parent / "shared" / "data" / "dedup_pairs_dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def idf() -> Idf:
+    return Idf.load(ROOT / "config" / "dedup_idf.tsv")
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli_main(list(argv))
+    return code, out.getvalue()
+
+
+def write_pairs(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+# place cores ---------------------------------------------------------------------------------
+
+def test_government_and_clause_fragments_are_not_places() -> None:
+    # "人民政府" ends in 府 like 华府, but names no estate; "目前我们小区" is a clause, not a name.
+    assert place_cores("请甘井子区人民政府督促开发商") == []
+    assert place_cores("目前我们小区的电梯坏了") == []
+    assert place_cores("回复称该小区已经整改") == []
+
+
+def test_company_cores_drop_generic_business_words() -> None:
+    cores = place_cores("深圳华业物业管理有限公司大连分公司违法选聘物业")
+    assert "深圳华业" in cores
+    assert not any(c.endswith(("管理", "有限", "物业")) for c in cores)
+    # Estate names are still found as before.
+    assert place_cores("举报A7县星沙镇星沙派1栋违建") == ["星沙派"]
+    assert "中华城" in place_cores("甘井子区南关岭街道中华城小区1期2号楼电梯坠梯")
+
+
+# the title feature ---------------------------------------------------------------------------
+
+def test_title_share_is_the_smaller_of_both_directions(idf: Idf) -> None:
+    body = "阳光花园小区3栋楼下的烧烤店每天晚上油烟很大，噪音扰民到凌晨两点。"
+    a = fingerprint("阳光花园烧烤店油烟扰民", body, idf)
+    same = fingerprint("阳光花园烧烤店油烟扰民", body, idf)
+    other = fingerprint("阳光花园电梯停运一周", body, idf)
+    assert features(a, same, idf)["title"] == pytest.approx(1.0)
+    # The other title's 电梯/停运 occur nowhere in the first letter: the share drops although bodies agree.
+    f = features(a, other, idf)
+    assert f["cos"] > 0.75
+    assert f["title"] < 0.6
+    assert pair_score(a, other, idf).score < pair_score(a, same, idf).score
+
+
+def test_title_of_empty_headline_is_zero_not_an_error(idf: Idf) -> None:
+    a = fingerprint("", "楼道灯坏了", idf)
+    b = fingerprint("", "楼道灯坏了", idf)
+    assert features(a, b, idf)["title"] == 0.0
+    assert set(FEATURES) == set(WEIGHTS)
+
+
+def test_pair_without_title_uses_its_first_clause_like_a_live_complaint(idf: Idf) -> None:
+    text = "解放路的路灯坏了一个月。晚上出行很不方便，请尽快修理。"
+    fp = side({"a_title": "", "a_text": text}, "a", idf)
+    headline, _ = split_headline(text)
+    assert fp.headline == fingerprint(headline, text, idf).headline
+    assert fp.headline.startswith("解放路的路灯")
+    assert fp.headline != fingerprint("", text, idf).headline
+
+
+# eval-dedup --cv and fit-dedup --------------------------------------------------------------
+
+REPEATS = [
+    ("阳光花园烧烤店油烟扰民", "阳光花园小区3栋楼下烧烤店每天晚上油烟很大，噪音扰民到凌晨两点。",
+     "阳光花园烧烤油烟噪音", "投诉阳光花园小区3栋楼下烧烤店，油烟大、噪音扰民一直到凌晨两点。"),
+    ("建烨新城煤气押金", "普兰店建烨新城2010年交了2000元煤气押金，至今煤气没有安装也不退押金。",
+     "建烨新城煤气未安装押金不退", "建烨新城煤气8年未安装，押金一直不退，请有关部门帮助解决。"),
+    ("丽发新城搅拌站噪音", "暮云街道丽发新城附近搅拌站日夜施工，噪音和灰尘严重影响居民休息。",
+     "丽发新城搅拌站扰民", "丽发新城旁边的搅拌站噪音灰尘污染严重，居民晚上无法休息。"),
+    ("德雅苑违建加油站", "规划局在德雅苑生活小区旁违建加油站，安全隐患很大。",
+     "德雅苑小区违建加油站", "投诉在德雅苑小区违建加油站，离居民楼太近有安全隐患。"),
+    ("郝家坪小学何时扩建", "郝家坪小学学位紧张，请问什么时候扩建？",
+     "郝家坪小学改扩建", "郝家坪小学什么时候能改扩建，学位太紧张了。"),
+    ("文体中心乒羽中心开放", "县文体中心乒羽中心何时能建成开放？",
+     "乒羽中心何时开放", "文体中心的乒羽中心什么时候建成开放？"),
+]
+UNRELATED = [
+    ("公积金提取", "公积金提取需要什么材料？", "路灯不亮", "解放路的路灯坏了一个月。"),
+    ("驾驶证换证", "驾驶证到期换证去哪里办？", "欠薪", "工地老板拖欠工资三个月不发。"),
+    ("犬只扰民", "小区里的狗每天夜里叫个不停。", "医保报销", "异地就医的医保怎么报销？"),
+    ("井盖丢失", "校前路路口雨水井盖丢失很危险。", "户口迁移", "孩子户口迁移需要什么手续？"),
+    ("公交班次", "28路公交车班次太少，等车要半小时。", "房照办理", "回迁房什么时候能办房照？"),
+    ("清雪不及时", "长青街积雪一周没人清理。", "培训退费", "培训机构拒绝退还学费。"),
+]
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = []
+    for n, (at, ax, bt, bx) in enumerate(REPEATS):
+        rows.append({"pair_id": f"d{n}", "a_title": at, "a_text": ax, "b_title": bt, "b_text": bx, "label": "dup"})
+    for n, (at, ax, bt, bx) in enumerate(UNRELATED):
+        rows.append({"pair_id": f"u{n}", "a_title": at, "a_text": ax, "b_title": bt, "b_text": bx,
+                     "label": "distinct"})
+    return rows
+
+
+def test_eval_dedup_cv_refits_without_the_scored_pairs(tmp_path: Path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", _rows())
+    code, out = run_cli("nlp", "eval-dedup", "--data", str(data), "--json", "--cv", "3")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["n"] == 12 and result["cv_seeds"] == 3
+    # Repeats and unrelated pairs are far apart: weights fitted on four fifths still separate the rest.
+    assert result["cv_f1"] == pytest.approx(1.0)
+    assert result["f1"] == pytest.approx(1.0)
+    assert 0.0 <= result["cv_f1_sd"] < 0.01
+
+
+def test_eval_dedup_cv_refuses_one_class_and_negative_seeds(tmp_path: Path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", [r for r in _rows() if r["label"] == "dup"])
+    with pytest.raises(SystemExit):
+        run_cli("nlp", "eval-dedup", "--data", str(data), "--json", "--cv", "2")
+    assert run_cli("nlp", "eval-dedup", "--data", str(data), "--json", "--cv", "-1")[0] == 2
+    assert run_cli("nlp", "fit-dedup", "--data", str(data), "--c", "0")[0] == 2
+    with pytest.raises(SystemExit):
+        run_cli("nlp", "fit-dedup", "--data", str(data))
+
+
+def test_fit_dedup_prints_one_weight_per_feature(tmp_path: Path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", _rows())
+    code, out = run_cli("nlp", "fit-dedup", "--data", str(data))
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert list(result["weights"]) == list(FEATURES)
+    assert result["n"] == 12
+    # More shared text must mean more likely the same problem.
+    assert result["weights"]["cos"] > 0 and result["weights"]["cont"] > 0
+
+
+def test_shipped_weights_are_the_fit_on_the_dev_pairs() -> None:
+    if not DEV_PAIRS.is_file():
+        pytest.skip(f"labelled dev pairs not present at {DEV_PAIRS}")
+    code, out = run_cli("nlp", "fit-dedup", "--data", str(DEV_PAIRS))
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["n"] == 189
+    assert result["weights"] == pytest.approx(WEIGHTS, abs=0.011)
+    assert result["bias"] == pytest.approx(BIAS, abs=0.011)
