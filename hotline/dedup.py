@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from hotline.errors import ApiError
+from hotline.fingerprints import FingerprintCache
 from hotline.hotspots import HotspotService
 from hotline.intake import DedupDecision
 from hotline.nlp.dedup import (
@@ -37,7 +38,6 @@ from hotline.nlp.dedup import (
     Thresholds,
     decide,
     fingerprint,
-    from_cleaned,
     location_distance,
     pair_score,
     rare_keys,
@@ -58,6 +58,7 @@ MAX_PRIORITY_BUMP = 3
 # Place keys outweigh single bigrams when ranking candidates: they name the object of the complaint.
 PLACE_KEY_WEIGHT = 12.0
 SUGGESTIONS_KEPT = 3
+PENDING_ENTRIES = 1000
 _DIGITS = re.compile(r"\D")
 
 
@@ -165,26 +166,33 @@ class DedupService:
         self.idf = idf
         self.index = DedupIndex(store, posting_cap=config.posting_cap)
         self.hotspots = hotspots
+        self.fingerprints = hotspots.fingerprints if hotspots is not None else FingerprintCache(idf)
+        # Entries computed by ``check`` for cases about to be stored, by case id (insertion order = age).
+        self._entries: dict[str, IndexEntry] = {}
 
     # fingerprints ----------------------------------------------------------
     def fingerprint(self, case: Case) -> Fingerprint:
         headline, body = split_headline(case.text)
         return fingerprint(headline, body, self.idf, address=case.address)
 
-    def entry(self, case: Case, fp: Fingerprint | None = None) -> IndexEntry:
+    def entry(self, case: Case, fp: Fingerprint | None = None, rare: list[str] | None = None) -> IndexEntry:
         fp = fp or self.fingerprint(case)
         category = category_of(case)
-        keys = rare_keys(fp, self.idf, self.config.index_keys) + [f"@{p}" for p in fp.places]
+        rare = rare if rare is not None else rare_keys(fp, self.idf, self.config.index_keys)
+        keys = rare[: self.config.index_keys] + [f"@{p}" for p in fp.places]
         loc = (case.location.lat, case.location.lon) if case.location else None
         return IndexEntry(case_id=case.id, created_at=case.created_at, category=category,
                           window_s=self.config.window_for(category), text=fp.text, headline=fp.headline,
                           places=fp.places, callers=caller_keys(case), location=loc, keys=keys,
                           norms=(fp.head_norm, fp.body_norm, fp.body_mass))
 
-    def _query_keys(self, fp: Fingerprint) -> dict[str, float]:
+    def query_keys(self, fp: Fingerprint) -> dict[str, float]:
+        return self._query_keys(fp, rare_keys(fp, self.idf, max(self.config.index_keys, 4)))
+
+    def _query_keys(self, fp: Fingerprint, rare: list[str]) -> dict[str, float]:
         # A query reads fewer keys than a case is filed under: two thirds of them still find a reworded
         # repeat, and each key read is one posting scan.
-        keys = {g: self.idf(g) for g in rare_keys(fp, self.idf, max(4, self.config.index_keys * 2 // 3))}
+        keys = {g: self.idf(g) for g in rare[: max(4, self.config.index_keys * 2 // 3)]}
         for p in fp.places:
             keys[f"@{p}"] = PLACE_KEY_WEIGHT
         return keys
@@ -194,31 +202,37 @@ class DedupService:
         if not self.config.enabled:
             return DedupDecision(action="new")
         fp = self.fingerprint(case)
-        me = self.entry(case, fp)
+        rare = rare_keys(fp, self.idf, max(self.config.index_keys, 4))
+        me = self.entry(case, fp, rare)
+        # The intake hook files the case under the same entry once it is stored: no second fingerprint.
+        self._entries[case.id] = me
+        while len(self._entries) > PENDING_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))
         now = case.created_at
-        cands = await self.index.candidates(self._query_keys(fp), now=now, max_window_s=self.config.max_window_s,
-                                            limit=self.config.max_candidates)
+        cands = await self.index.candidates(self._query_keys(fp, rare), now=now,
+                                            max_window_s=self.config.max_window_s, limit=self.config.max_candidates)
         rejected = await self.index.rejected(case.id) if cands else set()
         loc = (case.location.lat, case.location.lon) if case.location else None
-        scored: list[tuple[float, IndexEntry, list[str]]] = []
+        scored: list[tuple[float, IndexEntry, list[str], bool]] = []
         for cand in cands:
             if cand.case_id == case.id or cand.case_id in rejected:
                 continue
-            s = pair_score(fp, from_cleaned(cand.text, cand.headline, cand.places, self.idf, cand.norms), self.idf,
+            s = pair_score(fp, self.fingerprints.of(cand), self.idf,
                            same_caller=bool(set(me.callers) & set(cand.callers)),
                            distance=location_distance(loc, cand.location))
             if s.score >= self.config.thresholds.suggest:
-                scored.append((s.score, cand, s.reasons))
+                scored.append((s.score, cand, s.reasons, s.anchored))
         scored.sort(key=lambda t: -t[0])
         # The index can lag the feed by a moment: confirm the best are still open before using them.
-        live = await self._still_open([c.case_id for _s, c, _r in scored[:SUGGESTIONS_KEPT]])
+        live = await self._still_open([c.case_id for _s, c, _r, _a in scored[:SUGGESTIONS_KEPT]])
         scored = [t for t in scored if t[1].case_id in live][:SUGGESTIONS_KEPT]
         if not scored:
             return DedupDecision(action="new")
-        best_score, best, _ = scored[0]
+        best_score, best, _, anchored = scored[0]
         candidates = [{"case_id": c.case_id, "score": round(s, 4), "reasons": r, "places": c.places}
-                      for s, c, r in scored]
-        return DedupDecision(action=decide(best_score, self.config.thresholds), case_id=best.case_id,
+                      for s, c, r, _a in scored]
+        action = decide(best_score, self.config.thresholds, anchored=anchored)
+        return DedupDecision(action=action, case_id=best.case_id,
                              score=round(best_score, 4), candidates=candidates)
 
     async def _still_open(self, case_ids: list[str]) -> set[str]:
@@ -282,7 +296,7 @@ class DedupService:
         if self.hotspots is not None:
             entry = await self.index.get(master.id)
             if entry is not None:
-                await self.hotspots.evaluate(entry)
+                await self.hotspots.changed_later(entry)
         return report
 
     async def confirm_merge(self, case_id: str, into: str, actor: str) -> Case:
@@ -354,10 +368,12 @@ class DedupService:
         """An open case joins the candidate index (and may raise a hotspot)."""
         if case.status not in OPEN_STATES or case.duplicate_of:
             return
-        entry = self.entry(case)
+        entry = self._entries.pop(case.id, None)
+        if entry is None or entry.created_at != case.created_at:
+            entry = self.entry(case)
         await self.index.add(entry)
         if self.hotspots is not None and entry.places:
-            await self.hotspots.case_opened(entry)
+            await self.hotspots.opened_later(entry)
 
     async def forget(self, case_id: str) -> None:
         entry = await self.index.get(case_id)
@@ -369,6 +385,8 @@ class DedupService:
 
     async def on_created(self, case: Case) -> None:
         """Intake hook: runs after the case is stored (and merged, when it was)."""
+        if case.status not in OPEN_STATES or case.duplicate_of:
+            self._entries.pop(case.id, None)
         await self.opened(case)
 
     async def on_change(self, case_id: str, status: str) -> None:
@@ -436,18 +454,21 @@ async def dedup_ctx(app: web.Application) -> AsyncIterator[None]:
                               min_reporters=config.hotspot_min_reporters, window_s=config.hotspot_window_s,
                               similarity=config.hotspot_similarity)
     service = DedupService(store, config, idf, hotspots=hotspots)
+    hotspots.query_keys = service.query_keys
     app[DEDUP] = service
     app[HOTSPOTS] = hotspots
     intake = app[INTAKE]
     intake.dedup = service
     intake.on_created.append(service.on_created)
     stop = asyncio.Event()
-    worker = asyncio.create_task(service.follow_feed(stop))
+    workers = [asyncio.create_task(service.follow_feed(stop)), asyncio.create_task(hotspots.run(stop))]
     try:
         yield
     finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hotspots.settled(), 2.0)
         stop.set()
-        await stop_tasks([worker])
+        await stop_tasks(workers)
         intake.dedup = None
 
 

@@ -9,17 +9,24 @@ closing are written to the hotspot event stream and to each member case's audit 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
-from hotline.nlp.dedup import Fingerprint, Idf, from_cleaned, pair_score
+from hotline.fingerprints import FingerprintCache
+from hotline.nlp.dedup import Fingerprint, Idf, pair_score
 from hotline.records import Case
 from hotline.store import CaseNotFound, Store
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.store.hotspots import Hotspot, HotspotStore
 
 log = logging.getLogger("hotline.hotspots")
+
+# Candidate cases scored per evaluation: a cluster's own reports rank first in the candidate index, and
+# the count of an open hotspot also keeps every case it already holds.
+SIMILAR_SCAN = 12
 
 
 class HotspotService:
@@ -32,42 +39,117 @@ class HotspotService:
         self.min_reporters = max(1, min_reporters)
         self.window_s = window_s
         self.similarity = similarity
+        self.fingerprints = FingerprintCache(idf)
+        # Raising a hotspot is a supervisor's signal, not part of the citizen's answer: while ``run`` is
+        # working, intake only schedules the evaluation. Pending seeds by case id ("opened" or "changed").
+        self._pending: dict[str, tuple[str, IndexEntry]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._running = False
+        # The duplicate matcher's lookup keys for a fingerprint (set by the dedup feature); without it
+        # the places alone are looked up.
+        self.query_keys: Callable[[Fingerprint], dict[str, float]] | None = None
 
     def _fp(self, entry: IndexEntry) -> Fingerprint:
-        return from_cleaned(entry.text, entry.headline, entry.places, self.idf, entry.norms)
+        return self.fingerprints.of(entry)
+
+    async def opened_later(self, entry: IndexEntry) -> None:
+        """A case joined the open index: evaluate its place's hotspot, in the background."""
+        await self._schedule("opened", entry)
+
+    async def changed_later(self, entry: IndexEntry) -> None:
+        """A case gained a merged reporter: evaluate its hotspot, in the background."""
+        await self._schedule("changed", entry)
+
+    async def _schedule(self, kind: str, entry: IndexEntry) -> None:
+        if not self._running:
+            if kind == "opened":
+                await self.case_opened(entry)
+            else:
+                await self.evaluate(entry)
+            return
+        earlier = self._pending.get(entry.case_id)
+        self._pending[entry.case_id] = ("opened" if earlier and earlier[0] == "opened" else kind, entry)
+        self._idle.clear()
+        self._wake.set()
+
+    async def settled(self) -> None:
+        """Wait until every scheduled evaluation has run (tests, orderly shutdown)."""
+        await self._idle.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The background evaluator: drains the pending seeds, oldest first."""
+        self._running = True
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                self._wake.clear()
+                while self._pending:
+                    batch, self._pending = self._pending, {}
+                    for kind, entry in batch.values():
+                        if stop.is_set():
+                            return
+                        try:
+                            if kind == "opened":
+                                await self.case_opened(entry)
+                            else:
+                                await self.evaluate(entry)
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception:
+                            # A Redis hiccup loses one evaluation; the place's next report evaluates again.
+                            log.exception("hotspot evaluation failed",
+                                          extra={"event": "hotspot_failed", "case_id": entry.case_id})
+                self._idle.set()
+        finally:
+            self._running = False
+            self._idle.set()
 
     async def case_opened(self, entry: IndexEntry, now: float | None = None) -> Hotspot | None:
-        await self.hs.add_place_case(entry.places, entry.case_id, entry.created_at)
         return await self.evaluate(entry, now)
 
     async def evaluate(self, seed: IndexEntry, now: float | None = None) -> Hotspot | None:
-        """Raise or refresh the hotspot of the seed case: similar open cases at the places it names."""
+        """Raise or refresh the hotspot of the seed case: similar open cases at the places it names.
+
+        The similar cases come from the duplicate matcher's candidate index (the seed's distinctive
+        bigrams and its places, newest first within the hotspot window): a bounded read and at most
+        ``SIMILAR_SCAN`` pair scores however many cases a popular place has.
+        """
         now = time.time() if now is None else now
         since = now - self.window_s
+        if not seed.places:
+            return None
         seed_fp = self._fp(seed)
-        members: set[str] = {seed.case_id}
+        keys = self.query_keys(seed_fp) if self.query_keys else {f"@{p}": 1.0 for p in seed.places}
+        cands = await self.index.candidates(keys, now=now, max_window_s=self.window_s, limit=SIMILAR_SCAN)
+        at_place: dict[str, set[str]] = {core: {seed.case_id} for core in seed.places}
+        for entry in cands:
+            if entry.case_id == seed.case_id or entry.created_at < since:
+                continue
+            shared = [core for core in seed.places if core in entry.places]
+            if shared and pair_score(seed_fp, self._fp(entry), self.idf).score >= self.similarity:
+                for core in shared:
+                    at_place[core].add(entry.case_id)
+        members: set[str] = set().union(*at_place.values())
         best_place, best_n = "", 0
         for core in seed.places:
-            at_place = {seed.case_id}
-            ids = [i for i in await self.hs.place_cases(core, since) if i != seed.case_id]
-            for entry in await self.index.get_many(ids):
-                if pair_score(seed_fp, self._fp(entry), self.idf).score >= self.similarity:
-                    at_place.add(entry.case_id)
-            members |= at_place
-            if len(at_place) > best_n:
-                best_place, best_n = core, len(at_place)
+            if len(at_place[core]) > best_n:
+                best_place, best_n = core, len(at_place[core])
         if not best_place:
             return None
         # One cluster is one hotspot, whichever of its places a later report names first.
         existing = None
-        for cid in sorted(members):
-            existing = next((h for h in await self.hs.of_case(cid) if h.status == "open"), None)
+        for spots in await self.hs.of_cases(sorted(members)):
+            existing = next((h for h in spots if h.status == "open"), None)
             if existing is not None:
                 break
         if existing is not None:
             members |= set(existing.open_case_ids)
         cases = await self.store.get_cases(sorted(members))
-        open_ids = [c.id for c in cases if await self.index.contains(c.id)]
+        indexed = await self.index.contains_many([c.id for c in cases])
+        open_ids = [c.id for c in cases if c.id in indexed]
         reporters = sum(self._reporters(c, since) for c in cases if c.id in open_ids)
         if existing is not None:
             existing.case_ids = sorted(set(existing.case_ids) | set(open_ids))
@@ -93,7 +175,6 @@ class HotspotService:
     async def case_closed(self, case_id: str, places: list[str], now: float | None = None) -> list[Hotspot]:
         """A member case is no longer open: the hotspot closes when none of its cases is."""
         now = time.time() if now is None else now
-        await self.hs.remove_place_case(places, case_id)
         changed = []
         for hs in await self.hs.of_case(case_id):
             if hs.status != "open" or case_id not in hs.open_case_ids:

@@ -37,6 +37,7 @@ async def _post(client: Any, text: str, contact: str) -> dict[str, Any]:
 
 
 async def _hotspots(client: Any, status: str = "open") -> list[dict[str, Any]]:
+    await client.app[HOTSPOTS].settled()  # evaluations run in the background after intake answers
     resp = await client.get(f"/api/v1/hotspots?status={status}")
     assert resp.status == 200
     return (await resp.json())["hotspots"]

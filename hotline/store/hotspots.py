@@ -1,7 +1,6 @@
 """Hotspot records (未诉先办): clusters of similar open cases at one place.
 
 Layout (prefix ``hl``):
-- ``hl:hs:place:<core>``   zset case id → created_at of open cases naming that place
 - ``hl:hs:rec:<id>``       the hotspot as JSON
 - ``hl:hs:open`` / ``hl:hs:all``  zsets hotspot id → opened_at
 - ``hl:hs:key:<place>|<category>``  id of the open hotspot of that place and category
@@ -20,7 +19,6 @@ from typing import Any
 from hotline.store.cases import Store
 
 EVENTS_MAXLEN = 10_000
-PLACE_CAP = 500
 
 
 @dataclass
@@ -45,9 +43,6 @@ class HotspotStore:
         self.r = store.r
         self.p = store.p
 
-    def k_place(self, core: str) -> str:
-        return f"{self.p}:hs:place:{core}"
-
     def k_rec(self, hid: str) -> str:
         return f"{self.p}:hs:rec:{hid}"
 
@@ -69,22 +64,6 @@ class HotspotStore:
     def k_events(self) -> str:
         return f"{self.p}:hs:events"
 
-    async def add_place_case(self, places: list[str], case_id: str, created_at: float) -> None:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for core in places:
-                pipe.zadd(self.k_place(core), {case_id: created_at})
-                pipe.zremrangebyrank(self.k_place(core), 0, -PLACE_CAP - 1)
-            await pipe.execute()
-
-    async def remove_place_case(self, places: list[str], case_id: str) -> None:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for core in places:
-                pipe.zrem(self.k_place(core), case_id)
-            await pipe.execute()
-
-    async def place_cases(self, core: str, since: float) -> list[str]:
-        return await self.r.zrevrangebyscore(self.k_place(core), "+inf", since, start=0, num=PLACE_CAP)
-
     async def get(self, hid: str) -> Hotspot | None:
         raw = await self.r.get(self.k_rec(hid))
         return Hotspot(**json.loads(raw)) if raw else None
@@ -94,9 +73,20 @@ class HotspotStore:
         return await self.get(hid) if hid else None
 
     async def of_case(self, case_id: str) -> list[Hotspot]:
-        ids = await self.r.smembers(self.k_case(case_id))
-        out = [await self.get(h) for h in sorted(ids)]
-        return [h for h in out if h is not None]
+        return (await self.of_cases([case_id]))[0]
+
+    async def of_cases(self, case_ids: list[str]) -> list[list[Hotspot]]:
+        """The hotspots of each case, in two round trips however many cases."""
+        if not case_ids:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for cid in case_ids:
+                pipe.smembers(self.k_case(cid))
+            id_sets = [sorted(ids) for ids in await pipe.execute()]
+        wanted = sorted({h for ids in id_sets for h in ids})
+        raws = await self.r.mget([self.k_rec(h) for h in wanted]) if wanted else []
+        found = {h: Hotspot(**json.loads(raw)) for h, raw in zip(wanted, raws, strict=True) if raw}
+        return [[found[h] for h in ids if h in found] for ids in id_sets]
 
     async def save(self, hs: Hotspot, *, event: str = "") -> None:
         async with self.r.pipeline(transaction=True) as pipe:
