@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from hotline.appkeys import CLASSIFIER, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT, TEMPLATES
 from hotline.channels import web as web_channel
@@ -20,6 +21,7 @@ from hotline.pages import STATIC_DIR, make_environment, render
 from hotline.redis_server import EmbeddedRedis
 from hotline.settings import Settings
 from hotline.store import Store, StoreUnavailable
+from hotline.store.cases import STORE_REFUSED_MESSAGE, store_refused
 
 log = logging.getLogger("hotline.app")
 
@@ -85,10 +87,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         message = "请求内容过大。" if exc.status == 413 else (exc.text or exc.reason or "")
         if exc.status == 404:
             message = "未找到。"
-        return error_response(request, exc.status, code, message)
+        # 405 must keep its Allow header (RFC 9110), a 429/503 its Retry-After.
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return error_response(request, exc.status, code, message, kept or None)
     except StoreUnavailable:
         log.error("store unavailable", extra={"event": "store_unavailable", "path": request.path})
         return error_response(request, 503, "unavailable", "服务暂时繁忙，请稍后再试。", {"Retry-After": "5"})
+    except RedisError as exc:
+        # A running server that refuses writes it cannot persist (disk full: MISCONF) is an outage too.
+        if not store_refused(exc):
+            log.exception("unhandled error", extra={"event": "error", "path": request.path})
+            return error_response(request, 500, "internal", "系统内部错误，请稍后再试。")
+        log.error("store refused write", extra={"event": "store_refused", "path": request.path,
+                                                 "error": str(exc)[:200]})
+        return error_response(request, 503, "storage_unavailable", STORE_REFUSED_MESSAGE, {"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -115,9 +127,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                            timezone=settings["intake"]["timezone"],
                            idempotency_ttl_s=settings["store"]["idempotency_ttl_s"])
     app[STORE] = store
+    # The embedded server exits on an AOF write error (disk full); bring it back when it can run again.
+    supervisor = asyncio.create_task(embedded.supervise()) if embedded is not None else None
     try:
         yield
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -74,6 +74,18 @@ async def test_thousand_parallel_submissions_get_distinct_ids(client: TestClient
     assert await client.app[STORE].count() == 1000
 
 
+async def test_a_burst_of_parallel_repeats_lands_in_one_case(client: TestClient) -> None:
+    text = "阳光花园小区3栋停水了，从早上到现在都没有水，第{}位反映"
+    status, first = await post(client, {"text": text.format(0), "address": "阳光花园小区3栋"})
+    assert status == 201
+    results = await asyncio.gather(*(post(client, {"text": text.format(i)}) for i in range(1, 201)))
+    assert {s for s, _ in results} == {201}
+    assert all(b.get("merged_into") == first["case_id"] for _, b in results)
+    primary = await client.app[STORE].get_case(first["case_id"])
+    assert primary is not None and len(primary.reports) == 200
+    assert {r.report_id for r in primary.reports} == {b["case_id"] for _, b in results}
+
+
 async def test_empty_body(client: TestClient) -> None:
     assert_error(*await post(client, b""), 400, "empty_body")
 

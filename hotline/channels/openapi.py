@@ -35,17 +35,20 @@ _SUGGESTION = {
     },
 }
 
+# Optional fields may be absent or null (both mean "not given"); an empty contact is no contact.
 _COMPLAINT_IN = {
     "type": "object",
     "required": ["text"],
     "properties": {
-        "text": {"type": "string", "description": "诉求内容（UTF-8 不超过 64 KiB）", "minLength": 1},
-        "address": {"type": "string", "maxLength": 500},
-        "contact": {"type": "string", "description": "联系电话", "pattern": r"^\+?[\d\s\-()]{5,24}$"},
-        "name": {"type": "string", "maxLength": 50},
-        "channel": {"type": "string", "enum": ["web", "api"]},
+        "text": {"type": "string", "description": "诉求内容：至少 2 个有效字符（空白、控制字符和不可见字符不计），"
+                                                  "UTF-8 不超过 64 KiB；否则 422 或 413", "minLength": 2},
+        "address": {"type": ["string", "null"], "maxLength": 500},
+        "contact": {"type": ["string", "null"], "description": "联系电话（可为空）",
+                    "pattern": r"^(\+?[\d\s\-()]{5,24})?$"},
+        "name": {"type": ["string", "null"], "maxLength": 50},
+        "channel": {"type": ["string", "null"], "enum": ["web", "api", None]},
         "location": {
-            "type": "object",
+            "type": ["object", "null"],
             "required": ["lat", "lon"],
             "properties": {
                 "lat": {"type": "number", "minimum": -90, "maximum": 90},

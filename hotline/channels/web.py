@@ -108,7 +108,10 @@ def _location(body: dict[str, Any]) -> Location | None:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lat, lon)):
         raise IntakeError("bad_location", "location.lat 和 location.lon 必须是数字。")
     label = loc.get("label", "")
-    return Location(float(lat), float(lon), label if isinstance(label, str) else "")
+    if not isinstance(label, str):
+        # Refused rather than dropped: the client should learn its place name did not arrive.
+        raise IntakeError("bad_location", "location.label 必须是字符串。")
+    return Location(float(lat), float(lon), label)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

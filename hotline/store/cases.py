@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +41,22 @@ PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
 CONFIRM_QUEUE_STATES = frozenset({Status.CLASSIFIED, Status.RETURNED, Status.REOPENED})
 
 StoreUnavailable = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Error replies with which a running server refuses work it cannot do safely right now: MISCONF when
+# it cannot write its AOF/RDB (disk full, with appendfsync everysec/no), READONLY on a replica after a
+# failover, LOADING while it replays its AOF, OOM at maxmemory. None of them is the client's fault.
+_REFUSAL = re.compile(r"(?:^|caused error: \(')(?:MISCONF|READONLY|LOADING|OOM|MASTERDOWN|NOREPLICAS|TRYAGAIN"
+                      r"|CLUSTERDOWN)\b")
+STORE_REFUSED_MESSAGE = "系统暂时无法保存数据，请稍后再试（重试时请使用相同的 Idempotency-Key，不会重复登记）。"
+
+
+def store_refused(exc: BaseException) -> bool:
+    """True for a Redis error reply that means "not now" (see _REFUSAL), not a bug of ours.
+
+    The code opens the reply, also inside a Lua script; redis-py puts a failed pipeline command's reply
+    after "caused error: ('".
+    """
+    return isinstance(exc, RedisError) and _REFUSAL.search(str(exc)) is not None
 
 
 class CaseNotFound(KeyError):
@@ -69,6 +87,13 @@ class CreateResult:
 # idempotency keys is already taken (then the earlier case id is returned and nothing is written).
 # KEYS: case, events, all-cases, status index, confirm queue, feed, idem keys...
 # ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status
+# One command instead of MULTI/INCR/EXPIRE/EXEC: every intake waits for this write's fsync.
+_NEXT_SEQ_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
 _CREATE_LUA = """
 local n_fixed = 6
 for i = n_fixed + 1, #KEYS do
@@ -110,6 +135,10 @@ class Store:
         self.tz = ZoneInfo(timezone)
         self.idem_ttl = idempotency_ttl_s
         self._create = self.r.register_script(_CREATE_LUA)
+        self._next_seq = self.r.register_script(_NEXT_SEQ_LUA)
+        # Concurrent updates of one case in this process queue here instead of racing under WATCH:
+        # a burst of 200 reports merged into one case would otherwise retry O(n²) times.
+        self._case_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Store:
@@ -158,11 +187,7 @@ class Store:
     async def allocate_id(self, now: float | None = None) -> str:
         """Date + day sequence, e.g. 20261122-000123: short enough to read out on the phone."""
         day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
-        key = f"{self.p}:seq:{day}"
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 3 * 86400)
-            n, _ = await pipe.execute()
+        n = await self._next_seq(keys=[f"{self.p}:seq:{day}"], args=[3 * 86400])
         return f"{day}-{int(n):06d}"
 
     # cases ----------------------------------------------------------------
@@ -203,7 +228,10 @@ class Store:
         checked against the status machine before anything is written.
         """
         key = self.k_case(case_id)
-        async with self.r.pipeline(transaction=True) as pipe:
+        lock = self._case_locks.get(case_id)
+        if lock is None:
+            lock = self._case_locks[case_id] = asyncio.Lock()
+        async with lock, self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)

