@@ -1,11 +1,14 @@
-"""The chat conversation every chat door shares (WeChat, Telegram): from first words to a case number.
+"""The chat conversation of the chat doors: from first words to a case number.
 
 describe the problem → (no place known) ask for the address or a location share → confirm → case number.
 Besides: ``查询 <案件号>`` / ``/status`` shows the citizen's own cases, ``取消`` starts over, and answers to
 notifications that offered options (survey questions) go to ``Notifications.reply``.
 
-The dialogue lives in Redis (hotline/store/conversations.py), not in the process: a restart, a second
-server or a platform retry landing on another worker continues the same conversation.
+WeChat runs the whole dialogue through ``Conversation``, whose state lives in Redis (hotline/store/
+conversations.py), not in the process: a restart, a second server or a platform retry landing on another
+worker continues the same conversation. Telegram runs the same steps as a PTB ConversationHandler
+(hotline/channels/telegram.py) built from the module-level helpers below, and uses ``Conversation`` for
+status requests and notification answers; so both doors word and decide every step alike.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from hotline.intake import Intake, IntakeError
+from hotline.intake import Intake, IntakeError, IntakeResult
 from hotline.notify import Notification, Notifications, Reply
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import LABELS_ZH
@@ -47,6 +50,11 @@ BUSY = "系统繁忙，请稍后再发送一次。"
 NOT_YOURS = "未找到该案件，或该案件不是由您本人反映的。请核对案件编号。"
 EXPIRED = "该选项已失效，请按最新的提示操作。"
 CANCELLED = "已取消。如需反映问题，请直接发送文字或语音。"
+CONFIRM_AGAIN = "请确认是否提交。如需修改，请回复“取消”后重新描述。"
+IMAGES_FULL = "图片已达上限（9 张），其余图片不再保存。"
+IMAGE_WITH_CASE = "已收到图片，将随诉求一并提交。"
+TIMED_OUT = "由于长时间未收到您的回复，本次登记已取消，内容未提交。如需反映问题，请重新发送。"
+MAX_IMAGES = 9
 
 # "查询 20260101-000123", "查询20260101-000123", "/status x"; but "查询一下…" is a citizen's sentence.
 _STATUS = re.compile(r"^\s*(?:/status(?:@\w+)?|查询|查詢|进度)(?:\s*[:：]?\s*([0-9\-]+)|\s+(\S+))?\s*$",
@@ -94,6 +102,91 @@ def number_options(text: str, options: list[tuple[str, str]]) -> str:
         return text
     lines = [f"回复 {i} {label}" for i, (_value, label) in enumerate(options, 1)]
     return text + "\n" + "\n".join(lines)
+
+
+# Shared steps of the intake dialogue: every chat door words and decides them the same way. ---------------
+
+
+def status_query(text: str) -> str | None:
+    """The case number asked about ('' for "my cases"), or None when the text is not a status request."""
+    m = _STATUS.match(text)
+    return (m.group(1) or m.group(2) or "") if m else None
+
+
+def is_cancel(text: str) -> bool:
+    return text.strip().lower() in _CANCEL
+
+
+def is_help(text: str) -> bool:
+    return text.strip().lower() in _HELP
+
+
+def is_yes(text: str) -> bool:
+    return text.strip().lower() in _YES
+
+
+def is_no(text: str) -> bool:
+    return text.strip().lower() in _NO
+
+
+def place_known(d: Dialogue) -> bool:
+    """An address or a location share is already there: no need to ask for the place."""
+    return bool(d.address or d.location)
+
+
+def take_place(d: Dialogue, text: str) -> None:
+    """The answer to ASK_PLACE: an address, or a word meaning "I don't know" (the case goes on without)."""
+    text = text.strip()
+    if text.lower() not in _SKIP:
+        d.address = text[:200]
+
+
+def take_location(d: Dialogue, loc: Location) -> None:
+    d.location = {"lat": loc.lat, "lon": loc.lon, "label": loc.label[:200]}
+
+
+def location_received(loc: Location) -> str:
+    where = f"（{loc.label[:60]}）" if loc.label else ""
+    return f"已收到您的位置{where}。" + ASK_TEXT
+
+
+def add_image(d: Dialogue, ref: str) -> bool:
+    """False when the draft already holds the most images a case takes."""
+    if len(d.attachments) >= MAX_IMAGES:
+        return False
+    d.attachments.append(ref[:500])
+    return True
+
+
+def confirm_prompt(d: Dialogue, lead: str = "") -> Outgoing:
+    if d.address:
+        place = d.address
+    elif d.location:
+        loc = d.location
+        place = loc.get("label") or f"位置坐标 {loc['lat']:.5f}, {loc['lon']:.5f}"
+    else:
+        place = "未提供"
+    lines = [lead] if lead else []
+    lines += ["请确认您要反映的问题：", f"问题：{d.text[:300]}", f"地点：{place}"]
+    if d.attachments:
+        lines.append(f"图片：{len(d.attachments)} 张")
+    return Outgoing("\n".join(lines), options=list(CONFIRM_OPTIONS))
+
+
+def intake_message(channel: str, sender: str, d: Dialogue, key: str) -> InboundMessage:
+    """The confirmed draft as the pipeline's input; ``key`` is the confirming message's platform id, so a
+    retried confirmation never makes a second case."""
+    loc = d.location
+    return InboundMessage(
+        channel=channel, sender=sender, text=d.text, address=d.address,
+        location=Location(float(loc["lat"]), float(loc["lon"]), str(loc.get("label", ""))) if loc else None,
+        audio_ref=d.audio_ref, transcript=d.transcript, attachments=list(d.attachments),
+        idempotency_key=key, meta={"via": "chat"},
+    )
+
+
+def case_number_text(result: IntakeResult) -> str:
+    return result.reply.replace("可凭编号和手机号后四位查询办理进度", f"可发送“查询 {result.case.id}”查询办理进度")
 
 
 def owns(case: Case, channel: str, sender: str) -> bool:
@@ -146,9 +239,9 @@ class Conversation:
         text = inc.text.strip()[:MAX_TEXT_CHARS]
         low = text.lower()
         if inc.kind == "text":
-            m = _STATUS.match(text)
-            if m:
-                return [await self.status(inc.channel, inc.sender, m.group(1) or m.group(2) or "")]
+            asked = status_query(text)
+            if asked is not None:
+                return [await self.status(inc.channel, inc.sender, asked)]
             if low in _CANCEL:
                 await self.conv.save_dialogue(inc.channel, inc.sender, Dialogue())
                 return [Outgoing(CANCELLED)]
@@ -163,13 +256,10 @@ class Conversation:
                 return await self._submit(inc, d)
             if low in _NO:
                 return await self._cancel(inc)
-            return [self._confirm_prompt(d, "请确认是否提交。如需修改，请回复“取消”后重新描述。")]
+            return [confirm_prompt(d, CONFIRM_AGAIN)]
         if d.state == "await_place":
-            if low in _SKIP:
-                d.state = "await_confirm"
-            else:
-                d.address = text[:200]
-                d.state = "await_confirm"
+            take_place(d, text)
+            d.state = "await_confirm"
             return await self._save_and_confirm(inc, d)
         # idle or await_text: this is the description of the problem
         problem = InboundMessage(channel=inc.channel, sender=inc.sender, text=text, address=d.address)
@@ -180,7 +270,7 @@ class Conversation:
         d.text = text
         if inc.kind == "voice":
             d.transcript, d.audio_ref = text, inc.audio_ref
-        if d.address or d.location:
+        if place_known(d):
             d.state = "await_confirm"
             return await self._save_and_confirm(inc, d)
         d.state = "await_place"
@@ -195,7 +285,7 @@ class Conversation:
                 return await self._submit(inc, d)
             if n == 2:
                 return await self._cancel(inc)
-            return [self._confirm_prompt(d, "请回复 1 或 2。")]
+            return [confirm_prompt(d, "请回复 1 或 2。")]
         if q is not None:
             if not 1 <= n <= len(q.options):
                 return [Outgoing(number_options("请回复选项前的数字。", q.options))]
@@ -237,63 +327,39 @@ class Conversation:
     async def _location(self, inc: Incoming, d: Dialogue) -> list[Outgoing]:
         loc = inc.location
         assert loc is not None
-        d.location = {"lat": loc.lat, "lon": loc.lon, "label": loc.label[:200]}
+        take_location(d, loc)
         if d.state in ("await_place", "await_confirm") and d.text:
             d.state = "await_confirm"
             return await self._save_and_confirm(inc, d)
         d.state = "await_text"
         await self.conv.save_dialogue(inc.channel, inc.sender, d)
-        where = f"（{loc.label[:60]}）" if loc.label else ""
-        return [Outgoing(f"已收到您的位置{where}。" + ASK_TEXT)]
+        return [Outgoing(location_received(loc))]
 
     async def _image(self, inc: Incoming, d: Dialogue) -> list[Outgoing]:
-        if len(d.attachments) >= 9:
-            return [Outgoing("图片已达上限（9 张），其余图片不再保存。")]
-        d.attachments.append(inc.attachment[:500])
+        if not add_image(d, inc.attachment):
+            return [Outgoing(IMAGES_FULL)]
         if d.state == "idle":
             d.state = "await_text"
         await self.conv.save_dialogue(inc.channel, inc.sender, d)
         if d.state == "await_confirm":
-            return [self._confirm_prompt(d, "已收到图片，将随诉求一并提交。")]
+            return [confirm_prompt(d, IMAGE_WITH_CASE)]
         if d.state == "await_place":
             return [Outgoing("已收到图片。" + ASK_PLACE, ask_location=True)]
         return [Outgoing("已收到图片。" + ASK_TEXT)]
 
     # confirmation and submission -----------------------------------------------------
-    def _confirm_prompt(self, d: Dialogue, lead: str = "") -> Outgoing:
-        if d.address:
-            place = d.address
-        elif d.location:
-            loc = d.location
-            place = loc.get("label") or f"位置坐标 {loc['lat']:.5f}, {loc['lon']:.5f}"
-        else:
-            place = "未提供"
-        lines = [lead] if lead else []
-        lines += ["请确认您要反映的问题：", f"问题：{d.text[:300]}", f"地点：{place}"]
-        if d.attachments:
-            lines.append(f"图片：{len(d.attachments)} 张")
-        return Outgoing("\n".join(lines), options=list(CONFIRM_OPTIONS))
-
     async def _save_and_confirm(self, inc: Incoming, d: Dialogue) -> list[Outgoing]:
         d.prompt_at = time.time()
         await self.conv.save_dialogue(inc.channel, inc.sender, d)
-        return [self._confirm_prompt(d)]
+        return [confirm_prompt(d)]
 
     async def _cancel(self, inc: Incoming) -> list[Outgoing]:
         await self.conv.save_dialogue(inc.channel, inc.sender, Dialogue())
         return [Outgoing(CANCELLED)]
 
     async def _submit(self, inc: Incoming, d: Dialogue) -> list[Outgoing]:
-        loc = d.location
-        msg = InboundMessage(
-            channel=inc.channel, sender=inc.sender, text=d.text, address=d.address,
-            location=Location(float(loc["lat"]), float(loc["lon"]), str(loc.get("label", ""))) if loc else None,
-            audio_ref=d.audio_ref, transcript=d.transcript, attachments=list(d.attachments),
-            # The confirming message's platform id: a retried confirmation never makes a second case.
-            idempotency_key=inc.key, meta={"via": "chat"},
-        )
         try:
-            result = await self.intake.submit(msg)
+            result = await self.intake.submit(intake_message(inc.channel, inc.sender, d, inc.key))
         except IntakeError as exc:
             await self.conv.save_dialogue(inc.channel, inc.sender, Dialogue())
             return [Outgoing(exc.message + "请重新描述您的问题。")]
@@ -301,8 +367,7 @@ class Conversation:
         await self.conv.save_dialogue(inc.channel, inc.sender, Dialogue())
         log.info("chat case", extra={"event": "chat_case", "channel": inc.channel, "case_id": result.case.id,
                                      "created": result.created})
-        return [Outgoing(result.reply.replace("可凭编号和手机号后四位查询办理进度",
-                                              f"可发送“查询 {result.case.id}”查询办理进度"))]
+        return [Outgoing(case_number_text(result))]
 
     # status ---------------------------------------------------------------------------
     async def status(self, channel: str, sender: str, case_id: str) -> Outgoing:

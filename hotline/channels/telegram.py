@@ -1,14 +1,21 @@
 """Telegram bot door (python-telegram-bot v22) running inside the hotline's aiohttp server.
 
 Webhook mode (production): Telegram POSTs updates to ``telegram.webhook_path``; the request must carry the
-``X-Telegram-Bot-Api-Secret-Token`` header registered with ``setWebhook``. Each update is processed by the
-PTB ``Application`` before the 200 goes back, so Telegram's retry of a slow update finds it claimed.
+``X-Telegram-Bot-Api-Secret-Token`` header registered with ``setWebhook``. Each update is processed, and its
+effects written to Redis, before the 200 goes back, so Telegram's retry of a slow update finds it claimed.
 Poll mode (development, ``hotline telegram poll``): PTB's Updater long-polls ``getUpdates``.
 
-The dialogue itself is the channel-neutral one in hotline/channels/conversation.py with its state in Redis,
-rather than PTB's in-memory ConversationHandler: a restart or a second server process keeps the
-conversation. PTB handlers only turn updates into ``Incoming`` values and ``Outgoing`` values into
-messages with inline buttons.
+Intake is a PTB ``ConversationHandler`` (name ``intake``): describe the problem (text or voice note) →
+the place (address or location share) → confirm with inline buttons → case number; ``/cancel`` at any
+step; a conversation left alone for ``telegram.conversation_timeout_s`` is ended and the citizen told.
+Its states and the draft (``chat_data``) go through ``TelegramStatePersistence`` (hotline/store/
+telegram_state.py) and are written to Redis after every update, so a restart resumes the conversation.
+The wording and the decisions of each step are the helpers of hotline/channels/conversation.py, which the
+WeChat door uses too. ``/status``, ``查询 <案件号>`` and answers to notification buttons (surveys) are
+handled before the conversation, at any step, without changing it.
+
+Updates for the bot must reach one process: PTB holds conversation states in memory and reads them from
+Redis only at start-up (README: Telegram bot, "Several processes").
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import hmac
 import json
 import logging
 import re
+import time
 import warnings
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -42,26 +50,57 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
+    ConversationHandler,
     MessageHandler,
     TypeHandler,
     filters,
 )
-from telegram.warnings import PTBDeprecationWarning
+from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
 from hotline.bodies import read_limited
 from hotline.channels.conversation import (
+    ASK_PLACE,
+    ASK_TEXT,
     BUSY,
+    CANCELLED,
+    CONFIRM_AGAIN,
+    CONFIRM_NO,
+    CONFIRM_YES,
+    EXPIRED,
+    IMAGE_WITH_CASE,
+    IMAGES_FULL,
+    MAX_TEXT_CHARS,
+    TIMED_OUT,
+    UNSUPPORTED,
+    VOICE_UNREADABLE,
+    WELCOME,
     Conversation,
     Incoming,
     Outgoing,
+    add_image,
+    case_number_text,
+    confirm_prompt,
+    intake_message,
+    is_cancel,
+    is_help,
+    is_no,
+    is_yes,
+    location_received,
+    number_options,
+    place_known,
     remember_question,
+    status_query,
+    take_location,
+    take_place,
 )
+from hotline.intake import IntakeError
 from hotline.notify import Notification
-from hotline.records import Location
+from hotline.records import InboundMessage, Location
 from hotline.secret import service_secret
 from hotline.settings import Settings, SettingsError
-from hotline.store.conversations import ConversationStore
+from hotline.store.conversations import ConversationStore, Dialogue
+from hotline.store.telegram_state import TelegramStatePersistence
 
 log = logging.getLogger("hotline.telegram")
 
@@ -70,6 +109,22 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 _SECRET_OK = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 ALLOWED_UPDATES = ["message", "callback_query"]
 MAX_MESSAGE_CHARS = 4000  # Telegram's limit is 4096
+
+# The intake conversation: its persistence name and states (strings, so Redis holds readable JSON).
+CONVERSATION_NAME = "intake"
+DESCRIBE = "describe"  # a location or photo came first; waiting for the problem itself
+PLACE = "place"  # waiting for an address or a location share
+CONFIRM = "confirm"  # waiting for 确认提交 / 取消
+END = ConversationHandler.END
+DRAFT = "draft"  # chat_data key of the draft (a Dialogue as a dict)
+
+# New private messages only: edited messages, groups and channels are not part of a citizen's dialogue.
+PRIVATE = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
+TEXT = PRIVATE & filters.TEXT & ~filters.COMMAND
+CONFIRM_DATA = f"^({re.escape(CONFIRM_YES)}|{re.escape(CONFIRM_NO)})$"
+
+Context = ContextTypes.DEFAULT_TYPE
+Step = Callable[[Update, Context], Awaitable[object]]
 
 
 @dataclass
@@ -85,6 +140,7 @@ class TelegramConfig:
     max_voice_bytes: int
     max_voice_seconds: int
     request_timeout_s: float
+    conversation_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelegramConfig:
@@ -96,6 +152,8 @@ class TelegramConfig:
             raise SettingsError("setting telegram.webhook_path: must start with /")
         if cfg.secret_token and not _SECRET_OK.match(cfg.secret_token):
             raise SettingsError("setting telegram.secret_token: 1-256 characters of A-Z a-z 0-9 _ -")
+        if cfg.conversation_timeout_s < 0:
+            raise SettingsError("setting telegram.conversation_timeout_s: must be 0 (none) or more")
         if cfg.token and not cfg.secret_token:
             # Stable across restarts and processes sharing the service secret.
             cfg.secret_token = hmac.new(service_secret(settings), b"telegram-webhook", hashlib.sha256).hexdigest()
@@ -128,44 +186,148 @@ def markup(out: Outgoing, values: list[str] | None = None) -> Any:
     return None
 
 
+class HotlineApplication(Application):  # type: ignore[type-arg]
+    """PTB's Application with two guarantees the hotline needs from ``process_update``.
+
+    - One chat's updates run one after the other (webhook requests arrive concurrently): two taps racing
+      on 确认提交 see the conversation in turn, not both in the confirm step.
+    - When it returns, the update's conversation state and draft are in Redis: the webhook's 200 (or the
+      next getUpdates offset) is given only for an update a restart would not lose. PTB itself writes the
+      persistence every ``update_interval`` seconds.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._chat_locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def process_update(self, update: object) -> None:
+        chat = update.effective_chat if isinstance(update, Update) else None
+        if chat is None:
+            await super().process_update(update)
+            await self.update_persistence()
+            return
+        lock, users = self._chat_locks.get(chat.id, (asyncio.Lock(), 0))
+        self._chat_locks[chat.id] = (lock, users + 1)
+        try:
+            async with lock:
+                await super().process_update(update)
+                # Before the write: a dropped entry is then deleted by this very run (a later run would
+                # skip an update of this chat marked in between).
+                self._forget_idle(update)
+                await self.update_persistence()
+        finally:
+            lock, users = self._chat_locks[chat.id]
+            if users <= 1:
+                del self._chat_locks[chat.id]
+            else:
+                self._chat_locks[chat.id] = (lock, users - 1)
+
+    def _forget_idle(self, update: Update) -> None:
+        # PTB keeps a dict per chat and user ever seen; an empty one (no conversation) is already gone
+        # from Redis, so memory need not hold it either.
+        chat, user = update.effective_chat, update.effective_user
+        if chat is not None and chat.id in self.chat_data and not self.chat_data[chat.id]:
+            self.drop_chat_data(chat.id)
+        if user is not None and user.id in self.user_data and not self.user_data[user.id]:
+            self.drop_user_data(user.id)
+
+
 class TelegramDoor:
     def __init__(self, app: web.Application, cfg: TelegramConfig) -> None:
         self.app = app
         self.cfg = cfg
         store = app[STORE]
+        self.intake = app[INTAKE]
         self.conv = ConversationStore(store)
+        # The shared engine answers status requests and notification buttons exactly as on WeChat.
         self.engine = Conversation(app[INTAKE], store, self.conv, app[NOTIFICATIONS],
                                    app[SETTINGS]["intake"]["timezone"])
+        self.state = TelegramStatePersistence(store, max_age_s=cfg.conversation_timeout_s)
         t = cfg.request_timeout_s
-        builder = (Application.builder().token(cfg.token).base_url(cfg.api_base_url)
-                   .base_file_url(cfg.file_base_url).connection_pool_size(16)
-                   .connect_timeout(t).read_timeout(t).write_timeout(t).pool_timeout(t))
+        builder = (Application.builder().application_class(HotlineApplication).token(cfg.token)
+                   .base_url(cfg.api_base_url).base_file_url(cfg.file_base_url).connection_pool_size(16)
+                   .connect_timeout(t).read_timeout(t).write_timeout(t).pool_timeout(t)
+                   .persistence(self.state))
         # Webhook mode has no Updater; polling waits up to 30 s per getUpdates on top of the request timeout.
         builder = builder.updater(None) if cfg.mode == "webhook" else builder.get_updates_read_timeout(t + 30)
         self.application = builder.build()
         self.ready = asyncio.Event()
+        self.intake_handler = self._conversation()
         self._add_handlers()
 
     # handlers -----------------------------------------------------------------
+    def _conversation(self) -> ConversationHandler:  # type: ignore[type-arg]
+        on_text, on_voice = TEXT, PRIVATE & filters.VOICE
+        on_location, on_photo = PRIVATE & filters.LOCATION, PRIVATE & filters.PHOTO
+        step = self._step
+        with warnings.catch_warnings():
+            # PTB warns that CallbackQueryHandlers are tracked per chat, not per message, with
+            # per_message=False. Per chat is what is meant: the buttons answer the chat's current step,
+            # and a press on an older message's buttons is refused as expired.
+            warnings.filterwarnings("ignore", message=".*per_message.*", category=PTBUserWarning)
+            return ConversationHandler(
+                entry_points=[
+                    MessageHandler(on_text, self._begin_text),
+                    MessageHandler(on_voice, self._begin_voice),
+                    MessageHandler(on_location, self._begin_location),
+                    MessageHandler(on_photo, self._begin_photo),
+                ],
+                states={
+                    DESCRIBE: [
+                        MessageHandler(on_text, step(self._describe_text)),
+                        MessageHandler(on_voice, step(self._describe_voice)),
+                        MessageHandler(on_location, step(self._describe_location)),
+                        MessageHandler(on_photo, step(self._add_photo)),
+                    ],
+                    PLACE: [
+                        MessageHandler(on_text, step(self._place_text)),
+                        MessageHandler(on_voice, step(self._place_voice)),
+                        MessageHandler(on_location, step(self._place_location)),
+                        MessageHandler(on_photo, step(self._add_photo)),
+                    ],
+                    CONFIRM: [
+                        CallbackQueryHandler(step(self._confirm_button), pattern=CONFIRM_DATA),
+                        MessageHandler(on_text, step(self._confirm_text)),
+                        MessageHandler(on_location, step(self._confirm_location)),
+                        MessageHandler(on_photo, step(self._add_photo)),
+                    ],
+                    ConversationHandler.TIMEOUT: [TypeHandler(Update, self._timed_out)],
+                },
+                fallbacks=[
+                    CommandHandler("cancel", self._cancel, filters=PRIVATE),
+                    CommandHandler(["start", "help"], self._help_in_conversation, filters=PRIVATE),
+                    CallbackQueryHandler(self._stale_button, pattern=CONFIRM_DATA),
+                    MessageHandler(PRIVATE & filters.COMMAND, self._help_in_conversation),
+                    MessageHandler(PRIVATE, self._unsupported_in_conversation),
+                ],
+                name=CONVERSATION_NAME,
+                persistent=True,
+                conversation_timeout=self.cfg.conversation_timeout_s or None,
+            )
+
     def _add_handlers(self) -> None:
         a = self.application
-        private = filters.ChatType.PRIVATE
-        a.add_handler(TypeHandler(Update, self._dedup), group=-1)
-        a.add_handler(CommandHandler(["start", "help"], self._start, filters=private))
-        a.add_handler(CommandHandler("status", self._status, filters=private))
-        a.add_handler(CommandHandler("cancel", self._cancel, filters=private))
-        a.add_handler(CallbackQueryHandler(self._button))
-        a.add_handler(MessageHandler(private & ~filters.COMMAND, self._message))
-        a.add_handler(MessageHandler(private & filters.COMMAND, self._start))
+        a.add_handler(TypeHandler(Update, self._dedup), group=-2)
+        # Any time, in any step, without touching the conversation.
+        a.add_handler(CommandHandler("status", self._status_command, filters=PRIVATE), group=-1)
+        a.add_handler(MessageHandler(TEXT, self._status_or_answer), group=-1)
+        a.add_handler(CallbackQueryHandler(self._notification_button, pattern=r"^n:"), group=-1)
+        # The conversation, then what it does not take (no conversation open).
+        a.add_handler(self.intake_handler)
+        a.add_handler(CommandHandler(["start", "help"], self._welcome, filters=PRIVATE))
+        a.add_handler(CommandHandler("cancel", self._cancel, filters=PRIVATE))
+        a.add_handler(CallbackQueryHandler(self._stale_button))
+        a.add_handler(MessageHandler(PRIVATE & filters.COMMAND, self._welcome))
+        a.add_handler(MessageHandler(PRIVATE, self._unsupported))
         a.add_error_handler(self._error)
 
-    async def _dedup(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def _dedup(self, update: Update, _context: Context) -> None:
         # Telegram re-sends an update it got no 200 for; polling may hand one over twice after a restart.
         if not await self.conv.claim_message(CHANNEL, str(update.update_id)):
             log.info("telegram duplicate update", extra={"event": "tg_duplicate", "update_id": update.update_id})
             raise ApplicationHandlerStop
 
-    async def _error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def _error(self, update: object, context: Context) -> None:
         log.error("telegram handler failed", exc_info=context.error, extra={"event": "tg_failed"})
         if isinstance(update, Update):
             await self.conv.release_message(CHANNEL, str(update.update_id))
@@ -174,62 +336,353 @@ class TelegramDoor:
                 with contextlib.suppress(TelegramError):
                     await self.application.bot.send_message(chat.id, BUSY)
 
-    async def _run(self, update: Update, inc: Incoming) -> None:
+    # drafts ---------------------------------------------------------------------
+    @staticmethod
+    def _draft(context: Context) -> Dialogue | None:
+        raw = (context.chat_data or {}).get(DRAFT)
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return Dialogue(**{k: v for k, v in raw.items() if k in Dialogue.__dataclass_fields__})
+        except TypeError:
+            return None
+
+    @staticmethod
+    def _keep(context: Context, d: Dialogue, state: str) -> str:
+        """The draft goes with the conversation's new state (written to Redis once the update is done)."""
+        d.state, d.updated_at = state, time.time()
+        assert context.chat_data is not None
+        context.chat_data[DRAFT] = asdict(d)
+        return state
+
+    @staticmethod
+    def _drop(context: Context) -> object:
+        if context.chat_data is not None:
+            context.chat_data.pop(DRAFT, None)
+        return END
+
+    def _stale(self, d: Dialogue) -> bool:
+        timeout = self.cfg.conversation_timeout_s
+        return bool(timeout) and time.time() - d.updated_at > timeout
+
+    def _step(self, fn: Callable[[Update, Context, Dialogue], Awaitable[object]]) -> Step:
+        """A step of an open conversation, given its draft. A conversation restored from Redis whose
+        timeout passed while no timer ran (the process was down), or whose draft is gone, is ended first
+        and this update starts afresh."""
+
+        async def run(update: Update, context: Context) -> object:
+            d = self._draft(context)
+            if d is None or self._stale(d):
+                self._drop(context)
+                await self._say(update, Outgoing(TIMED_OUT))
+                return await self._begin(update, context)
+            return await fn(update, context, d)
+
+        run.__name__ = fn.__name__
+        return run
+
+    # replying ---------------------------------------------------------------------
+    async def _say(self, update: Update, *outs: Outgoing) -> None:
         chat = update.effective_chat
         assert chat is not None
-        outs = await self.engine.handle(inc)
-        await self.send_outs(chat.id, outs)
+        await self.send_outs(chat.id, list(outs))
 
-    def _incoming(self, update: Update, kind: str, **kw: Any) -> Incoming:
+    async def _confirm(self, update: Update, context: Context, d: Dialogue, lead: str = "") -> str:
+        d.prompt_at = time.time()
+        await self._say(update, confirm_prompt(d, lead))
+        return self._keep(context, d, CONFIRM)
+
+    # entry points -------------------------------------------------------------------
+    async def _begin(self, update: Update, context: Context) -> object:
+        """Start of a conversation from whatever the citizen sent (also after a stale one was ended)."""
+        m = update.message
+        if update.callback_query is not None:
+            return await self._stale_button(update, context) or END
+        if m is None:
+            return END
+        if m.text and not m.text.startswith("/"):
+            return await self._begin_text(update, context)
+        if m.voice:
+            return await self._begin_voice(update, context)
+        if m.location:
+            return await self._begin_location(update, context)
+        if m.photo:
+            return await self._begin_photo(update, context)
+        if m.text:
+            await self._say(update, Outgoing(WELCOME))
+        else:
+            await self._say(update, Outgoing(UNSUPPORTED))
+        return END
+
+    async def _begin_text(self, update: Update, context: Context) -> object:
+        return await self._describe_text(update, context, Dialogue(), stay=END)
+
+    async def _begin_voice(self, update: Update, context: Context) -> object:
+        return await self._describe_voice(update, context, Dialogue(), stay=END)
+
+    async def _begin_location(self, update: Update, context: Context) -> object:
+        return await self._describe_location(update, context, Dialogue())
+
+    async def _begin_photo(self, update: Update, context: Context) -> object:
+        d = Dialogue()
+        assert update.message is not None
+        add_image(d, self._photo_ref(update))
+        await self._say(update, Outgoing("已收到图片。" + ASK_TEXT))
+        return self._keep(context, d, DESCRIBE)
+
+    # describe ----------------------------------------------------------------------------
+    async def _describe_text(self, update: Update, context: Context, d: Dialogue, stay: object = DESCRIBE) -> object:
+        assert update.message is not None and update.message.text is not None
+        text = update.message.text.strip()[:MAX_TEXT_CHARS]
+        if is_cancel(text):
+            await self._say(update, Outgoing(CANCELLED))
+            return self._drop(context)
+        if is_help(text):
+            await self._say(update, Outgoing(WELCOME))
+            return stay if stay == END else self._keep(context, d, DESCRIBE)
+        return await self._take_problem(update, context, d, text, "", stay)
+
+    async def _describe_voice(self, update: Update, context: Context, d: Dialogue,
+                              stay: object = DESCRIBE) -> object:
+        voice = update.message.voice if update.message else None
+        assert voice is not None
+        text = (await self._transcribe(voice))[:MAX_TEXT_CHARS]
+        if not text:
+            await self._say(update, Outgoing(VOICE_UNREADABLE))
+            return stay if stay == END else self._keep(context, d, DESCRIBE)
+        return await self._take_problem(update, context, d, text, f"telegram:voice?file_id={quote(voice.file_id)}",
+                                        stay)
+
+    async def _take_problem(self, update: Update, context: Context, d: Dialogue, text: str, audio_ref: str,
+                            stay: object) -> object:
         chat = update.effective_chat
         assert chat is not None
-        return Incoming(CHANNEL, sender_of(chat.id), kind, key=f"u{update.update_id}", **kw)
+        try:
+            self.intake.validate(InboundMessage(channel=CHANNEL, sender=sender_of(chat.id), text=text,
+                                                address=d.address))
+        except IntakeError as exc:
+            await self._say(update, Outgoing(exc.message))
+            return stay if stay == END else self._keep(context, d, DESCRIBE)
+        d.text = text
+        if audio_ref:
+            d.transcript, d.audio_ref = text, audio_ref
+        if place_known(d):
+            return await self._confirm(update, context, d)
+        await self._say(update, Outgoing(ASK_PLACE, ask_location=True))
+        return self._keep(context, d, PLACE)
 
-    async def _start(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        await self._run(update, self._incoming(update, "start"))
+    async def _describe_location(self, update: Update, context: Context, d: Dialogue) -> object:
+        loc = self._location(update)
+        take_location(d, loc)
+        await self._say(update, Outgoing(location_received(loc)))
+        return self._keep(context, d, DESCRIBE)
 
-    async def _status(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        arg = context.args[0] if context.args else ""
-        await self._run(update, self._incoming(update, "text", text=f"查询 {arg}"))
+    async def _add_photo(self, update: Update, context: Context, d: Dialogue) -> object:
+        state = d.state if d.state in (DESCRIBE, PLACE, CONFIRM) else DESCRIBE
+        if not add_image(d, self._photo_ref(update)):
+            await self._say(update, Outgoing(IMAGES_FULL))
+            return self._keep(context, d, state)
+        if state == CONFIRM:
+            return await self._confirm(update, context, d, IMAGE_WITH_CASE)
+        if state == PLACE:
+            await self._say(update, Outgoing("已收到图片。" + ASK_PLACE, ask_location=True))
+        else:
+            await self._say(update, Outgoing("已收到图片。" + ASK_TEXT))
+        return self._keep(context, d, state)
 
-    async def _cancel(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        await self._run(update, self._incoming(update, "text", text="取消"))
+    # place ---------------------------------------------------------------------------------
+    async def _place_text(self, update: Update, context: Context, d: Dialogue) -> object:
+        assert update.message is not None and update.message.text is not None
+        text = update.message.text.strip()[:MAX_TEXT_CHARS]
+        if is_cancel(text):
+            await self._say(update, Outgoing(CANCELLED))
+            return self._drop(context)
+        if is_help(text):
+            await self._say(update, Outgoing(WELCOME))
+            return self._keep(context, d, PLACE)
+        take_place(d, text)
+        return await self._confirm(update, context, d)
 
-    async def _button(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def _place_voice(self, update: Update, context: Context, d: Dialogue) -> object:
+        voice = update.message.voice if update.message else None
+        assert voice is not None
+        text = (await self._transcribe(voice))[:MAX_TEXT_CHARS]
+        if not text:
+            await self._say(update, Outgoing(VOICE_UNREADABLE))
+            return self._keep(context, d, PLACE)
+        take_place(d, text)
+        return await self._confirm(update, context, d)
+
+    async def _place_location(self, update: Update, context: Context, d: Dialogue) -> object:
+        take_location(d, self._location(update))
+        return await self._confirm(update, context, d)
+
+    # confirm ---------------------------------------------------------------------------------
+    async def _confirm_button(self, update: Update, context: Context, d: Dialogue) -> object:
         query = update.callback_query
         assert query is not None
-        with contextlib.suppress(TelegramError):
-            await query.answer()
+        await self._ack(update)
+        done = await self._submit(update, context, d) if query.data == CONFIRM_YES else await self._cancel(
+            update, context)
+        await self._strip_buttons(update)
+        return done
+
+    async def _confirm_text(self, update: Update, context: Context, d: Dialogue) -> object:
+        assert update.message is not None and update.message.text is not None
+        text = update.message.text.strip()
+        if is_yes(text) or text == "1":
+            return await self._submit(update, context, d)
+        if is_no(text) or is_cancel(text) or text == "2":
+            return await self._cancel(update, context)
+        if is_help(text):
+            await self._say(update, Outgoing(WELCOME))
+            return self._keep(context, d, CONFIRM)
+        return await self._confirm(update, context, d, CONFIRM_AGAIN)
+
+    async def _confirm_location(self, update: Update, context: Context, d: Dialogue) -> object:
+        take_location(d, self._location(update))
+        return await self._confirm(update, context, d)
+
+    async def _submit(self, update: Update, context: Context, d: Dialogue) -> object:
+        chat = update.effective_chat
+        assert chat is not None
+        sender = sender_of(chat.id)
+        # Any other failure (store away) leaves the step and the draft as they were: the error handler
+        # says "busy" and the citizen's next tap submits the same draft.
+        try:
+            result = await self.intake.submit(intake_message(CHANNEL, sender, d, f"u{update.update_id}"))
+        except IntakeError as exc:
+            await self._say(update, Outgoing(exc.message + "请重新描述您的问题。"))
+            return self._drop(context)
+        self._drop(context)
+        await self.conv.add_case(CHANNEL, sender, result.case.id, result.case.created_at)
+        log.info("chat case", extra={"event": "chat_case", "channel": CHANNEL, "case_id": result.case.id,
+                                     "created": result.created})
+        await self._say(update, Outgoing(case_number_text(result)))
+        return END
+
+    # fallbacks and outside the conversation -------------------------------------------------
+    async def _cancel(self, update: Update, context: Context) -> object:
+        await self._say(update, Outgoing(CANCELLED))
+        return self._drop(context)
+
+    async def _help_in_conversation(self, update: Update, context: Context) -> object:
+        await self._say(update, Outgoing(WELCOME))
+        return self._still(context)
+
+    async def _unsupported_in_conversation(self, update: Update, context: Context) -> object:
+        await self._say(update, Outgoing(UNSUPPORTED))
+        return self._still(context)
+
+    def _still(self, context: Context) -> object:
+        """Stay in the current step; the draft's clock restarts like the conversation's timer does."""
+        d = self._draft(context)
+        if d is None or d.state not in (DESCRIBE, PLACE, CONFIRM):
+            return END
+        return self._keep(context, d, d.state)
+
+    async def _stale_button(self, update: Update, _context: Context) -> None:
+        # A button of an earlier step, of a finished conversation, or data no button of ours carries.
+        await self._ack(update)
         chat = update.effective_chat
         if chat is None or chat.type != "private":
             return
-        await self._run(update, self._incoming(update, "button", text=str(query.data or "")[:64]))
+        await self._say(update, Outgoing(EXPIRED))
+        await self._strip_buttons(update)
+
+    async def _welcome(self, update: Update, _context: Context) -> None:
+        await self._say(update, Outgoing(WELCOME))
+
+    async def _unsupported(self, update: Update, _context: Context) -> None:
+        await self._say(update, Outgoing(UNSUPPORTED))
+
+    async def _timed_out(self, update: Update, context: Context) -> None:
+        """TIMEOUT step: PTB ends the conversation after this; the draft is dropped here, in Redis too."""
+        chat, user = update.effective_chat, update.effective_user
+        if chat is None:
+            return
+        self._drop(context)
+        await self.state.update_chat_data(chat.id, dict(context.chat_data or {}))
+        if user is not None:
+            await self.state.update_conversation(CONVERSATION_NAME, (chat.id, user.id), None)
+        log.info("telegram conversation timed out", extra={"event": "tg_conv_timeout"})
+        with contextlib.suppress(TelegramError):
+            await self._say(update, Outgoing(TIMED_OUT))
+
+    async def _status_command(self, update: Update, context: Context) -> None:
+        chat = update.effective_chat
+        assert chat is not None
+        arg = context.args[0] if context.args else ""
+        await self._say(update, await self.engine.status(CHANNEL, sender_of(chat.id), arg[:64]))
+        raise ApplicationHandlerStop
+
+    async def _status_or_answer(self, update: Update, context: Context) -> None:
+        """``查询 <案件号>`` at any step; a lone digit answers the latest notification question, unless our
+        confirmation was asked after it (then it belongs to the conversation, as on WeChat)."""
+        chat = update.effective_chat
+        assert chat is not None and update.message is not None and update.message.text is not None
+        text = update.message.text.strip()
+        asked = status_query(text)
+        if asked is not None:
+            await self._say(update, await self.engine.status(CHANNEL, sender_of(chat.id), asked))
+            raise ApplicationHandlerStop
+        if not (len(text) == 1 and text.isdigit()):
+            return
+        q = await self.conv.question(CHANNEL, sender_of(chat.id))
+        d = self._draft(context)
+        if q is None or (d is not None and d.state == CONFIRM and d.prompt_at >= q.asked_at):
+            return
+        n = int(text)
+        if not 1 <= n <= len(q.options):
+            await self._say(update, Outgoing(number_options("请回复选项前的数字。", q.options)))
+        else:
+            await self._run_engine(update, "button", f"n:{q.token}:{n - 1}")
+        raise ApplicationHandlerStop
+
+    async def _notification_button(self, update: Update, _context: Context) -> None:
+        """An answer to a notification's options (survey): the engine checks the question is this chat's."""
+        await self._ack(update)
+        chat = update.effective_chat
+        query = update.callback_query
+        assert query is not None
+        if chat is not None and chat.type == "private":
+            await self._run_engine(update, "button", str(query.data or "")[:64])
+            await self._strip_buttons(update)
+        raise ApplicationHandlerStop
+
+    async def _run_engine(self, update: Update, kind: str, text: str) -> None:
+        chat = update.effective_chat
+        assert chat is not None
+        inc = Incoming(CHANNEL, sender_of(chat.id), kind, text=text, key=f"u{update.update_id}")
+        await self.send_outs(chat.id, await self.engine.handle(inc))
+
+    async def _ack(self, update: Update) -> None:
+        if update.callback_query is not None:
+            with contextlib.suppress(TelegramError):
+                await update.callback_query.answer()
+
+    async def _strip_buttons(self, update: Update) -> None:
         # The buttons have done their job; a second tap on an old message would only say "expired".
-        if query.message is not None:
+        query, chat = update.callback_query, update.effective_chat
+        if query is not None and query.message is not None and chat is not None:
             with contextlib.suppress(TelegramError):
                 await self.application.bot.edit_message_reply_markup(chat.id, query.message.message_id,
                                                                      reply_markup=None)
 
-    async def _message(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+    # message parts ------------------------------------------------------------------------
+    @staticmethod
+    def _location(update: Update) -> Location:
         m = update.message
-        if m is None:
-            return
-        if m.text:
-            inc = self._incoming(update, "text", text=m.text)
-        elif m.voice:
-            text = await self._transcribe(m.voice)
-            ref = f"telegram:voice?file_id={quote(m.voice.file_id)}"
-            inc = self._incoming(update, "voice", text=text, audio_ref=ref)
-        elif m.location:
-            loc = m.location
-            label = m.venue.title if m.venue else ""
-            inc = self._incoming(update, "location", location=Location(loc.latitude, loc.longitude, label[:200]))
-        elif m.photo:
-            biggest = max(m.photo, key=lambda p: p.width * p.height)
-            inc = self._incoming(update, "image", attachment=f"telegram:photo?file_id={quote(biggest.file_id)}")
-        else:
-            inc = self._incoming(update, "unsupported")
-        await self._run(update, inc)
+        assert m is not None and m.location is not None
+        label = m.venue.title if m.venue else ""
+        return Location(m.location.latitude, m.location.longitude, label[:200])
+
+    @staticmethod
+    def _photo_ref(update: Update) -> str:
+        m = update.message
+        assert m is not None and m.photo
+        biggest = max(m.photo, key=lambda p: p.width * p.height)
+        return f"telegram:photo?file_id={quote(biggest.file_id)}"
 
     async def _transcribe(self, voice: Any) -> str:
         """OGG/Opus voice note → text through the speech engine; '' asks the citizen to type."""
