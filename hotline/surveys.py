@@ -9,6 +9,7 @@ reporter that is neither closes it (核实结案).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -59,7 +60,12 @@ class SurveyError(ApiError):
 
 
 class SurveyCaller(Protocol):
-    """Outbound IVR survey through the telephony adapter: answers, or None when nobody answered."""
+    """Outbound IVR survey through the telephony adapter: answers, or None when nobody answered.
+
+    ``max_call_s`` bounds one try (ringing, queueing for a line and the survey itself).
+    """
+
+    max_call_s: float
 
     async def survey_call(self, number: str, case_id: str) -> dict[str, Any] | None: ...
 
@@ -183,14 +189,18 @@ class SurveyService:
     # automated tries --------------------------------------------------------
     async def run_due(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        done = 0
-        for case_id, rid in await self.surveys.claim_due(now):
+        claimed = await self.surveys.claim_due(now)
+
+        async def one(case_id: str, rid: str) -> None:
             try:
                 await self.try_recipient(case_id, rid, now)
             except (KeyError, CaseNotFound):
                 log.warning("survey entry without case", extra={"event": "survey_orphan", "case_id": case_id})
-            done += 1
-        return done
+
+        # Side by side: an outbound survey call takes a minute and must not hold up the others
+        # (the caller bounds how many calls run at once).
+        await asyncio.gather(*(one(case_id, rid) for case_id, rid in claimed))
+        return len(claimed)
 
     async def try_recipient(self, case_id: str, rid: str, now: float) -> None:
         survey = await self.surveys.get(case_id)
@@ -219,6 +229,14 @@ class SurveyService:
             await self.surveys.update(case_id, rid, asked)
             return
         if rec.channel == "voice" and self.caller is not None and rec.contact:
+            opens = next_working_time(now, self.cfg)
+            if opens > now + 1:  # (datetime keeps microseconds: the same moment may come back a hair later)
+                # Picked up late (a backlog, a stopped worker): never ring a citizen outside the calling hours.
+                await self.surveys.reschedule(case_id, rid, opens)
+                return
+            # Claiming took the entry off the schedule: put it back as a lease for the length of the call,
+            # so a process that dies mid-call does not lose the survey.
+            await self.surveys.reschedule(case_id, rid, now + self.caller.max_call_s)
             answers = await self.caller.survey_call(rec.contact, case_id)
 
             def called(r: Recipient, _s: Survey) -> None:

@@ -10,6 +10,7 @@ on FLUSH_MEDIA and hang up on HANGUP. Everything the service plays is kept so te
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from aiohttp import web
 
 from hotline.ivr import audio
 from hotline.ivr.stt import VoskSTT, model_sample_rate
@@ -393,3 +395,171 @@ class FakeWebSocketPBX:
     async def wait_closed(self, timeout: float) -> None:
         await asyncio.wait_for(self.closed.wait(), timeout)
         await self.close()
+
+
+# Asterisk ARI -------------------------------------------------------------------------------------------------
+class Callee:
+    """What the citizen's phone does when the fake Asterisk dials it.
+
+    ``answer``: False = it rings until the ARI timeout (no answer). ``keys``: one key per survey question,
+    pressed once that question's prompt is heard. ``hang_up_after``: hang up after this many answers.
+    """
+
+    def __init__(self, *, answer: bool = True, answer_after_s: float = 0.3, keys: tuple[str, ...] = (),
+                 hang_up_after: int | None = None, connect_delay_s: float = 0.0) -> None:
+        self.answer = answer
+        self.connect_delay_s = connect_delay_s  # between answering and the dialplan reaching AudioSocket()
+        self.answer_after_s = answer_after_s
+        self.keys = keys
+        self.hang_up_after = hang_up_after
+
+
+class FakeAri:
+    """Asterisk's ARI HTTP interface for originating calls, and the dialplan behind it.
+
+    ``POST /ari/channels?endpoint=PJSIP/<number>@<trunk>&context=…&extension=s&priority=1&timeout=…&channelId=…``
+    with basic auth and ``{"variables": {...}}`` answers like Asterisk (channel JSON, 400/401/409 errors with
+    ``{"message": …}``); ``DELETE /ari/channels/{id}`` hangs a channel up (404 when unknown). When the callee
+    answers, it does what the survey context of the dialplan does: ``AudioSocket(${HOTLINE_CALL_ID},host:port)``
+    to the service (a real TCP connection), and the callee listens to the prompts and presses keys.
+    """
+
+    def __init__(self, *, user: str = "hotline", password: str = "s3cret", trunk: str = "citytrunk",
+                 context: str = "hotline-survey", prompts: Any = None, questions: tuple[str, ...] = ()) -> None:
+        self.user, self.password, self.trunk, self.context = user, password, trunk, context
+        self.prompts = prompts
+        self.questions = questions  # prompt names of the survey questions, in order
+        self.audiosocket: tuple[str, int] = ("127.0.0.1", 0)
+        self.callees: dict[str, Callee] = {}
+        self.fail_with: int = 0  # answer every originate with this status (500: Asterisk trouble)
+        self.requests: list[dict[str, Any]] = []
+        self.originated: list[dict[str, Any]] = []
+        self.hangups: list[str] = []
+        self.channels: dict[str, str] = {}  # id → state
+        self.calls: list[FakeAudioSocketPBX] = []
+        self.errors: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: Any = None
+        self.url = ""
+
+    async def start(self) -> FakeAri:
+        app = web.Application()
+        app.router.add_post("/ari/channels", self._originate)
+        app.router.add_delete("/ari/channels/{channel_id}", self._hangup)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for pbx in self.calls:
+            await pbx.drop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _authorised(self, request: Any) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        return user == self.user and password == self.password
+
+    async def _originate(self, request: Any) -> Any:
+        q = dict(request.query)
+        body: Any = None
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+        self.requests.append({"query": q, "body": body, "auth": request.headers.get("Authorization", "")})
+        if not self._authorised(request):
+            return web.json_response({"message": "Authentication required"}, status=401)
+        if self.fail_with:
+            return web.json_response({"message": "Allocation failed"}, status=self.fail_with)
+        endpoint = q.get("endpoint", "")
+        if not endpoint:
+            return web.json_response({"message": "Endpoint parameter is required"}, status=400)
+        tech, _, rest = endpoint.partition("/")
+        number, _, trunk = rest.partition("@")
+        if tech != "PJSIP" or not number or trunk != self.trunk:
+            return web.json_response({"message": "Invalid endpoint"}, status=400)
+        if q.get("context") != self.context or q.get("extension") != "s" or q.get("priority") != "1":
+            return web.json_response({"message": "Invalid dialplan location"}, status=400)
+        channel_id = q.get("channelId", "")
+        if channel_id in self.channels:
+            return web.json_response({"message": "Channel with given unique ID already exists"}, status=409)
+        variables = (body or {}).get("variables", {}) if isinstance(body, dict) else {}
+        if variables.get("HOTLINE_CALL_ID") != channel_id:
+            return web.json_response({"message": "HOTLINE_CALL_ID not set"}, status=400)
+        try:
+            timeout = float(q.get("timeout", "30"))
+        except ValueError:
+            return web.json_response({"message": "Invalid timeout"}, status=400)
+        callee = self.callees.get(number)
+        if callee is None:
+            # A number the trunk cannot route: Asterisk cannot create the channel.
+            return web.json_response({"message": "Allocation failed"}, status=500)
+        self.channels[channel_id] = "Down"
+        self.originated.append({"number": number, "channel_id": channel_id, "timeout": timeout,
+                                "caller_id": q.get("callerId", "")})
+        self._tasks.append(asyncio.create_task(self._dial(channel_id, callee, timeout)))
+        return web.json_response({
+            "id": channel_id, "name": f"PJSIP/{self.trunk}-{len(self.originated):08x}", "state": "Down",
+            "protocol_id": "", "caller": {"name": "", "number": q.get("callerId", "")},
+            "connected": {"name": "", "number": ""}, "accountcode": "",
+            "dialplan": {"context": self.context, "exten": "s", "priority": 1, "app_name": "", "app_data": ""},
+            "creationtime": "2026-03-02T10:00:00.000+0800", "language": "zh",
+        })
+
+    async def _hangup(self, request: Any) -> Any:
+        if not self._authorised(request):
+            return web.json_response({"message": "Authentication required"}, status=401)
+        channel_id = request.match_info["channel_id"]
+        if self.channels.get(channel_id) in (None, "Gone"):
+            return web.json_response({"message": "Channel not found"}, status=404)
+        self.channels[channel_id] = "Gone"
+        self.hangups.append(channel_id)
+        return web.Response(status=204)
+
+    async def _dial(self, channel_id: str, callee: Callee, timeout: float) -> None:
+        try:
+            if not callee.answer or callee.answer_after_s >= timeout:
+                await asyncio.sleep(timeout)  # rings out; nobody connects
+                if self.channels.get(channel_id) == "Down":
+                    self.channels[channel_id] = "Gone"
+                return
+            await asyncio.sleep(callee.answer_after_s)
+            if self.channels.get(channel_id) != "Down":
+                return
+            self.channels[channel_id] = "Up"
+            await asyncio.sleep(callee.connect_delay_s)
+            host, port = self.audiosocket
+            pbx = FakeAudioSocketPBX(host, port, rate=8000, call_id=channel_id)
+            self.calls.append(pbx)
+            await pbx.connect()
+            at = 0
+            for n, name in enumerate(self.questions):
+                if callee.hang_up_after is not None and n >= callee.hang_up_after:
+                    await pbx.hangup()
+                    return
+                try:
+                    at = await pbx.wait_for(early(self.prompts.pcm(name, 8000), 8000), 60, at)
+                except AssertionError:
+                    if pbx.closed.is_set():
+                        return  # the service hung up on us (a call it no longer wanted)
+                    raise
+                if n < len(callee.keys):
+                    await pbx.press(callee.keys[n])
+            await pbx.wait_closed(60)
+        except Exception as exc:  # reported to the test, which asserts there are none
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if self.channels.get(channel_id) == "Up":
+                self.channels[channel_id] = "Gone"

@@ -90,8 +90,13 @@ async def test_audiosocket_call_end_to_end(aiohttp_client: Any, redis_server: Em
     assert app.get(STT) is voice.stt is not None
     prompts = voice.prompts
     call_id = str(uuid.uuid4())
+    # Another serve process on the same Redis (a second worker or host, no speech model): the dialplan's
+    # HTTP requests may reach it rather than the process that takes the AudioSocket connection.
+    other = await aiohttp_client(create_app(make_settings(
+        redis_server.url, tmp_path / "other", key_prefix,
+        voice={"model_dir": str(tmp_path / "none"), "audiosocket_enabled": False})))
     # The dialplan announces the caller before AudioSocket() (AudioSocket itself only carries the UUID).
-    resp = await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
+    resp = await other.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
     assert resp.status == 204
     pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, rate=8000, call_id=call_id)
     await pbx.connect()
@@ -119,8 +124,10 @@ async def test_audiosocket_call_end_to_end(aiohttp_client: Any, redis_server: Em
     recording = voice.data_dir / case.audio_ref
     assert case.audio_ref.startswith("recordings/") and recording.is_file()
     assert wav_seconds(recording) > len(complaint8) / 16000
-    resp = await client.get(f"/ivr/calls/{call_id}/action")
-    assert await resp.text() == "hangup"
+    for process in (client, other):
+        resp = await process.get(f"/ivr/calls/{call_id}/action")
+        assert await resp.text() == "hangup"
+    assert (await call_status(other, call_id))["case_id"] == case_id
     assert voice.stt.active_streams == 0 and not voice.active_sessions
 
 

@@ -129,7 +129,7 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
                 rate = RATE_OF_KIND[kind]
             early.append((kind, payload))
         transport = AudioSocketTransport(writer, rate)
-        session = service.open_call(transport, call_id=call_id, caller="", rate=rate)
+        session = await service.open_call(transport, call_id=call_id, caller="", rate=rate)
         resamplers: dict[int, audio.Resampler] = {}
         flow_task = asyncio.create_task(service.run_flow(session), name=f"ivr-{session.call_id}")
         pending = list(early)

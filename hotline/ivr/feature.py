@@ -1,5 +1,8 @@
 """The voice door as an app feature: speech engine, AudioSocket server, chan_websocket endpoint, call outcomes.
 
+With ``[ari]`` configured, resolved phone cases are surveyed by an outbound call (hotline/ivr/outbound.py):
+this feature hands the callbacks' survey service its ``SurveyCaller``.
+
 Without a speech model the product still runs: one log line tells the operator what to run, ``app[STT]``
 stays unset (chat channels then skip voice notes) and callers hear a prompt and are put through to a person.
 """
@@ -13,21 +16,24 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
-from hotline.appkeys import INTAKE, SETTINGS, STORE, STT
+from hotline.appkeys import ANSWERS, INTAKE, SETTINGS, STORE, STT, SURVEYS
 from hotline.ivr import audiosocket, websocket
 from hotline.ivr.flow import IvrConfig
 from hotline.ivr.models import MODELS
+from hotline.ivr.outbound import AriSettings, AriSurveyCaller
 from hotline.ivr.prompts import PromptLibrary
 from hotline.ivr.service import VoiceService
 from hotline.ivr.session import clean_call_id, clean_number
 from hotline.ivr.stt import STTError, VoskSTT, looks_like_model
-from hotline.settings import Settings
+from hotline.settings import Settings, SettingsError
 
 log = logging.getLogger("hotline.ivr")
 
 VOICE = web.AppKey("voice", VoiceService)
+SURVEY_CALLER = web.AppKey("survey_caller", AriSurveyCaller)
 DEFAULT_MODEL = MODELS["small-cn"].name
 
 
@@ -77,7 +83,7 @@ async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
     prompts = prompt_library(settings)
     cfg = ivr_config(settings)
     await asyncio.to_thread(prompts.preload, [*cfg.prompts, "beep", *prompts.digits("0123456789")])
-    service = VoiceService(settings, app[INTAKE], app[STORE], stt, cfg, prompts)
+    service = VoiceService(settings, app[INTAKE], app[STORE], stt, cfg, prompts, answers=app.get(ANSWERS))
     app[VOICE] = service
     if stt is not None:
         app[STT] = stt
@@ -93,9 +99,25 @@ async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
             # A taken port must not take the web and chat doors down with it.
             log.error(f"voice: cannot listen for AudioSocket on {v['audiosocket_host']}:{v['audiosocket_port']}: "
                       f"{exc}", extra={"event": "audiosocket_bind_failed"})
+    http: aiohttp.ClientSession | None = None
+    ari = AriSettings.from_settings(settings)
+    surveys = app.get(SURVEYS)
+    if ari.enabled and surveys is not None and server is not None:
+        http = aiohttp.ClientSession()
+        caller = AriSurveyCaller(ari, app[STORE], http)
+        app[SURVEY_CALLER] = caller
+        surveys.caller = caller  # phone reporters are now asked by an outbound IVR call
+        log.info("outbound survey calls through ARI", extra={"event": "ari_enabled", "context": ari.context})
+    elif ari.enabled:
+        log.error("ari: outbound survey calls need the AudioSocket server and the callbacks feature; "
+                  "phone surveys go to the follow-up agents", extra={"event": "ari_unusable"})
     try:
         yield
     finally:
+        if surveys is not None and app.get(SURVEY_CALLER) is not None and surveys.caller is app[SURVEY_CALLER]:
+            surveys.caller = None
+        if http is not None:
+            await http.close()
         if server is not None:
             server.close()
         # Calls still running: treat as hung up, so each keeps what the caller said as a case.
@@ -148,26 +170,24 @@ async def announce_call(request: web.Request) -> web.Response:
     call_id = _call_id(request)
     form = await request.post() if request.can_read_body else {}
     caller = clean_number(str(form.get("caller", "") or request.query.get("caller", "")))
-    request.app[VOICE].calls.announce(call_id, caller)
+    await request.app[VOICE].calls.announce(call_id, caller)
     return web.Response(status=204)
 
 
 async def call_status(request: web.Request) -> web.Response:
-    rec = request.app[VOICE].calls.get(_call_id(request))
+    rec = await request.app[VOICE].calls.get(_call_id(request))
     if rec is None:
         return web.json_response({"error": {"code": "not_found", "message": "未找到。"}}, status=404)
-    out = rec.outcome
-    return web.json_response({"call_id": rec.call_id, "adapter": rec.adapter,
-                              "action": out.action if out else "pending",
-                              "reason": out.reason if out else "", "case_id": out.case_id if out else ""})
+    return web.json_response({"call_id": rec.call_id, "adapter": rec.adapter, "action": rec.action or "pending",
+                              "reason": rec.reason, "case_id": rec.case_id})
 
 
 async def call_action(request: web.Request) -> web.Response:
     """Plain text for the dialplan: ``transfer``, ``hangup`` or ``pending``/``unknown``."""
-    rec = request.app[VOICE].calls.get(_call_id(request))
+    rec = await request.app[VOICE].calls.get(_call_id(request))
     if rec is None:
         return web.Response(text="unknown", status=404)
-    return web.Response(text=rec.outcome.action if rec.outcome else "pending")
+    return web.Response(text=rec.action or "pending")
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -176,6 +196,12 @@ async def media(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS]
+    ari = AriSettings.from_settings(settings)
+    if ari.enabled:
+        try:
+            ari.check()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
     app.cleanup_ctx.append(voice_ctx)
     app.router.add_get(settings["voice"]["websocket_path"], _pbx_only(media))
     app.router.add_post("/ivr/calls/{call_id}", _pbx_only(announce_call))

@@ -2,6 +2,8 @@
 
     GREETING → MENU ─1/2─→ CAPTURE → CONFIRM ─1─→ SUBMIT → READBACK → GOODBYE (hang up)
                  │             │  ╰─2 重说─╯        │
+                 │             │                   ├─ 咨询 with a knowledge-base answer → OFFER:
+                 │             │                   │    1 text → GOODBYE, 2 call-taker → TRANSFER, 3 → READBACK
                  ├─3─→ QUERY → GOODBYE              ├─ emergency (classifier or keywords) → EMERGENCY → TRANSFER
                  ╰─0, no input, no match → TRANSFER ╰─ low confidence → TRANSFER (case kept)
     keywords heard while the caller speaks ─→ EMERGENCY: "dial 110/119/120", case kept, TRANSFER
@@ -13,6 +15,7 @@ calls (questions answered with keys 1/2/3 or a few words) on the same session AP
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import re
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotline.answers import AnswerService, IvrOffer
 from hotline.intake import Intake, IntakeError
 from hotline.ivr.session import CallOutcome, CallSession, Input
 from hotline.records import InboundMessage, last4
@@ -81,6 +85,10 @@ class IvrConfig:
     emergency_keywords: list[str]
     survey: list[SurveyQuestion]
     tts: dict[str, Any] = field(default_factory=dict)
+    # Consultations answered from the knowledge base (hotline/answers.py): key → phrases, and the
+    # notification channel that reaches a caller's phone number by text ("" = none: recorded for a call-taker).
+    answer_speech: dict[str, list[str]] = field(default_factory=dict)
+    answer_text_channel: str = ""
     max_no_input: int = 2
     max_no_match: int = 2
     max_capture_attempts: int = 3
@@ -102,12 +110,15 @@ class IvrConfig:
         survey = [SurveyQuestion(str(q["id"]), str(q["prompt"]), {str(k): str(v) for k, v in q["answers"].items()},
                                  {str(k): list(v) for k, v in q.get("speech", {}).items()})
                   for q in data.get("survey", [])]
+        answers = data.get("answers", {})
         return cls(prompts=dict(data.get("prompts", {})), digits=dict(data.get("digits", {})),
                    categories=dict(data.get("categories", {})), menu=menu,
                    confirm_yes=list(data.get("confirm", {}).get("yes", [])),
                    confirm_no=list(data.get("confirm", {}).get("no", [])),
                    emergency_keywords=list(data.get("emergency", {}).get("keywords", [])),
                    survey=survey, tts=dict(data.get("tts", {})),
+                   answer_speech={str(k): list(v) for k, v in answers.get("speech", {}).items()},
+                   answer_text_channel=str(answers.get("text_channel", "")),
                    max_no_input=int(flow.get("max_no_input", 2)), max_no_match=int(flow.get("max_no_match", 2)),
                    max_capture_attempts=int(flow.get("max_capture_attempts", 3)),
                    case_number_digits=int(flow.get("case_number_digits", 14)))
@@ -128,6 +139,12 @@ class IvrConfig:
     def confirm_answer(self, text: str) -> str:
         return _match_phrases(text, {"1": self.confirm_yes, "2": self.confirm_no})
 
+    def answer_choice(self, text: str) -> str:
+        return _match_phrases(text, self.answer_speech)
+
+    def answer_grammar(self) -> list[str]:
+        return [p for phrases in self.answer_speech.values() for p in phrases]
+
     def emergency_word(self, text: str) -> str:
         said = _squash(text)
         return next((k for k in self.emergency_keywords if k and _squash(k) in said), "")
@@ -141,6 +158,7 @@ class State(enum.Enum):
     SUBMIT = "submit"
     READBACK = "readback"
     QUERY = "query"
+    OFFER = "offer"
     EMERGENCY = "emergency"
     TRANSFER = "transfer"
     GOODBYE = "goodbye"
@@ -169,15 +187,18 @@ class CallState:
     submitted: bool = False
     transfer_reason: str = ""
     category_prompt: str = ""
+    offer: IvrOffer | None = None
     history: list[str] = field(default_factory=list)
 
 
 class IvrFlow:
-    def __init__(self, cfg: IvrConfig, intake: Intake, store: Store, options: FlowOptions | None = None) -> None:
+    def __init__(self, cfg: IvrConfig, intake: Intake, store: Store, options: FlowOptions | None = None, *,
+                 answers: AnswerService | None = None) -> None:
         self.cfg = cfg
         self.intake = intake
         self.store = store
         self.opt = options or FlowOptions()
+        self.answers = answers
 
     async def run(self, s: CallSession) -> CallOutcome:
         st = CallState()
@@ -186,7 +207,7 @@ class IvrFlow:
             State.GREETING: self._greeting, State.MENU: self._menu, State.CAPTURE: self._capture,
             State.CONFIRM: self._confirm, State.SUBMIT: self._submit, State.READBACK: self._readback,
             State.QUERY: self._query, State.EMERGENCY: self._emergency, State.TRANSFER: self._transfer,
-            State.GOODBYE: self._goodbye,
+            State.GOODBYE: self._goodbye, State.OFFER: self._offer,
         }
         try:
             while state is not State.DONE:
@@ -315,6 +336,8 @@ class IvrFlow:
         urgency = (case.suggestion or {}).get("urgency") or {}
         if urgency.get("level") == "emergency":
             return State.EMERGENCY
+        if st.intent == "consult" and self.answers is not None:
+            return State.OFFER
         return State.READBACK
 
     async def _readback(self, s: CallSession, st: CallState) -> State:
@@ -349,6 +372,92 @@ class IvrFlow:
             return State.MENU if st.no_match < self.cfg.max_no_match else State.GOODBYE
         await s.play(["status_is", f"status_{status}"], barge_in=False)
         return State.GOODBYE
+
+    async def _offer(self, s: CallSession, st: CallState) -> State:
+        """A consultation the knowledge base can answer: by text, from a call-taker, or register it as a case.
+
+        The answer itself is never spoken by the machine (long texts read by TTS are unusable on the
+        phone); the prompts are fixed recordings, whatever the department or the answer.
+        """
+        assert self.answers is not None
+        try:
+            offer = await self.answers.ivr_offer(await self.store.get_case(st.case_id))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # No answer service right now (index building, Redis hiccup): the call goes on as a plain case.
+            log.exception("ivr answer offer failed", extra={"event": "ivr_offer_failed", "case_id": st.case_id})
+            offer = None
+        if offer is None:
+            return State.READBACK
+        st.offer = offer
+        choice = ""
+        names = ["answer_found", "answer_options"]
+        for attempt in range(max(1, self.cfg.max_no_input)):
+            await s.play(names)
+            got = await s.collect(grammar=self.cfg.answer_grammar() or None, keys="123", stop_on_endpoint=True)
+            if got.hung_up:
+                break
+            choice = got.digits or self.cfg.answer_choice(got.text)
+            if choice in ("1", "2", "3"):
+                break
+            choice = ""
+            if attempt + 1 < max(1, self.cfg.max_no_input):
+                await s.play(["no_input" if got.no_input else "no_match"])
+                names = ["answer_options"]
+        action = {"1": "text", "2": "call_taker", "3": "register"}.get(choice, "none")
+        await self._case_event(st.case_id, "ivr_answer_offered", {
+            "call_id": s.call_id, "entry_id": offer.entry_id, "department": offer.department,
+            "date": offer.date, "choice": action, "hung_up": s.hung_up})
+        if s.hung_up:
+            return State.DONE
+        if choice == "1":
+            return await self._answer_by_text(s, st, offer)
+        if choice == "2":
+            # The call-taker's console shows the same suggestion beside the case; they read it out.
+            st.transfer_reason = "answer_reader"
+            return State.TRANSFER
+        return State.READBACK  # 3, or no choice: the consultation stays a case like any other
+
+    async def _answer_by_text(self, s: CallSession, st: CallState, offer: IvrOffer) -> State:
+        assert self.answers is not None
+        channel = self.cfg.answer_text_channel
+        delivered, reason = False, "no_text_channel"
+        if channel and s.caller and self.answers.notifications.notifier(channel) is not None:
+            try:
+                _case, delivered = await self.answers.send(st.case_id, offer.entry_id, actor="voice:ivr",
+                                                           channel=channel, recipient=s.caller)
+                reason = "" if delivered else "delivery_failed"
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ivr answer by text failed", extra={"event": "ivr_answer_send_failed",
+                                                                  "case_id": st.case_id})
+                reason = "send_failed"
+        elif channel and not s.caller:
+            reason = "no_caller_number"
+        if delivered:
+            await s.play(["answer_sent"], barge_in=False)
+            return State.GOODBYE
+        # No way to reach this phone by text: a call-taker gets the request with the answer to send or
+        # read back (the case waits in the confirmation queue, flagged).
+        def flag(case: Any) -> dict[str, Any]:
+            case.needs_confirmation = True
+            return {"call_id": s.call_id, "entry_id": offer.entry_id, "channel": channel, "reason": reason}
+
+        try:
+            await self.store.update_case(st.case_id, flag, actor="voice:ivr", action="ivr_answer_requested")
+        except Exception:
+            log.exception("ivr answer request not recorded", extra={"event": "ivr_answer_request_failed",
+                                                                    "case_id": st.case_id})
+        await s.play(["answer_later"], barge_in=False)
+        return State.READBACK
+
+    async def _case_event(self, case_id: str, action: str, data: dict[str, Any]) -> None:
+        try:
+            await self.store.add_event(case_id, actor="voice:ivr", action=action, data=data)
+        except Exception:
+            log.exception("voice case event failed", extra={"event": "voice_event_failed", "case_id": case_id})
 
     async def _emergency(self, s: CallSession, st: CallState) -> State:
         await s.play(["emergency"], barge_in=False)

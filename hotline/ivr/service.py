@@ -3,74 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from hotline.answers import AnswerService
 from hotline.intake import Intake
-from hotline.ivr.flow import FlowOptions, IvrConfig, IvrFlow
+from hotline.ivr.flow import FlowOptions, IvrConfig, IvrFlow, run_survey
 from hotline.ivr.prompts import PromptLibrary
 from hotline.ivr.session import CallOutcome, CallSession, Transport, VoiceTimings, clean_call_id, clean_number
 from hotline.ivr.stt import VoskSTT
 from hotline.settings import Settings
 from hotline.store import Store
+from hotline.store.calls import CONNECTED, CallStore, InboundCallStore, OutboundCall
 
 log = logging.getLogger("hotline.ivr")
 
 
-@dataclass
-class CallRecord:
-    call_id: str
-    caller: str = ""
-    adapter: str = ""
-    started: float = field(default_factory=time.time)
-    outcome: CallOutcome | None = None
-    updated: float = field(default_factory=time.monotonic)
-
-
-class CallRegistry:
-    """Callers announced by the dialplan before a call, outcomes read by it after; kept for ``ttl_s``."""
-
-    def __init__(self, ttl_s: float = 600.0, max_entries: int = 10000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._calls: dict[str, CallRecord] = {}
-
-    def _prune(self) -> None:
-        cutoff = time.monotonic() - self.ttl_s
-        for key in [k for k, r in self._calls.items() if r.updated < cutoff]:
-            del self._calls[key]
-        while len(self._calls) > self.max_entries:
-            del self._calls[next(iter(self._calls))]
-
-    def announce(self, call_id: str, caller: str) -> None:
-        self._prune()
-        rec = self._calls.setdefault(call_id, CallRecord(call_id))
-        rec.caller, rec.updated = caller, time.monotonic()
-
-    def get(self, call_id: str) -> CallRecord | None:
-        self._prune()
-        return self._calls.get(call_id)
-
-    def start(self, call_id: str, caller: str, adapter: str) -> CallRecord:
-        self._prune()
-        rec = self._calls.setdefault(call_id, CallRecord(call_id))
-        rec.caller = caller or rec.caller
-        rec.adapter, rec.updated = adapter, time.monotonic()
-        return rec
-
-    def finish(self, call_id: str, outcome: CallOutcome) -> None:
-        rec = self._calls.setdefault(call_id, CallRecord(call_id))
-        rec.outcome, rec.updated = outcome, time.monotonic()
-
-
 class VoiceService:
     def __init__(self, settings: Settings, intake: Intake, store: Store, stt: VoskSTT | None,
-                 cfg: IvrConfig, prompts: PromptLibrary) -> None:
+                 cfg: IvrConfig, prompts: PromptLibrary, *, answers: AnswerService | None = None) -> None:
         v = settings["voice"]
+        self.answers = answers
+        # Outbound calls placed by any process (ARI survey calls) are recognised by their UUID here.
+        self.outbound = CallStore(store)
         self.settings = settings
         self.intake = intake
         self.store = store
@@ -87,7 +45,7 @@ class VoiceService:
         rec_dir = Path(v["recordings_dir"]).expanduser()
         self.recordings_dir = rec_dir if rec_dir.is_absolute() else self.data_dir / rec_dir
         self.tz = ZoneInfo(settings["intake"]["timezone"])
-        self.calls = CallRegistry(v["result_ttl_s"])
+        self.calls = InboundCallStore(store, v["result_ttl_s"])
         self.active_sessions: dict[str, CallSession] = {}
         self.audiosocket_port = 0
 
@@ -95,14 +53,19 @@ class VoiceService:
         day = datetime.now(self.tz).strftime("%Y%m%d")
         return self.recordings_dir / day / f"{call_id}.wav"
 
-    def open_call(self, transport: Transport, *, call_id: str, caller: str, rate: int) -> CallSession:
+    async def open_call(self, transport: Transport, *, call_id: str, caller: str, rate: int) -> CallSession:
         """A session for a call the PBX just connected; the adapter feeds it, ``run_flow`` drives it."""
         call_id = clean_call_id(call_id)
         if call_id in self.active_sessions:
             call_id = clean_call_id("")  # a PBX reusing a live id must not mix two calls
-        announced = self.calls.get(call_id)
-        caller = clean_number(caller) or (announced.caller if announced else "")
-        self.calls.start(call_id, caller, transport.name)
+        caller = clean_number(caller)
+        try:
+            caller = await self.calls.start(call_id, caller, transport.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis away: the call is still answered; only the announced number and the outcome record miss.
+            log.exception("call record failed", extra={"event": "call_record_failed", "call_id": call_id})
         overflow = len(self.active_sessions) >= self.max_calls
         # Beyond max_calls: straight to a person, no recognizer, no recording.
         session = CallSession(call_id=call_id, caller=caller, rate=rate, transport=transport,
@@ -117,7 +80,10 @@ class VoiceService:
         transport = session.transport
         outcome = CallOutcome("hangup", "error")
         try:
-            if session.overflow:
+            outbound = await self._outbound(session)
+            if outbound is not None:
+                outcome = await self._run_outbound(session, outbound)
+            elif session.overflow:
                 outcome = CallOutcome("transfer", "busy")
                 await session.play(["busy", "transfer"], barge_in=False)
             else:
@@ -128,7 +94,7 @@ class VoiceService:
                         else str(path)
                 flow = IvrFlow(self.cfg, self.intake, self.store,
                                FlowOptions(low_confidence=self.low_confidence, adapter=transport.name,
-                                           audio_ref=audio_ref))
+                                           audio_ref=audio_ref), answers=self.answers)
                 outcome = await flow.run(session)
         except asyncio.CancelledError:
             outcome = CallOutcome("hangup", "shutdown")
@@ -139,21 +105,51 @@ class VoiceService:
         finally:
             self.active_sessions.pop(session.call_id, None)
             await session.close()
-            self.calls.finish(session.call_id, outcome)
+            await self._record(session.call_id, outcome)
             if not session.hung_up:
                 await self._end(transport, session.call_id, outcome)
         return outcome
 
+    async def _outbound(self, session: CallSession) -> OutboundCall | None:
+        """The outbound call this connection answers (its UUID was registered by the originator), or None."""
+        try:
+            return await self.outbound.connect(session.call_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis away: the inbound menu is the safe default (an outbound try then times out as unanswered).
+            log.exception("outbound lookup failed", extra={"event": "outbound_lookup_failed",
+                                                           "call_id": session.call_id})
+            return None
+
+    async def _run_outbound(self, session: CallSession, call: OutboundCall) -> CallOutcome:
+        if call.state != CONNECTED or call.purpose != "survey":
+            # Abandoned (answered after the originator gave up) or connected twice: say nothing, hang up.
+            log.warning("stale outbound call", extra={"event": "outbound_stale", "call_id": session.call_id,
+                                                      "state": call.state})
+            return CallOutcome("hangup", "stale_outbound", call.case_id)
+        answers: dict[str, str] = {}
+        try:
+            answers = await run_survey(session, self.cfg)
+        finally:
+            # Always tell the originator, also on a hang-up or an error: it must not wait for nothing.
+            with contextlib.suppress(Exception):
+                await self.outbound.post(session.call_id, {"event": "result", "answers": answers,
+                                                           "hung_up": session.hung_up})
+        return CallOutcome("hangup", "survey", call.case_id, answers=answers)
+
+    async def _record(self, call_id: str, outcome: CallOutcome) -> None:
+        try:
+            await self.calls.finish(call_id, action=outcome.action, reason=outcome.reason, case_id=outcome.case_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The dialplan then hears "unknown" and puts the caller through to a person: the safe side.
+            log.exception("call outcome not recorded", extra={"event": "call_record_failed", "call_id": call_id})
+
     async def _end(self, transport: Transport, call_id: str, outcome: CallOutcome) -> None:
-        self.calls.finish(call_id, outcome)
+        await self._record(call_id, outcome)
         try:
             await transport.end(outcome)
         except Exception:
             log.warning("could not end call leg", extra={"event": "call_end_failed", "call_id": call_id})
-
-    def session_for(self, transport: Transport, *, call_id: str, caller: str, rate: int) -> CallSession:
-        """A bare session (no flow) for outbound work such as survey calls."""
-        call_id = clean_call_id(call_id)
-        return CallSession(call_id=call_id, caller=clean_number(caller), rate=rate, transport=transport,
-                           stt=self.stt, prompts=self.prompts, timings=self.timings,
-                           recording=self.recording_path(call_id))

@@ -237,6 +237,8 @@ class CallSession:
         """Wait for key presses (``keys``) and/or speech; digits end at ``max_digits`` or the terminator."""
         result = Input()
         if self.hung_up:
+            # Keys pressed just before the hang-up still count (an answer given as the caller hangs up).
+            result.digits = self._queued_digits(keys, max_digits)
             result.hung_up, result.stopped_by = True, "hangup"
             return result
         no_input_s = self.t.no_input_s if no_input_s is None else no_input_s
@@ -326,6 +328,10 @@ class CallSession:
                             break
                 if result.speech and not self.speaking and self._silent_ms >= end_silence_s * 1000:
                     result.stopped_by = "end_of_speech"
+                    if stream is not None and not result.digits:
+                        # The speech detector sees the newest frame while the decoder lags behind it: audio
+                        # still queued was said before the silence and belongs to the sentence.
+                        pending += self._take_queued_audio()
                     break
         finally:
             self._listening = False
@@ -343,6 +349,28 @@ class CallSession:
                     self.stream = None
         self.speaking = False
         return result
+
+    def _queued_digits(self, keys: str, max_digits: int) -> str:
+        digits = ""
+        for kind, value in list(self._inbox._queue):  # type: ignore[attr-defined]
+            if kind == "hangup" or len(digits) >= max_digits:
+                break
+            if kind == "dtmf" and isinstance(value, str) and value in keys:
+                digits += value
+        return digits
+
+    def _take_queued_audio(self) -> bytes:
+        audio_out = bytearray()
+        keep = []
+        while not self._inbox.empty():
+            kind, value = self._inbox.get_nowait()
+            if kind == "audio" and isinstance(value, bytes):
+                audio_out += value
+            else:
+                keep.append((kind, value))
+        for event in keep:
+            self._inbox.put_nowait(event)
+        return bytes(audio_out)
 
     def _drain_audio(self) -> None:
         keep = []

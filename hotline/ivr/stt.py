@@ -122,7 +122,10 @@ class SttStream:
         async with self._lock:
             if self._rec is None:
                 raise STTError("stream is closed")
-            job = self._service._pool.submit(fn)
+            try:
+                job = self._service._pool.submit(fn)
+            except RuntimeError as exc:  # the service shut its pool down (app stopping)
+                raise STTError("speech service is closed") from exc
             self._job = job
             # Shield: if the caller is cancelled the job still finishes in its thread; close() waits for it.
             return await asyncio.shield(asyncio.wrap_future(job))
@@ -240,6 +243,9 @@ class VoskSTT:
         try:
             rec = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._new_recognizer, grammar, partial_words)
+        except RuntimeError as exc:  # the pool was shut down while this caller waited for a slot
+            self._release()
+            raise STTError("speech service is closed") from exc
         except BaseException:
             self._release()
             raise

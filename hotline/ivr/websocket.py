@@ -127,7 +127,7 @@ async def media_handler(service: VoiceService, request: web.Request) -> web.Stre
             frame_size = 0
         transport = WebSocketTransport(ws, rate, frame_size)
         call_id = request.query.get("call_id") or fields.get("connection_id", "")
-        session = service.open_call(transport, call_id=call_id, caller=request.query.get("caller", ""), rate=rate)
+        session = await service.open_call(transport, call_id=call_id, caller=request.query.get("caller", ""), rate=rate)
         flow_task = asyncio.create_task(service.run_flow(session), name=f"ivr-{session.call_id}")
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
