@@ -130,6 +130,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()[0]  # other work on the machine, before this benchmark adds its own
     texts = complaint_texts(args.requests)
     proc = None
     tmp = None
@@ -141,7 +142,8 @@ async def run(args: argparse.Namespace) -> dict:
         env = {**os.environ, "HOTLINE_LOGGING__LEVEL": "WARNING"}
         env.pop("REDIS_URL", None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hotline", "serve", "--port", str(port), "--data-dir", tmp.name],
+            [sys.executable, "-m", "hotline", "serve", "--port", str(port), "--data-dir", tmp.name,
+             "--workers", str(args.workers)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if not args.verbose else None,
         )
     try:
@@ -162,6 +164,9 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "requests": args.requests,
         "concurrency": args.concurrency,
+        "workers": args.workers if not args.url else None,
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_before": round(load_before, 2),
         "cases_per_s": round(len(acked) / elapsed, 1) if elapsed else 0.0,
         "p50_ms": round(statistics.median(latencies), 2) if latencies else 0.0,
         "p99_ms": round(percentile(latencies, 0.99), 2),
@@ -175,6 +180,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--url", help="drive an already running service instead of starting one")
+    parser.add_argument("--workers", type=int, default=1, help="serving processes (hotline serve --workers)")
     parser.add_argument("--verbose", action="store_true", help="show the service's log")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ from aiohttp import web
 
 from hotline.logs import AccessLogger, setup_logging
 from hotline.settings import Settings, load_settings
+from hotline.workers import WorkerPool, check_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="run the hotline service")
     add_server_args(parser)
+    parser.add_argument("--workers", type=int, help="serving processes sharing the port (server.workers)")
     parser.set_defaults(handler=serve)
 
 
@@ -40,11 +43,24 @@ def server_settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Set
 def serve(args: argparse.Namespace) -> int:
     settings = server_settings(args)
     setup_logging(settings["logging"]["level"])
+    workers = args.workers if getattr(args, "workers", None) is not None else settings["server"]["workers"]
+    check_workers(settings, workers)
+    if workers > 1:
+        return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
     from hotline.app import create_app
 
     app = create_app(settings)
     host, port = settings["server"]["host"], settings["server"]["port"]
     logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
     web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
-                access_log=logging.getLogger("hotline.access"))
+                access_log=logging.getLogger("hotline.access"), reuse_port=settings["server"]["reuse_port"] or None)
     return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag, value in (("--host", args.host), ("--port", args.port), ("--data-dir", args.data_dir),
+                        ("--config", args.config)):
+        if value is not None and value != "":
+            out += [flag, str(value)]
+    return out
