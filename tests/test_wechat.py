@@ -188,7 +188,10 @@ async def test_voice_is_downloaded_and_transcribed(aiohttp_client: Any, aiohttp_
         audio = voice_file("gong1 yuan2 jian4 shen1 qi4 cai2 huai4 le5 hao3 ji3 ge4", "wav")
         heard = (await stt.transcribe_audio(audio)).text
         assert heard, "the engine recognised nothing in the test audio"
-        wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=stt)
+        # The passive reply is checked here, so a loaded machine must not push it past the reply deadline
+        # (the late answer by customer-service message has its own test below).
+        wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, stt=stt,
+                           reply_deadline_s=60.0)
         wx.api.media["VOICE3"] = audio
         _s, reply, _r = await wx.post(wx_xml(OPENID, "voice", msg_id=wx.next_id(), MediaId="VOICE3", Format="amr"))
         assert wx.api.media_fetches == ["VOICE3"]
