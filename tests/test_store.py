@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import re
 import time
 
 import pytest
 
-from hotline.records import Case
+from hotline.records import Case, Location, Report
 from hotline.status import IllegalTransition, Status
 from hotline.store import CaseNotFound, Store
 
@@ -15,6 +17,21 @@ def new_case(case_id: str, status: Status = Status.CLASSIFIED, **kw: object) -> 
     now = time.time()
     return Case(id=case_id, channel="web", sender="13800001111", status=status, created_at=now, updated_at=now,
                 text="路灯坏了", normalized_text="路灯坏了", contact="13800001111", **kw)  # type: ignore[arg-type]
+
+
+def test_case_record_round_trips_and_matches_a_full_conversion() -> None:
+    case = Case(id="20261123-000001", channel="web", sender="web:x", status=Status.CLASSIFIED, created_at=1.5,
+                updated_at=2.5, text="路灯坏了", normalized_text="路灯坏了", location=Location(39.9, 116.4, "东门"),
+                reports=[Report("20261123-000002", "wechat", "wx:o", "", "路灯又坏了", 3.5, 0.93)],
+                suggestion={"category": {"top": [{"label": "城乡建设", "p": 0.9}]}},
+                duplicate_candidates=[{"case_id": "x"}])
+    reference = dataclasses.asdict(case)
+    reference["status"] = "classified"
+    data = case.to_dict()
+    assert data == reference and list(data) == list(reference)
+    assert Case.from_dict(json.loads(json.dumps(data, ensure_ascii=False))) == case
+    assert Case.from_dict(json.loads(json.dumps(Case(**{**case.__dict__, "location": None,
+                                                         "reports": []}).to_dict()))).location is None
 
 
 async def test_ids_are_date_and_sequence(store: Store) -> None:

@@ -23,6 +23,7 @@ repeated 5-fold cross-validation estimate is reported).
 from __future__ import annotations
 
 import math
+import operator
 import re
 import unicodedata
 from collections import Counter
@@ -62,9 +63,10 @@ def clean_text(text: str) -> str:
 
 def bigrams(cleaned: str) -> Counter[str]:
     """Character bigrams within runs (a space separates runs and never enters a bigram)."""
-    out = Counter(map(cleaned.__getitem__, map(slice, range(len(cleaned) - 1), range(2, len(cleaned) + 1))))
-    for gram in [g for g in out if " " in g]:
-        del out[gram]
+    out = Counter(map(operator.add, cleaned, cleaned[1:]))
+    if " " in cleaned:
+        for gram in [g for g in out if " " in g]:
+            del out[gram]
     return out
 
 
@@ -143,6 +145,7 @@ class Fingerprint:
     body_norm: float
     body_mass: float  # sum of IDF weights of the distinct bigrams, for containment
     places: list[str] = field(default_factory=list)
+    head_mass: float = 0.0  # the same for the headline's bigrams
 
 
 def _norm(vec: Counter[str], idf: Idf) -> float:
@@ -165,7 +168,8 @@ def from_cleaned(text: str, headline: str, places: list[str], idf: Idf,
     if norms is None:
         norms = (_norm(head, idf), _norm(vec, idf), sum(idf(g) for g in vec))
     return Fingerprint(text=text, headline=headline, head=head, body=vec, head_norm=norms[0],
-                       body_norm=norms[1], body_mass=norms[2], places=list(places))
+                       body_norm=norms[1], body_mass=norms[2], places=list(places),
+                       head_mass=sum(idf(g) for g in head))
 
 
 def rare_keys(fp: Fingerprint, idf: Idf, k: int) -> list[str]:
@@ -174,36 +178,35 @@ def rare_keys(fp: Fingerprint, idf: Idf, k: int) -> list[str]:
     return ranked[:k]
 
 
+# Pairs are scored for every candidate of every new complaint: the loops run over the bigrams two texts
+# share (a set intersection in C), not over all bigrams of either text.
+
 def _cos(a: Counter[str], na: float, b: Counter[str], nb: float, idf: Idf) -> float:
     if not na or not nb:
         return 0.0
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(v * b[g] * idf(g) ** 2 for g, v in a.items() if g in b) / (na * nb)
+    return sum(a[g] * b[g] * idf(g) ** 2 for g in a.keys() & b.keys()) / (na * nb)
 
 
-def _share(grams: Counter[str], other: Counter[str], idf: Idf) -> float:
-    """IDF-weighted share of ``grams`` that also occur in ``other``."""
-    total = shared = 0.0
-    for g in grams:
-        w = idf(g)
-        total += w
-        if g in other:
-            shared += w
-    return shared / total if total else 0.0
+def _share(grams: Counter[str], mass: float, other: Counter[str], idf: Idf) -> float:
+    """IDF-weighted share of ``grams`` (whose weights sum to ``mass``) that also occur in ``other``."""
+    return sum(idf(g) for g in grams.keys() & other.keys()) / mass if mass else 0.0
 
 
 def features(a: Fingerprint, b: Fingerprint, idf: Idf) -> dict[str, float]:
-    small, big = (a, b) if len(a.body) <= len(b.body) else (b, a)
-    shared = sum(idf(g) for g in small.body if g in big.body)
+    common = a.body.keys() & b.body.keys()
+    shared = cos = 0.0
+    for g in common:
+        w = idf(g)
+        shared += w
+        cos += a.body[g] * b.body[g] * w * w
     mass = min(a.body_mass, b.body_mass)
     places = shared_places(a.places, a.text, b.places, b.text)
     return {
-        "cos": _cos(a.body, a.body_norm, b.body, b.body_norm, idf),
+        "cos": cos / (a.body_norm * b.body_norm) if a.body_norm and b.body_norm else 0.0,
         "cont": shared / mass if mass else 0.0,
         "head": _cos(a.head, a.head_norm, b.head, b.head_norm, idf),
         "place": 1.0 if places else 0.0,
-        "title": min(_share(a.head, b.body, idf), _share(b.head, a.body, idf)),
+        "title": min(_share(a.head, a.head_mass, b.body, idf), _share(b.head, b.head_mass, a.body, idf)),
         "other_place": 1.0 if (a.places and b.places and not places) else 0.0,
     }
 
