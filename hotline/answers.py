@@ -279,6 +279,15 @@ class AnswerService:
             delivered = any(ok for _n, ok in results)
         return case, delivered
 
+    async def keep_for_reading(self, case_id: str, entry_id: str, *, actor: str) -> Case:
+        """A caller asked for the answer by text and no text channel reaches their phone: the contact is
+        answered (直接答复) and the answer waits on the web status page (case number + last four digits)."""
+        rec = await self.kb.get(entry_id)
+        if rec.status != ACTIVE:
+            raise AnswerError("entry_retired", "该条目已停用，不能再发送。", 409)
+        match = Match(entry=rec.to_entry(), similarity=0.0, age_days=None, age_factor=1.0, score=0.0)
+        return await self._record(case_id, match, actor=actor, mode="web_status")
+
     async def _record(self, case_id: str, match: Match, *, actor: str, mode: str) -> Case:
         e = match.entry
         now = time.time()

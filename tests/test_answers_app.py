@@ -11,11 +11,13 @@ from aiohttp.test_utils import TestClient
 from hotline.access import CALL_TAKER, SUPERVISOR, required_roles
 from hotline.answers import KIND, AnswerService
 from hotline.appkeys import ANSWERS, INTAKE, NOTIFICATIONS, STORE
+from hotline.channels.conversation import Conversation
 from hotline.nlp.answers import RetrievalConfig
 from hotline.notify import Reply
 from hotline.records import InboundMessage
 from hotline.redis_server import EmbeddedRedis
 from hotline.status import Status
+from hotline.store.conversations import ConversationStore
 from tests.answers_support import (
     BABY_Q,
     ENTRIES,
@@ -65,6 +67,10 @@ async def test_web_consultation_gets_a_sourced_answer_and_yes_keeps_it_answered(
     case = await app_client.app[STORE].get_case(case_id)
     assert case.status == Status.ANSWERED and case.answer["department"] == "医疗保障局"
     assert case.answer["mode"] == "auto" and case.answer["answered_by"] == "system"
+    # The answer stays readable on the status page (case number + the phone's last four digits).
+    page = await app_client.post("/status", data={"case_id": case_id, "last4": "5678"})
+    body = await page.text()
+    assert page.status == 200 and "新生儿凭出生医学证明和户口簿到社区医保窗口办理参保" in body and "医疗保障局" in body
     resp = await app_client.post("/answer/feedback", data={"case_id": case_id, "token": token, "resolved": "yes"})
     assert resp.status == 200 and "感谢您的反馈" in await resp.text()
     case = await app_client.app[STORE].get_case(case_id)
@@ -294,6 +300,11 @@ async def test_chat_consultation_answered_at_once_and_no_reply_makes_a_case(
     # Someone else cannot answer for the citizen; an unclear reply is asked again.
     assert "未找到" in await notifications.reply(Reply(case_id, KIND, "no", "wechat", "openid-2"))
     assert "请回复" in await notifications.reply(Reply(case_id, KIND, "随便", "wechat", "openid-1"))
+    # 查询 shows the answer that was given.
+    conversation = Conversation(app_client.app[INTAKE], app_client.app[STORE],
+                                ConversationStore(app_client.app[STORE]), notifications)
+    shown = (await conversation.status("wechat", "openid-1", case_id)).text
+    assert "办理答复：新生儿凭出生医学证明" in shown
     text = await notifications.reply(Reply(case_id, KIND, "否", "wechat", "openid-1"))
     assert case_id in text
     case = await app_client.app[STORE].get_case(case_id)

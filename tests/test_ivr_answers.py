@@ -74,14 +74,16 @@ async def app_with_kb(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path
     return app, client
 
 
-async def consult_call(app: web.Application, client: Any, question8: bytes,
-                       choice: str | None) -> tuple[FakeAudioSocketPBX, dict[str, Any]]:
-    """Menu 2, the question, 1 确认; then ``choice`` once the offer is heard (None: no offer expected)."""
+async def consult_call(app: web.Application, client: Any, question8: bytes, choice: str | None,
+                       caller: str = CALLER) -> tuple[FakeAudioSocketPBX, dict[str, Any]]:
+    """Menu 2, the question, 1 确认; then ``choice`` once the offer is heard (None: no offer expected).
+    ``caller`` "" is a call without caller ID (the dialplan announces nothing)."""
     voice = app[VOICE]
     prompts = voice.prompts
     call_id = str(uuid.uuid4())
-    resp = await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
-    assert resp.status == 204
+    if caller:
+        resp = await client.post(f"/ivr/calls/{call_id}", data={"caller": caller})
+        assert resp.status == 204
     pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, rate=8000, call_id=call_id)
     await pbx.connect()
     try:
@@ -124,7 +126,7 @@ async def test_offer_then_call_taker_reads_the_answer(aiohttp_client: Any, redis
     assert app[VOICE].stt.active_streams == 0 and not app[VOICE].active_sessions
 
 
-async def test_text_without_a_text_channel_is_recorded_for_a_call_taker(
+async def test_text_without_a_text_channel_waits_on_the_status_page(
         aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
         question8: bytes) -> None:
     app, client = await app_with_kb(aiohttp_client, redis_server, tmp_path, key_prefix, question8)
@@ -133,15 +135,41 @@ async def test_text_without_a_text_channel_is_recorded_for_a_call_taker(
     pbx, status = await consult_call(app, client, question8, "1")
     assert status["action"] == "hangup" and status["reason"] == "done"
     rx = bytes(pbx.rx)
+    online = find_in(rx, prompts.pcm("answer_online", 8000))
+    assert online >= 0
+    # Then the case number, which the caller needs to read the answer.
+    readback = prompts.sequence(["case_number_is", *prompts.digits(status["case_id"])], 8000)
+    assert find_in(rx, readback, online) > online
+    case = await app[STORE].get_case(status["case_id"])
+    assert case.status == Status.ANSWERED and case.answer["answer"] == ANSWER  # 直接答复
+    assert case.answer["mode"] == "web_status" and case.answer["answered_by"] == "voice:ivr"
+    actions = [e.action for e in await events(app, case.id)]
+    assert "answered" in actions and "ivr_answer_online" in actions and "ivr_answer_requested" not in actions
+    assert case.id not in await app[STORE].confirm_queue()
+    page = await client.post("/status", data={"case_id": case.id, "last4": CALLER[-4:]})
+    html = await page.text()
+    assert page.status == 200 and ANSWER in html and "医疗保障局" in html
+    wrong = await client.post("/status", data={"case_id": case.id, "last4": "0000"})
+    assert wrong.status == 404 and ANSWER not in await wrong.text()
+
+
+async def test_text_to_an_unknown_number_is_recorded_for_a_call_taker(
+        aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
+        question8: bytes) -> None:
+    """Without caller ID nobody could read the answer on the status page: a call-taker follows up."""
+    app, client = await app_with_kb(aiohttp_client, redis_server, tmp_path, key_prefix, question8)
+    prompts = app[VOICE].prompts
+    pbx, status = await consult_call(app, client, question8, "1", caller="")
+    assert status["action"] == "hangup" and status["reason"] == "done"
+    rx = bytes(pbx.rx)
     later = find_in(rx, prompts.pcm("answer_later", 8000))
-    assert later >= 0
-    # Then the case number, so the caller can refer to it.
+    assert later >= 0 and find_in(rx, prompts.pcm("answer_online", 8000)) < 0
     readback = prompts.sequence(["case_number_is", *prompts.digits(status["case_id"])], 8000)
     assert find_in(rx, readback, later) > later
     case = await app[STORE].get_case(status["case_id"])
     assert case.status == Status.CLASSIFIED and case.needs_confirmation and not case.answer
     requested = [e for e in await events(app, case.id) if e.action == "ivr_answer_requested"]
-    assert len(requested) == 1 and requested[0].data["reason"] == "no_text_channel"
+    assert len(requested) == 1 and requested[0].data["reason"] == "no_caller_number"
     assert requested[0].data["entry_id"].startswith("kb-")
     assert case.id in await app[STORE].confirm_queue()
 

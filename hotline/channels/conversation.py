@@ -397,7 +397,7 @@ class Conversation:
         for e in events:
             when = datetime.fromtimestamp(e.ts, self.tz).strftime("%m-%d %H:%M")
             lines.append(f"{when} {PUBLIC_EVENTS[e.action]}")
-        reply = (case.dispatch or {}).get("reply") or (case.answer or {}).get("text")
+        reply = (case.dispatch or {}).get("reply") or (case.answer or {}).get("answer")
         if reply:
             lines.append(f"办理答复：{str(reply)[:300]}")
         return Outgoing("\n".join(lines))

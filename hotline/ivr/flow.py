@@ -29,6 +29,7 @@ from hotline.intake import Intake, IntakeError
 from hotline.ivr.session import CallOutcome, CallSession, Input
 from hotline.records import InboundMessage, last4
 from hotline.speech import Transcript
+from hotline.status import Status
 from hotline.store import CaseNotFound, Store
 
 log = logging.getLogger("hotline.ivr.flow")
@@ -434,11 +435,17 @@ class IvrFlow:
                 log.exception("ivr answer by text failed", extra={"event": "ivr_answer_send_failed",
                                                                   "case_id": st.case_id})
                 reason = "send_failed"
-        elif channel and not s.caller:
+        elif not s.caller:
             reason = "no_caller_number"
         if delivered:
             await s.play(["answer_sent"], barge_in=False)
             return State.GOODBYE
+        if s.caller and await self._keep_for_reading(st, offer):
+            # Answered (直接答复): the web status page shows it to whoever knows the case number and the
+            # phone's last four digits, which is why the case number is read back next.
+            await self._case_event(st.case_id, "ivr_answer_online", {"call_id": s.call_id, "reason": reason})
+            await s.play(["answer_online"], barge_in=False)
+            return State.READBACK
         # No way to reach this phone by text: a call-taker gets the request with the answer to send or
         # read back (the case waits in the confirmation queue, flagged).
         def flag(case: Any) -> dict[str, Any]:
@@ -452,6 +459,19 @@ class IvrFlow:
                                                                     "case_id": st.case_id})
         await s.play(["answer_later"], barge_in=False)
         return State.READBACK
+
+    async def _keep_for_reading(self, st: CallState, offer: IvrOffer) -> bool:
+        assert self.answers is not None
+        try:
+            case = await self.store.get_case(st.case_id)
+            if case.status != Status.ANSWERED:  # a text channel that failed has answered it already
+                await self.answers.keep_for_reading(st.case_id, offer.entry_id, actor="voice:ivr")
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ivr answer not kept", extra={"event": "ivr_answer_keep_failed", "case_id": st.case_id})
+            return False
 
     async def _case_event(self, case_id: str, action: str, data: dict[str, Any]) -> None:
         try:
