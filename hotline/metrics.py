@@ -54,6 +54,9 @@ class Metrics:
     dead_letters: Gauge
     surveys: Gauge
     models_loaded: Gauge
+    stt_audio: Gauge
+    stt_decode: Gauge
+    stt_rtf: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -79,6 +82,13 @@ class Metrics:
                           registry=reg),
             models_loaded=Gauge("hotline_model_loaded", "1 when a model is loaded (classifier, stt).", ["model"],
                                 registry=reg),
+            stt_audio=Gauge("hotline_stt_audio_seconds", "Seconds of audio the speech engine was fed since start.",
+                            registry=reg),
+            stt_decode=Gauge("hotline_stt_decode_seconds", "Seconds the speech engine spent decoding since start.",
+                             registry=reg),
+            stt_rtf=Gauge("hotline_stt_real_time_factor",
+                          "Decoding time per second of audio since start (below 1: faster than real time).",
+                          registry=reg),
         )
 
     async def refresh(self, app: web.Application) -> None:
@@ -87,7 +97,13 @@ class Metrics:
         classifier = app.get(CLASSIFIER)
         self.models_loaded.labels("classifier").set(
             1 if classifier is not None and getattr(classifier, "name", "none") != "none" else 0)
-        self.models_loaded.labels("stt").set(1 if app.get(STT) is not None else 0)
+        stt = app.get(STT)
+        self.models_loaded.labels("stt").set(1 if stt is not None else 0)
+        audio_s = float(getattr(stt, "audio_seconds", 0.0))
+        decode_s = float(getattr(stt, "decode_seconds", 0.0))
+        self.stt_audio.set(audio_s)
+        self.stt_decode.set(decode_s)
+        self.stt_rtf.set(decode_s / audio_s if audio_s else 0.0)
         if store is None:
             self.store_up.set(0)
             return

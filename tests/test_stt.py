@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from prometheus_client import generate_latest
 
+from hotline.appkeys import STT
 from hotline.ivr import audio
 from hotline.ivr.stt import STTBusy, STTError, join_words
+from hotline.metrics import Metrics
 from tests.ivr_support import KOREAN_SENTENCE, espeak, ko_model_dir, ko_stt, noise, silence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +80,26 @@ async def test_8khz_input_is_resampled_for_the_16khz_model(korean8: bytes, korea
     assert abs(narrow.duration_s - audio.duration_s(len(korean8), 8000)) < 0.05
     # Same sentence: the word timings of both bands end at the same place in the audio.
     assert abs(narrow.words[-1].end - wide.words[-1].end) < 0.5
+
+
+async def test_real_time_factor_is_measured_and_exported(korean16: bytes) -> None:
+    stt = ko_stt(threads=1)
+    try:
+        assert stt.audio_seconds == 0 and stt.decode_seconds == 0
+        await stt.transcribe_pcm(korean16, 16000)
+        fed = audio.duration_s(len(korean16), 16000)
+        assert abs(stt.audio_seconds - fed) < 0.01
+        assert 0 < stt.decode_seconds < 10 * fed
+        app = web.Application()
+        app[STT] = stt
+        metrics = Metrics.create()
+        await metrics.refresh(app)
+        text = generate_latest(metrics.registry).decode()
+        rtf = float(re.search(r"^hotline_stt_real_time_factor (\S+)$", text, re.M).group(1))
+        assert rtf == pytest.approx(stt.decode_seconds / stt.audio_seconds)
+        assert re.search(r'^hotline_model_loaded\{model="stt"\} 1\.0$', text, re.M)
+    finally:
+        await stt.close()
 
 
 async def test_wrong_sample_rates(korean16: bytes) -> None:

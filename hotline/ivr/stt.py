@@ -122,18 +122,27 @@ class SttStream:
         async with self._lock:
             if self._rec is None:
                 raise STTError("stream is closed")
+            service = self._service
+
+            def timed() -> tuple[T, float]:
+                started = time.perf_counter()
+                return fn(), time.perf_counter() - started
+
             try:
-                job = self._service._pool.submit(fn)
+                job = service._pool.submit(timed)
             except RuntimeError as exc:  # the service shut its pool down (app stopping)
                 raise STTError("speech service is closed") from exc
             self._job = job
             # Shield: if the caller is cancelled the job still finishes in its thread; close() waits for it.
-            return await asyncio.shield(asyncio.wrap_future(job))
+            result, busy_s = await asyncio.shield(asyncio.wrap_future(job))
+            service.decode_seconds += busy_s  # on the event loop: no lock needed
+            return result
 
     async def accept(self, pcm: bytes) -> StreamUpdate:
         if not pcm:
             return StreamUpdate(partial=self.partial)
         self._fed += len(pcm)
+        self._service.audio_seconds += audio.duration_s(len(pcm), self.in_rate)
         rec = self._rec
         resampler = self._resampler
 
@@ -212,6 +221,9 @@ class VoskSTT:
         self._waiting = 0
         self.active_streams = 0
         self.refused = 0
+        # Since start: audio fed to recognizers and time spent decoding it (their ratio is the RTF).
+        self.audio_seconds = 0.0
+        self.decode_seconds = 0.0
         self._closed = False
 
     @classmethod
