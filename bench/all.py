@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,20 +19,32 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BEGIN, END = "<!-- BENCH-TABLE:BEGIN -->", "<!-- BENCH-TABLE:END -->"
 
-# name → (arguments, quick arguments for a short run)
-BENCHES: dict[str, tuple[list[str], list[str]]] = {
-    "intake": (["--requests", "2000"], ["--requests", "300"]),
-    "classify": ([], ["--n", "300"]),
-    "dedup": ([], ["--cases", "5000", "--queries", "200"]),
-    "dispatch": (["--orders", "2000"], ["--orders", "300"]),
-    "stt": ([], ["--seconds", "10"]),
-    "chat": (["--conversations", "200"], ["--conversations", "40"]),
-    "answers": ([], ["--entries", "5000", "--queries", "200"]),
+# name → (script, arguments, quick arguments for a short run)
+BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "intake": ("intake", ["--requests", "2000"], ["--requests", "300"]),
+    "intake --workers 2": ("intake", ["--requests", "2000", "--workers", "2"], ["--requests", "300", "--workers", "2"]),
+    "classify": ("classify", [], ["--n", "300"]),
+    "dedup": ("dedup", [], ["--cases", "5000", "--queries", "200"]),
+    "dispatch": ("dispatch", ["--orders", "2000"], ["--orders", "300"]),
+    "stt": ("stt", [], ["--seconds", "10"]),
+    "chat": ("chat", ["--conversations", "200"], ["--conversations", "40"]),
+    "answers": ("answers", [], ["--entries", "5000", "--queries", "200"]),
 }
 
 
-def run(name: str, args: list[str], timeout_s: float) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--json"]
+def machine() -> dict:
+    """How fast this machine is right now: shared VMs vary by tens of percent between runs, so every table
+    carries a pure-Python reference loop (10 million additions) and the load average."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return {"cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+            "python_loop_10m_s": round(time.perf_counter() - started, 3)}
+
+
+def run(script: str, args: list[str], timeout_s: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args, "--json"]
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -54,7 +67,10 @@ def summary(result: dict) -> str:
         return f"error: {result['error']}"
     parts = []
     for key, value in result.items():
-        if key == "seconds" or isinstance(value, dict | list):
+        if key == "seconds" or isinstance(value, list):
+            continue
+        if isinstance(value, dict):  # one level of nesting, e.g. chat's per-door figures
+            parts += [f"{key}.{k} {v}" for k, v in value.items() if not isinstance(v, dict | list)]
             continue
         parts.append(f"{key} {value}")
     return ", ".join(parts)
@@ -62,7 +78,8 @@ def summary(result: dict) -> str:
 
 def table(results: dict[str, dict]) -> str:
     rows = ["| benchmark | result |", "| --- | --- |"]
-    rows += [f"| `bench/{name}.py` | {summary(res)} |" for name, res in results.items()]
+    rows += [f"| `bench/{BENCHES[name][0]}.py{name.removeprefix(BENCHES[name][0])}` | {summary(res)} |"
+             if name in BENCHES else f"| {name} | {summary(res)} |" for name, res in results.items()]
     return "\n".join(rows)
 
 
@@ -84,10 +101,12 @@ def main() -> int:
     parser.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"machine": machine()}
+    if not args.json:
+        print(f"machine: {summary(results['machine'])}", flush=True)
     for name in args.only or list(BENCHES):
-        full, quick = BENCHES[name]
-        results[name] = run(name, quick if args.quick else full, args.timeout)
+        script, full, quick = BENCHES[name]
+        results[name] = run(script, quick if args.quick else full, args.timeout)
         if not args.json:
             print(f"{name}: {summary(results[name])}", flush=True)
     text = table(results)

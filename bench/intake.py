@@ -122,6 +122,42 @@ async def count_lost(url: str, acked: list[str]) -> int:
     return lost
 
 
+def _proc_tree(root: int) -> list[tuple[int, str, float]]:
+    """(pid, command name, resident MB) of ``root`` and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        try:
+            status = (Path("/proc") / str(pid) / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss_kb = int(fields.get("VmRSS", "0 kB").split()[0])
+        out.append((pid, fields.get("Name", "").strip(), rss_kb / 1024))
+    return out
+
+
+def serving_memory(root: int) -> dict[str, float]:
+    """Resident memory of the serving processes (largest and total) and of the embedded store."""
+    procs = _proc_tree(root)
+    serving = [mb for _pid, name, mb in procs if not name.startswith(("valkey", "redis"))]
+    if len(serving) > 1:
+        serving = serving[1:] if procs and procs[0][0] == root else serving  # the pool parent only waits
+    store = [mb for _pid, name, mb in procs if name.startswith(("valkey", "redis"))]
+    return {"serve_rss_mb": round(max(serving, default=0.0), 1),
+            "serve_rss_total_mb": round(sum(serving), 1),
+            "store_rss_mb": round(sum(store), 1)}
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -151,6 +187,7 @@ async def run(args: argparse.Namespace) -> dict:
         # Warm-up: connection pools, model caches.
         await drive(url, complaint_texts(50, seed=1), 8, "warmup")
         latencies, acked, errors, elapsed = await drive(url, texts, args.concurrency, "run")
+        memory = serving_memory(proc.pid) if proc is not None else {}
         lost = await count_lost(url, acked)
     finally:
         if proc is not None:
@@ -172,6 +209,7 @@ async def run(args: argparse.Namespace) -> dict:
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "errors": errors,
         "lost": lost,
+        **memory,
     }
 
 
