@@ -166,6 +166,9 @@ async def test_survey_call_unresolved_reopens_and_redispatches(app_client: TestC
     call = next(e for e in events if e.action == "survey_call")
     assert call.actor == "voice:survey" and call.data["outcome"] == "answered"
     assert call.data["answers"] == {"resolved": "no", "satisfaction": "basic"}
+    # The call's recording is named in the trail, and is there.
+    assert call.data["audio_ref"].startswith("recordings/") and call.data["audio_ref"].endswith(".wav")
+    assert (app[VOICE].data_dir / call.data["audio_ref"]).is_file()
     assert next(e for e in events if e.action == "survey_answered").actor == "voice:survey"
     to_dispatched = [i for i, e in enumerate(events) if e.data.get("to") == str(Status.DISPATCHED)]
     assert len(to_dispatched) == 2 and to_dispatched[1] > acts.index("reopened")

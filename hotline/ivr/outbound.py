@@ -229,7 +229,10 @@ class AriSurveyCaller:
         complete = got is not None and bool(got.get("satisfaction"))
         outcome = "answered" if complete else ("hung_up" if result.get("hung_up") else "unanswered")
         # Partial answers stay in the trail for the follow-up agent even when the try does not count.
-        await self._event(case_id, "survey_call", {"call_id": call_id, "outcome": outcome, "answers": answers})
+        # The recording of the call (written by the process that took it) is named in the trail.
+        audio_ref = str(result.get("audio_ref") or "")[:300]
+        await self._event(case_id, "survey_call", {"call_id": call_id, "outcome": outcome, "answers": answers,
+                                                   "audio_ref": audio_ref})
         return got if complete else None
 
     async def _event(self, case_id: str, action: str, data: dict[str, Any]) -> None:

@@ -87,14 +87,9 @@ class VoiceService:
                 outcome = CallOutcome("transfer", "busy")
                 await session.play(["busy", "transfer"], barge_in=False)
             else:
-                path = session.recorder.path if session.recorder else None
-                audio_ref = ""
-                if path is not None:
-                    audio_ref = str(path.relative_to(self.data_dir)) if path.is_relative_to(self.data_dir) \
-                        else str(path)
                 flow = IvrFlow(self.cfg, self.intake, self.store,
                                FlowOptions(low_confidence=self.low_confidence, adapter=transport.name,
-                                           audio_ref=audio_ref), answers=self.answers)
+                                           audio_ref=self.audio_ref(session)), answers=self.answers)
                 outcome = await flow.run(session)
         except asyncio.CancelledError:
             outcome = CallOutcome("hangup", "shutdown")
@@ -109,6 +104,13 @@ class VoiceService:
             if not session.hung_up:
                 await self._end(transport, session.call_id, outcome)
         return outcome
+
+    def audio_ref(self, session: CallSession) -> str:
+        """Where the call's recording is, as cases and events name it (relative to the data dir)."""
+        path = session.recorder.path if session.recorder else None
+        if path is None:
+            return ""
+        return str(path.relative_to(self.data_dir)) if path.is_relative_to(self.data_dir) else str(path)
 
     async def _outbound(self, session: CallSession) -> OutboundCall | None:
         """The outbound call this connection answers (its UUID was registered by the originator), or None."""
@@ -135,7 +137,8 @@ class VoiceService:
             # Always tell the originator, also on a hang-up or an error: it must not wait for nothing.
             with contextlib.suppress(Exception):
                 await self.outbound.post(session.call_id, {"event": "result", "answers": answers,
-                                                           "hung_up": session.hung_up})
+                                                           "hung_up": session.hung_up,
+                                                           "audio_ref": self.audio_ref(session)})
         return CallOutcome("hangup", "survey", call.case_id, answers=answers)
 
     async def _record(self, call_id: str, outcome: CallOutcome) -> None:
