@@ -237,14 +237,14 @@ class DedupService:
 
     async def _still_open(self, case_ids: list[str]) -> set[str]:
         live = set()
-        cases = await self.store.get_cases(case_ids)
-        for case in cases:
-            if case.status in OPEN_STATES and not case.duplicate_of:
-                live.add(case.id)
+        # The status indexes, not the records: a merged report is in status merged, so no record is read.
+        for case_id, status in (await self.store.statuses(case_ids)).items():
+            if status in OPEN_STATES:
+                live.add(case_id)
+            elif status is None:
+                await self.index.remove(case_id)
             else:
-                await self.forget(case.id)
-        for missing in set(case_ids) - {c.id for c in cases}:
-            await self.index.remove(missing)
+                await self.forget(case_id)
         return live
 
     async def merge(self, report: Case, into: str, score: float, actor: str) -> Case:

@@ -78,6 +78,17 @@ async def test_racing_idempotent_creates_make_one_case(store: Store) -> None:
     assert len({r.case_id for r in results}) == 1
 
 
+async def test_statuses_come_from_the_indexes_and_follow_moves(store: Store) -> None:
+    a, b = new_case(await store.allocate_id()), new_case(await store.allocate_id(), status=Status.RESOLVED)
+    await store.create_case(a)
+    await store.create_case(b)
+    assert await store.statuses([a.id, b.id, "20000101-000001"]) == {
+        a.id: Status.CLASSIFIED, b.id: Status.RESOLVED, "20000101-000001": None}
+    await store.update_case(a.id, lambda c: None, actor="t", action="confirm", target=Status.CONFIRMED)
+    assert await store.statuses([a.id]) == {a.id: Status.CONFIRMED}
+    assert await store.statuses([]) == {}
+
+
 async def test_transition_updates_indexes_and_log(store: Store) -> None:
     case = new_case(await store.allocate_id())
     await store.create_case(case)

@@ -217,6 +217,22 @@ class Store:
         raws = await self.r.mget([self.k_case(c) for c in case_ids])
         return [Case.from_dict(json.loads(r)) for r in raws if r is not None]
 
+    async def statuses(self, case_ids: list[str]) -> dict[str, Status | None]:
+        """Each case's status read from the status indexes (None: no such case), in one round trip and
+        without parsing a record. MULTI makes it a snapshot: a move between two indexes is never seen half."""
+        out: dict[str, Status | None] = dict.fromkeys(case_ids)
+        if not case_ids:
+            return out
+        async with self.r.pipeline(transaction=True) as pipe:
+            for status in Status:
+                pipe.zmscore(self.k_status(status), case_ids)
+            rows = await pipe.execute()
+        for status, scores in zip(Status, rows, strict=True):
+            for case_id, score in zip(case_ids, scores, strict=True):
+                if score is not None:
+                    out[case_id] = status
+        return out
+
     async def case_exists(self, case_id: str) -> bool:
         return bool(await self.r.exists(self.k_case(case_id)))
 
