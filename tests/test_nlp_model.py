@@ -110,6 +110,27 @@ def test_fast_path_matches_scikit_learn_exactly(sublinear: bool) -> None:
     assert head.scores([]).shape == (3,)
 
 
+def test_damped_class_weights_are_the_fourth_root_of_the_imbalance() -> None:
+    """`--class-weight damped` trains exactly LinearSVC with weights (max count / count) ** 0.25."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    rows = make_rows(15, seed=4)
+    rows = rows + [r for r in rows if r["label1"] == rows[0]["label1"]] * 3  # one label 4× as frequent
+    docs = [features(Doc(title="", body=r["text"], words=r["text"].split("，")), FeatureConfig()) for r in rows]
+    labels = [r["label1"] for r in rows]
+    cfg = TrainConfig(c=0.5, class_weight="damped", min_df=1, max_features=None, prune=0.0, calibration_folds=0)
+    head = train_head(docs, labels, cfg, FeatureConfig())
+    counts = {k: labels.count(k) for k in set(labels)}
+    weights = {k: (max(counts.values()) / n) ** 0.25 for k, n in counts.items()}
+    assert max(weights.values()) > 1.3 and min(weights.values()) == 1.0
+    vec = TfidfVectorizer(analyzer=lambda d: d, sublinear_tf=True, min_df=1, dtype=np.float32)
+    svm = LinearSVC(C=0.5, class_weight=weights, random_state=0).fit(vec.fit_transform(docs), labels)
+    probe = features(Doc(title="", body="路灯不亮", words=["路灯", "不亮"]), FeatureConfig())
+    assert np.allclose(head.scores(probe), svm.decision_function(vec.transform([probe]))[0], atol=1e-4)
+    assert head.meta["class_weight"] == "damped"
+
+
 def test_loading_a_corrupt_model_fails_clearly(trained: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()

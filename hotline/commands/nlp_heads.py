@@ -27,7 +27,7 @@ from hotline.settings import Settings, load_settings
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "category": {"c": 1.0, "class_weight": "balanced", "min_df": 1, "max_features": 300_000, "words": True,
                  "sublinear": False},
-    "department": {"c": 0.5, "class_weight": None, "min_df": 2, "max_features": 120_000, "words": True},
+    "department": {"c": 0.5, "class_weight": "damped", "min_df": 2, "max_features": 120_000, "words": True},
     "type": {"c": 0.3, "class_weight": "balanced", "min_df": 2, "max_features": 120_000, "words": True},
 }
 GENERIC_DEFAULTS: dict[str, Any] = {"c": 0.5, "class_weight": "balanced", "min_df": 2, "max_features": 150_000,
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--label", required=True, help="the field holding the label (rows without one are skipped)")
     tr.add_argument("--out", type=Path, required=True, help="model directory to write")
     tr.add_argument("--c", type=float, help="regularisation C of the linear SVM")
-    tr.add_argument("--class-weight", choices=["balanced", "none"], help="weight rare labels up")
+    tr.add_argument("--class-weight", choices=["balanced", "damped", "none"],
+                    help="weight rare labels up: fully (balanced), by the fourth root (damped) or not at all")
     tr.add_argument("--min-df", type=int, help="drop features seen in fewer rows")
     tr.add_argument("--max-features", type=int, help="keep at most this many features")
     tr.add_argument("--words", action=argparse.BooleanOptionalAction, default=None,
@@ -139,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.c is not None:
         params["c"] = args.c
     if args.class_weight:
-        params["class_weight"] = None if args.class_weight == "none" else "balanced"
+        params["class_weight"] = None if args.class_weight == "none" else args.class_weight
     if args.min_df is not None:
         params["min_df"] = args.min_df
     if args.max_features is not None:
