@@ -216,7 +216,9 @@ class SurveyService:
             return
         if rec.channel in CHAT_CHANNELS:
             n = Notification(case_id, KIND, Q1_TEXT.format(case_id=case_id), rec.channel, rec.sender, rec.contact,
-                             report_id="" if rid == MAIN else rid, options=list(Q1_OPTIONS), meta={"question": "q1"})
+                             report_id="" if rid == MAIN else rid, options=list(Q1_OPTIONS),
+                             # The web survey page, for a channel that can only show a link (WeChat template).
+                             meta={"question": "q1", "url": self.link(case_id, rid, survey.round, now)})
             delivered = await self.notifications.send(n)
             if not delivered:
                 await self._to_followup(case_id, rid, "channel_unreachable", now)

@@ -170,10 +170,13 @@ class FakeWeChatAPI:
         self.media_fetches: list[str] = []
         self.media_delay_s = 0.0
         self.closed_window: set[str] = set()
+        self.templates: list[dict[str, Any]] = []
+        self.unfollowed: set[str] = set()
         self.arrived = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_get("/cgi-bin/token", self._token)
         self.app.router.add_post("/cgi-bin/message/custom/send", self._send)
+        self.app.router.add_post("/cgi-bin/message/template/send", self._template)
         self.app.router.add_get("/cgi-bin/media/get", self._media)
 
     def expire_tokens(self) -> None:
@@ -211,6 +214,22 @@ class FakeWeChatAPI:
         self.sent.append(body)
         self.arrived.set()
         return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+    async def _template(self, request: web.Request) -> web.Response:
+        """模板消息: no 48-hour window; refused for an unknown template, a bad body or a non-follower."""
+        if not self._token_ok(request):
+            return web.json_response({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"})
+        body = json.loads(await request.read())
+        if not isinstance(body.get("template_id"), str) or not body["template_id"].startswith("TPL"):
+            return web.json_response({"errcode": 40037, "errmsg": "invalid template_id"})
+        data = body.get("data")
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("value"), str)
+                                                 for v in data.values()):
+            return web.json_response({"errcode": 47001, "errmsg": "data format error"})
+        if body.get("touser") in self.unfollowed:
+            return web.json_response({"errcode": 43004, "errmsg": "require subscribe"})
+        self.templates.append(body)
+        return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": len(self.templates)})
 
     async def _media(self, request: web.Request) -> web.Response:
         if not self._token_ok(request):

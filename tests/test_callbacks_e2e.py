@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -117,6 +118,9 @@ async def test_chat_survey_unsatisfied_reopens_and_redispatches(app_client: Test
     q1 = [n for n in chat.sent if n.kind == KIND]
     assert len(q1) == 1 and case.id in q1[0].text
     assert [v for v, _ in q1[0].options] == ["q1:resolved", "q1:unresolved"]
+    # The same survey as a web page, for a channel that can only carry a link (a WeChat template message).
+    link = await app_client.get(urlsplit(q1[0].meta["url"]).path)
+    assert link.status == 200 and "是否" in await link.text()
     notifications = app_client.app[NOTIFICATIONS]
     # Someone else answering in the citizen's place is not taken.
     intruder = Reply(case.id, KIND, "q1:resolved", "telegram", "tg-intruder")

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient
 from hotline.app import create_app
 from hotline.appkeys import NOTIFICATIONS, STORE, STT
 from hotline.channels.wechat import WECHAT_DOOR
-from hotline.notify import Reply
+from hotline.notify import Notification, Reply
 from hotline.redis_server import EmbeddedRedis
+from hotline.settings import SettingsError
 from hotline.status import Status
 from tests.chat_support import FakeWeChatAPI, WeChatPusher, cdata, same_speech, voice_file, wx_sign, wx_xml
 from tests.conftest import make_settings
@@ -435,6 +436,46 @@ async def test_notification_outside_the_48_hour_window_is_not_sent(wx: WX) -> No
     wx.api.closed_window.add(OPENID)
     results = await wx.app[NOTIFICATIONS].notify_case(case, "dispatched", "已派遣。")
     assert [ok for _n, ok in results] == [False]
+
+
+async def test_outside_the_window_a_template_message_carries_the_notice(
+        aiohttp_client: Any, aiohttp_server: Any, redis_server: EmbeddedRedis, tmp_path: Path,
+        key_prefix: str) -> None:
+    wx = await make_wx(aiohttp_client, aiohttp_server, redis_server, tmp_path, key_prefix, template_id="TPL-case")
+    case = await make_case(wx, "马路上有个大坑")
+    wx.api.closed_window.add(OPENID)  # the case is resolved days later: WeChat refuses a CS message
+    before = len(wx.api.sent)
+    n = Notification(case.id, "survey", "您反映的问题是否已经解决？", "wechat", OPENID,
+                     options=[("yes", "已解决"), ("no", "未解决")], meta={"url": "https://12345.example/survey/t"})
+    assert await wx.app[NOTIFICATIONS].send(n) is True
+    assert len(wx.api.sent) == before and len(wx.api.templates) == 1
+    tpl = wx.api.templates[0]
+    assert tpl["touser"] == OPENID and tpl["template_id"] == "TPL-case"
+    assert tpl["url"] == "https://12345.example/survey/t"
+    values = {k: v["value"] for k, v in tpl["data"].items()}
+    assert values["first"] == "请您评价办理结果" and values["keyword1"] == case.id and values["keyword2"]
+    assert values["remark"].startswith("您反映的问题是否已经解决？") and "回复 1 已解决" in values["remark"]
+    # Replying to it opens the window: the number answers the remembered question.
+    wx.api.closed_window.discard(OPENID)
+    got: list[Reply] = []
+
+    async def handler(reply: Reply) -> str:
+        got.append(reply)
+        return "收到。"
+
+    wx.app[NOTIFICATIONS].on_reply("survey", handler)
+    assert await wx.say("2") == "收到。" and got[0].value == "no" and got[0].case_id == case.id
+    # Someone who unfollowed cannot be reached at all: False (the follow-up agents take over).
+    wx.api.closed_window.add(OPENID)
+    wx.api.unfollowed.add(OPENID)
+    assert await wx.app[NOTIFICATIONS].send(Notification(case.id, "resolved", "已办结。", "wechat", OPENID)) is False
+
+
+def test_bad_template_fields_stop_start_up(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    for fields in (["first"], ["first={nope}"], ["1x={title}"], ["first={title"]):
+        settings = make_settings(redis_server.url, tmp_path, "x", wechat={"token": TOKEN, "template_fields": fields})
+        with pytest.raises(SettingsError, match="template_fields"):
+            create_app(settings)
 
 
 async def test_window_quota_is_respected(wx: WX) -> None:

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 from xml.etree.ElementTree import Element
@@ -48,6 +49,7 @@ from hotline.channels.wechat_api import WINDOW_ERRORS, WeChatAPI, WeChatAPIError
 from hotline.notify import Notification
 from hotline.records import Location
 from hotline.settings import SettingsError
+from hotline.status import LABELS_ZH
 from hotline.store.conversations import ConversationStore
 
 log = logging.getLogger("hotline.wechat")
@@ -65,6 +67,16 @@ class BadPush(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+# What a template message's fields may say; titles by notification kind.
+TEMPLATE_VALUES = ("title", "case_id", "status", "time", "text")
+_TEMPLATE_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+TEMPLATE_TITLES = {
+    "received": "您反映的问题已受理", "dispatched": "您反映的问题已派单办理", "resolved": "您反映的问题已办结",
+    "reopened": "您反映的问题已重新办理", "survey": "请您评价办理结果", "answer": "您的咨询已答复",
+}
+TEMPLATE_TEXT_CHARS = 100
 
 
 def clip(text: str, limit: int = MAX_REPLY_BYTES) -> str:
@@ -108,10 +120,21 @@ class WeChatConfig:
     window_s: int
     window_quota: int
     api_timeout_s: float
+    template_id: str
+    template_fields: list[str]
 
     @classmethod
     def from_settings(cls, section: dict[str, Any]) -> WeChatConfig:
         cfg = cls(**{k: section[k] for k in cls.__dataclass_fields__})
+        for entry in cfg.template_fields:
+            name, sep, text = str(entry).partition("=")
+            try:
+                text.format(**dict.fromkeys(TEMPLATE_VALUES, ""))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise SettingsError(f"setting wechat.template_fields: {entry!r}: unknown or broken placeholder "
+                                    f"{exc}; use {', '.join('{' + v + '}' for v in TEMPLATE_VALUES)}") from exc
+            if not sep or not _TEMPLATE_FIELD.fullmatch(name):
+                raise SettingsError(f"setting wechat.template_fields: {entry!r} is not <field>=<text>")
         if not cfg.path.startswith("/"):
             raise SettingsError("setting wechat.path: must start with /")
         if cfg.aes_key and (len(cfg.aes_key) != 43 or not cfg.app_id):
@@ -363,12 +386,48 @@ class WeChatDoor:
 
     # notifications ----------------------------------------------------------------
     async def send(self, n: Notification) -> bool:
-        """Notifier for the wechat channel: False outside the 48-hour window (callbacks fall back to phone)."""
+        """Notifier for the wechat channel: a customer-service message inside the 48-hour window, else a
+        template message when one is configured; False when neither reaches the citizen (callbacks then
+        go to the follow-up agents)."""
         q = await remember_question(self.conv, n)
         ok = await self.send_cs(n.recipient, number_options(n.text, n.options))
+        if not ok:
+            # A reply to the template (a number for a survey question) opens the window and is matched to
+            # the remembered question, so the question stays.
+            ok = await self.send_template(n)
         if not ok and q is not None:
             await self.conv.drop_question(q)
         return ok
+
+    async def send_template(self, n: Notification) -> bool:
+        cfg = self.cfg
+        if not cfg.template_id or not self.api.configured:
+            return False
+        status = ""
+        try:
+            status = LABELS_ZH[(await self.app[STORE].get_case(n.case_id)).status]
+        except Exception:
+            log.warning("wechat template without case status", extra={"event": "wechat_template_status",
+                                                                       "case_id": n.case_id})
+        text = number_options(n.text, n.options)
+        values = {"title": TEMPLATE_TITLES.get(n.kind, "您反映的问题有新进展"), "case_id": n.case_id,
+                  "status": status, "time": datetime.now(self.engine.tz).strftime("%Y-%m-%d %H:%M"),
+                  "text": text if len(text) <= TEMPLATE_TEXT_CHARS else text[: TEMPLATE_TEXT_CHARS - 1] + "…"}
+        data = {}
+        for entry in cfg.template_fields:
+            name, _, fmt = entry.partition("=")
+            data[name] = fmt.format(**values)
+        url = str(n.meta.get("url", ""))
+        try:
+            await self.api.send_template(n.recipient, cfg.template_id, data,
+                                         url if url.startswith(("https://", "http://")) else "")
+        except WeChatAPIError as exc:
+            log.warning("wechat template failed", extra={"event": "wechat_template_failed", "errcode": exc.errcode})
+            return False
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("wechat api unreachable", extra={"event": "wechat_api_unreachable"})
+            return False
+        return True
 
     async def close(self) -> None:
         # Late answers still being worked on get a moment to go out, then are cancelled.

@@ -4,6 +4,7 @@
                                          because each new token fetched makes the previous one expire soon)
 - ``POST /cgi-bin/message/custom/send``  customer-service message (客服消息) within 48 h of the citizen's
                                          last message
+- ``POST /cgi-bin/message/template/send``  template message (模板消息) outside that window
 - ``GET  /cgi-bin/media/get``            download a temporary media file (voice AMR, image)
 
 An ``errcode`` saying the token is invalid or expired drops the cached token and retries once.
@@ -131,6 +132,15 @@ class WeChatAPI:
         """A customer-service text message; raises WeChatAPIError (errcode in WINDOW_ERRORS: window closed)."""
         await self._post("/cgi-bin/message/custom/send",
                          {"touser": openid, "msgtype": "text", "text": {"content": text}})
+
+    async def send_template(self, openid: str, template_id: str, data: dict[str, str], url: str = "") -> None:
+        """A template message (模板消息): no 48-hour window, but only to followers and only this template's
+        fields; raises WeChatAPIError (43004: the citizen unfollowed)."""
+        body: dict[str, object] = {"touser": openid, "template_id": template_id,
+                                   "data": {k: {"value": v} for k, v in data.items()}}
+        if url:
+            body["url"] = url
+        await self._post("/cgi-bin/message/template/send", body)
 
     async def get_media(self, media_id: str) -> bytes:
         """A temporary media file (voice messages: AMR); an errcode JSON answer raises WeChatAPIError."""
