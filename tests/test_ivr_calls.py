@@ -230,6 +230,40 @@ async def test_pbx_disconnect_mid_complaint_keeps_the_case(aiohttp_client: Any, 
     assert voice.stt.active_streams == 0 and not voice.active_sessions
 
 
+async def test_store_down_mid_call_apologises_and_transfers(aiohttp_client: Any, tmp_path: Path,
+                                                            key_prefix: str, complaint8: bytes) -> None:
+    """Redis goes away during the call: the caller is told and put through to a person, the audio is kept."""
+    own = EmbeddedRedis(tmp_path / "own")
+    url = await asyncio.to_thread(own.start)
+    try:
+        app = create_app(make_settings(url, tmp_path, key_prefix, voice=voice_settings()))
+        await aiohttp_client(app)
+        voice = app[VOICE]
+        prompts = voice.prompts
+        pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, rate=8000, call_id=str(uuid.uuid4()))
+        await pbx.connect()
+        try:
+            await pbx.wait_audio(10)
+            await pbx.press("1")
+            at = await pbx.wait_for(prompts.pcm("beep", 8000), 20)
+            await asyncio.to_thread(own.stop)  # the store is gone before the complaint is submitted
+            pbx.caller.say(complaint8)
+            at = await pbx.wait_for(early(prompts.pcm("confirm", 8000), 8000), 40, at)
+            await pbx.press("1")
+            await pbx.wait_closed(60)
+        finally:
+            await pbx.drop()
+        rx = bytes(pbx.rx)
+        sorry = find_in(rx, prompts.pcm("store_down", 8000), at)
+        assert sorry > at and find_in(rx, prompts.pcm("transfer", 8000), sorry) > sorry
+        assert find_in(rx, prompts.pcm("case_number_is", 8000)) < 0
+        recordings = list((voice.data_dir / "recordings").rglob("*.wav"))
+        assert len(recordings) == 1 and wav_seconds(recordings[0]) > len(complaint8) / 16000
+        assert voice.stt.active_streams == 0 and not voice.active_sessions
+    finally:
+        await asyncio.to_thread(own.stop)
+
+
 async def test_thirty_minutes_of_noise_is_cut(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path,
                                               key_prefix: str) -> None:
     app, client = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix, max_complaint_s=8.0,

@@ -490,7 +490,9 @@ class IvrFlow:
         st.transfer_reason = st.transfer_reason or "operator"
         if st.spoke and not st.submitted:
             await self._submit_case(s, st)
-        await s.play(["transfer"], barge_in=False)
+        # The store could not take the case (Redis away): say so, and a person takes it down by hand.
+        names = ["store_down", "transfer"] if st.transfer_reason == "intake_failed" else ["transfer"]
+        await s.play(names, barge_in=False)
         return State.DONE
 
     async def _goodbye(self, s: CallSession, st: CallState) -> State:
