@@ -28,8 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from hotline import fingerprints
 from hotline.errors import ApiError
-from hotline.fingerprints import FingerprintCache
 from hotline.hotspots import HotspotService
 from hotline.intake import DedupDecision
 from hotline.nlp.dedup import (
@@ -39,7 +39,7 @@ from hotline.nlp.dedup import (
     decide,
     fingerprint,
     location_distance,
-    pair_score,
+    pair_scores,
     rare_keys,
     split_headline,
 )
@@ -166,7 +166,6 @@ class DedupService:
         self.idf = idf
         self.index = DedupIndex(store, posting_cap=config.posting_cap)
         self.hotspots = hotspots
-        self.fingerprints = hotspots.fingerprints if hotspots is not None else FingerprintCache(idf)
         # Entries computed by ``check`` for cases about to be stored, by case id (insertion order = age).
         self._entries: dict[str, IndexEntry] = {}
 
@@ -209,19 +208,16 @@ class DedupService:
         while len(self._entries) > PENDING_ENTRIES:
             self._entries.pop(next(iter(self._entries)))
         now = case.created_at
-        cands = await self.index.candidates(self._query_keys(fp, rare), now=now,
+        cands = await self.index.candidates(self._query_keys(fp, rare), now=now, asking=case.id,
                                             max_window_s=self.config.max_window_s, limit=self.config.max_candidates)
-        rejected = await self.index.rejected(case.id) if cands else set()
         loc = (case.location.lat, case.location.lon) if case.location else None
-        scored: list[tuple[float, IndexEntry, list[str], bool]] = []
-        for cand in cands:
-            if cand.case_id == case.id or cand.case_id in rejected:
-                continue
-            s = pair_score(fp, self.fingerprints.of(cand), self.idf,
-                           same_caller=bool(set(me.callers) & set(cand.callers)),
-                           distance=location_distance(loc, cand.location))
-            if s.score >= self.config.thresholds.suggest:
-                scored.append((s.score, cand, s.reasons, s.anchored))
+        cands = [c for c in cands if c.case_id != case.id]
+        mine = set(me.callers)
+        scores = pair_scores(fp, [fingerprints.candidate(c, self.idf) for c in cands], self.idf,
+                             same_caller=[bool(mine.intersection(c.callers)) for c in cands],
+                             distances=[location_distance(loc, c.location) for c in cands])
+        scored = [(s.score, c, s.reasons, s.anchored) for s, c in zip(scores, cands, strict=True)
+                  if s.score >= self.config.thresholds.suggest]
         scored.sort(key=lambda t: -t[0])
         # The index can lag the feed by a moment: confirm the best are still open before using them.
         live = await self._still_open([c.case_id for _s, c, _r, _a in scored[:SUGGESTIONS_KEPT]])

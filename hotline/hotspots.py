@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from hotline.fingerprints import FingerprintCache
-from hotline.nlp.dedup import Fingerprint, Idf, pair_score
+from hotline import fingerprints
+from hotline.nlp.dedup import Fingerprint, Idf, pair_scores
 from hotline.records import Case
 from hotline.store import CaseNotFound, Store
 from hotline.store.dedup import DedupIndex, IndexEntry
@@ -39,7 +39,6 @@ class HotspotService:
         self.min_reporters = max(1, min_reporters)
         self.window_s = window_s
         self.similarity = similarity
-        self.fingerprints = FingerprintCache(idf)
         # Raising a hotspot is a supervisor's signal, not part of the citizen's answer: while ``run`` is
         # working, intake only schedules the evaluation. Pending seeds by case id ("opened" or "changed").
         self._pending: dict[str, tuple[str, IndexEntry]] = {}
@@ -50,9 +49,6 @@ class HotspotService:
         # The duplicate matcher's lookup keys for a fingerprint (set by the dedup feature); without it
         # the places alone are looked up.
         self.query_keys: Callable[[Fingerprint], dict[str, float]] | None = None
-
-    def _fp(self, entry: IndexEntry) -> Fingerprint:
-        return self.fingerprints.of(entry)
 
     async def opened_later(self, entry: IndexEntry) -> None:
         """A case joined the open index: evaluate its place's hotspot, in the background."""
@@ -121,15 +117,20 @@ class HotspotService:
         since = now - self.window_s
         if not seed.places:
             return None
-        seed_fp = self._fp(seed)
+        seed_fp = fingerprints.query(seed, self.idf)
         keys = self.query_keys(seed_fp) if self.query_keys else {f"@{p}": 1.0 for p in seed.places}
         cands = await self.index.candidates(keys, now=now, max_window_s=self.window_s, limit=SIMILAR_SCAN)
         at_place: dict[str, set[str]] = {core: {seed.case_id} for core in seed.places}
+        near: list[tuple[IndexEntry, list[str]]] = []
         for entry in cands:
             if entry.case_id == seed.case_id or entry.created_at < since:
                 continue
             shared = [core for core in seed.places if core in entry.places]
-            if shared and pair_score(seed_fp, self._fp(entry), self.idf).score >= self.similarity:
+            if shared:
+                near.append((entry, shared))
+        scores = pair_scores(seed_fp, [fingerprints.candidate(e, self.idf) for e, _s in near], self.idf)
+        for (entry, shared), s in zip(near, scores, strict=True):
+            if s.score >= self.similarity:
                 for core in shared:
                     at_place[core].add(entry.case_id)
         members: set[str] = set().union(*at_place.values())

@@ -122,16 +122,15 @@ class Intake:
     async def submit(self, msg: InboundMessage) -> IntakeResult:
         text, norm = self.validate(msg)
         keys = self._idempotency_keys(msg, norm)
-        for key in keys:
-            earlier = await self.store.idempotent_case(key)
-            if earlier:
-                return await self._existing(earlier)
+        now = time.time()
+        case_id, earlier = await self.store.claim_id(keys, now)
+        if earlier:
+            return await self._existing(case_id)
 
         suggestion = self.classifier.suggest(norm)
         urgency = suggestion.get("urgency") or {}
-        now = time.time()
         case = Case(
-            id=await self.store.allocate_id(now),
+            id=case_id,
             channel=msg.channel,
             sender=msg.sender[:200],
             status=Status.CLASSIFIED,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import random
+from collections import Counter
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,21 @@ import pytest
 
 from hotline.cli import main as cli_main
 from hotline.commands.nlp_dedup import side
-from hotline.nlp.dedup import BIAS, FEATURES, WEIGHTS, Idf, features, fingerprint, pair_score, split_headline
+from hotline.nlp.dedup import (
+    BIAS,
+    FEATURES,
+    WEIGHTS,
+    Candidate,
+    Fingerprint,
+    Idf,
+    bigrams,
+    features,
+    fingerprint,
+    pair_score,
+    pair_scores,
+    rare_keys,
+    split_headline,
+)
 from hotline.nlp.places import place_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +69,62 @@ def test_company_cores_drop_generic_business_words() -> None:
     # Estate names are still found as before.
     assert place_cores("举报A7县星沙镇星沙派1栋违建") == ["星沙派"]
     assert "中华城" in place_cores("甘井子区南关岭街道中华城小区1期2号楼电梯坠梯")
+
+
+# the vectorised features against their plain definitions --------------------------------------
+
+def reference_features(a: Fingerprint, b: Fingerprint, idf: Idf) -> dict[str, float]:
+    """The features as defined, over Counters of bigram strings, one bigram at a time."""
+    ab, bb, ah, bh = bigrams(a.text), bigrams(b.text), bigrams(a.headline), bigrams(b.headline)
+
+    def norm(v: Counter[str]) -> float:
+        return math.sqrt(sum((n * idf(g)) ** 2 for g, n in v.items()))
+
+    def mass(v: Counter[str]) -> float:
+        return sum(idf(g) for g in v)
+
+    def share(grams: Counter[str], other: Counter[str]) -> float:
+        m = mass(grams)
+        return sum(idf(g) for g in grams if g in other) / m if m else 0.0
+
+    def cos(x: Counter[str], y: Counter[str]) -> float:
+        nx, ny = norm(x), norm(y)
+        return sum(x[g] * y[g] * idf(g) ** 2 for g in x if g in y) / (nx * ny) if nx and ny else 0.0
+
+    common_mass = sum(idf(g) for g in ab if g in bb)
+    smaller = min(mass(ab), mass(bb))
+    return {"cos": cos(ab, bb), "cont": common_mass / smaller if smaller else 0.0, "head": cos(ah, bh),
+            "title": min(share(ah, bb), share(bh, ab))}
+
+
+def test_vectorised_features_equal_their_definitions(idf: Idf) -> None:
+    rows = [json.loads(line) for line in DEV_PAIRS.read_text(encoding="utf-8").splitlines()[:60]]
+    texts = [(r["a_title"], r["a_text"]) for r in rows] + [(r["b_title"], r["b_text"]) for r in rows]
+    # Edge cases: no headline, a headline the body does not repeat, masks only, non-BMP characters,
+    # a single character, digits and latin letters.
+    texts += [("", "楼道灯坏了"), ("噪音扰民", "隔壁工地夜间施工"), ("****", "0000 XX ****"),
+              ("𠀋𠀌小区漏水", "𠀋𠀌小区3栋漏水😀😀"), ("", "灯"), ("wifi信号差", "5G基站wifi信号差abc123")]
+    fps = [fingerprint(t, x, idf) for t, x in texts]
+    rnd = random.Random(5)
+    for a in fps[:40] + fps[-6:]:
+        others = [*rnd.sample(fps, 12), a]
+        batch = pair_scores(a, [Candidate.of(b) for b in others], idf)
+        for b, scored in zip(others, batch, strict=True):
+            want = reference_features(a, b, idf)
+            for name, value in want.items():
+                assert scored.features[name] == pytest.approx(value, abs=1e-9), name
+            assert scored.score == pytest.approx(pair_score(a, b, idf).score, abs=1e-12)
+        # Each fingerprint's stored norms are the plain ones too, and its rarest keys the top of a plain sort.
+        assert a.body_norm == pytest.approx(math.sqrt(sum((n * idf(g)) ** 2 for g, n in bigrams(a.text).items())))
+        plain = sorted(bigrams(a.text), key=lambda g: (-idf(g), g))[:24]
+        assert rare_keys(a, idf, 24) == plain
+
+
+def test_scoring_nothing_and_empty_texts_is_no_error(idf: Idf) -> None:
+    a = fingerprint("", "", idf)
+    assert pair_scores(a, [], idf) == []
+    f = pair_scores(a, [Candidate.of(a), Candidate.of(fingerprint("路灯", "路灯坏了", idf))], idf)
+    assert [s.features["cos"] for s in f] == [0.0, 0.0]
 
 
 # the title feature ---------------------------------------------------------------------------

@@ -71,6 +71,20 @@ async def test_idempotency_key_returns_the_first_case(store: Store) -> None:
     assert await store.count() == 1
 
 
+async def test_claim_id_returns_the_case_a_key_names_and_spends_no_number_on_it(store: Store) -> None:
+    first, earlier = await store.claim_id(["req:claim"])
+    assert not earlier
+    await store.create_case(new_case(first), idempotency_keys=["req:claim"])
+    again, earlier = await store.claim_id(["resub:other", "req:claim"])
+    assert earlier and again == first
+    # The repeat took no sequence number: the next new message gets the very next one.
+    following, earlier = await store.claim_id(["req:fresh"])
+    assert not earlier
+    assert int(following.split("-")[1]) == int(first.split("-")[1]) + 1
+    ids = await asyncio.gather(*(store.claim_id([f"req:{i}"]) for i in range(200)))
+    assert len({i for i, _e in ids}) == 200 and not any(e for _i, e in ids)
+
+
 async def test_racing_idempotent_creates_make_one_case(store: Store) -> None:
     cases = [new_case(await store.allocate_id()) for _ in range(50)]
     results = await asyncio.gather(*(store.create_case(c, idempotency_keys=["req:race"]) for c in cases))

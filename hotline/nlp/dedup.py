@@ -18,6 +18,10 @@ logit; coordinates far apart subtract one. ``other_place`` (both name places, no
 but not weighted: with suffix-based place cores it did not improve the cross-validated F1.
 The weights were fitted on the labelled dev pairs (``hotline nlp fit-dedup``; README: Duplicates, where the
 repeated 5-fold cross-validation estimate is reported).
+
+A new complaint is scored against all its candidates at once (``pair_scores``): bigrams are integer codes,
+the candidates' texts are one array, and each feature is a weighted count over the bigrams the query
+holds (numpy), so a candidate costs no Python loop over its text.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from hotline.nlp.places import distance_m, place_cores, shared_places
 
@@ -83,22 +89,29 @@ class Idf:
     """Inverse document frequencies of character bigrams, from a table of common bigrams.
 
     A bigram missing from the table is rare (a name, a place): it gets the weight of ``rare_df``.
+    Besides the per-bigram lookup, the table is kept as sorted bigram codes (see ``gram_codes``) so a
+    whole text's weights are one vectorised lookup.
     """
 
     def __init__(self, n_docs: int, df: dict[str, int], rare_df: int = 3) -> None:
         self.n = max(1, n_docs)
         self.df = df
         self.max = math.log((self.n + 1) / (rare_df + 1))
-        self._cache: dict[str, float] = {}
+        table = sorted((code_of(g), max(0.0, math.log((self.n + 1) / (d + 1))))
+                       for g, d in df.items() if len(g) == 2)
+        self._codes = np.fromiter((c for c, _w in table), dtype=np.int64, count=len(table))
+        self._weights = np.fromiter((w for _c, w in table), dtype=np.float64, count=len(table))
 
     def __call__(self, gram: str) -> float:
-        w = self._cache.get(gram)
-        if w is None:
-            d = self.df.get(gram)
-            w = self.max if d is None else max(0.0, math.log((self.n + 1) / (d + 1)))
-            if len(self._cache) < 200_000:
-                self._cache[gram] = w
-        return w
+        d = self.df.get(gram)
+        return self.max if d is None else max(0.0, math.log((self.n + 1) / (d + 1)))
+
+    def weights(self, codes: np.ndarray) -> np.ndarray:
+        """The weight of each bigram code in ``codes``."""
+        if not self._codes.size or not codes.size:
+            return np.full(codes.shape, self.max)
+        pos = np.minimum(np.searchsorted(self._codes, codes), self._codes.size - 1)
+        return np.where(self._codes[pos] == codes, self._weights[pos], self.max)
 
     @classmethod
     def load(cls, path: Path) -> Idf:
@@ -135,21 +148,81 @@ class Idf:
                 fh.write(f"{gram}\t{count}\n")
 
 
+# A bigram as one integer: first code point << 21 | second (code points fit in 21 bits). Integer order is
+# the order of the two-character strings, so sorting codes sorts bigrams.
+_SHIFT = 21
+_LOW = (1 << _SHIFT) - 1
+_OWNER_SHIFT = 2 * _SHIFT
+_SPACE = 32
+
+
+def code_of(gram: str) -> int:
+    return (ord(gram[0]) << _SHIFT) | ord(gram[1])
+
+
+def gram_of(code: int) -> str:
+    return chr(code >> _SHIFT) + chr(code & _LOW)
+
+
+def _text_codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Bigram codes of cleaned texts, in text order, with the index of the text each came from.
+
+    The texts are joined by a space, and a space never enters a bigram, so none spans two texts."""
+    joined = " ".join(texts)
+    chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    if chars.size < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)[: chars.size - 1]
+    first, second = chars[:-1], chars[1:]
+    keep = (first != _SPACE) & (second != _SPACE)
+    return ((first << _SHIFT) | second)[keep], owner[keep]
+
+
+@dataclass
+class Grams:
+    """The distinct bigrams of one text (sorted codes), how often each occurs, and their IDF weights."""
+
+    codes: np.ndarray
+    counts: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, cleaned: str, idf: Idf) -> Grams:
+        codes, _owner = _text_codes([cleaned])
+        codes, counts = np.unique(codes, return_counts=True)
+        return cls(codes, counts.astype(np.float64), idf.weights(codes))
+
+    @property
+    def norm(self) -> float:
+        cw = self.counts * self.weights
+        return math.sqrt(float(np.dot(cw, cw)))
+
+    @property
+    def mass(self) -> float:
+        return float(self.weights.sum())
+
+    def as_counter(self) -> Counter[str]:
+        return Counter({gram_of(int(c)): int(n) for c, n in zip(self.codes, self.counts, strict=True)})
+
+
 @dataclass
 class Fingerprint:
     text: str  # cleaned whole text (headline included)
     headline: str  # cleaned headline
-    head: Counter[str]
-    body: Counter[str]
+    head: Grams
+    body: Grams
     head_norm: float
     body_norm: float
     body_mass: float  # sum of IDF weights of the distinct bigrams, for containment
     places: list[str] = field(default_factory=list)
     head_mass: float = 0.0  # the same for the headline's bigrams
+    _table: _QueryTable | None = field(default=None, repr=False, compare=False)
 
-
-def _norm(vec: Counter[str], idf: Idf) -> float:
-    return math.sqrt(sum((v * idf(g)) ** 2 for g, v in vec.items()))
+    def table(self) -> _QueryTable:
+        if self._table is None:
+            self._table = _QueryTable.of(self)
+        return self._table
 
 
 def fingerprint(headline: str, body: str, idf: Idf, address: str = "") -> Fingerprint:
@@ -163,52 +236,126 @@ def fingerprint(headline: str, body: str, idf: Idf, address: str = "") -> Finger
 def from_cleaned(text: str, headline: str, places: list[str], idf: Idf,
                  norms: tuple[float, float, float] | None = None) -> Fingerprint:
     """Rebuild a fingerprint from what the candidate index keeps (cleaned text, headline, places, norms)."""
-    head = bigrams(headline)
-    vec = bigrams(text)
+    head = Grams.of(headline, idf)
+    body = Grams.of(text, idf)
     if norms is None:
-        norms = (_norm(head, idf), _norm(vec, idf), sum(idf(g) for g in vec))
-    return Fingerprint(text=text, headline=headline, head=head, body=vec, head_norm=norms[0],
-                       body_norm=norms[1], body_mass=norms[2], places=list(places),
-                       head_mass=sum(idf(g) for g in head))
+        norms = (head.norm, body.norm, body.mass)
+    return Fingerprint(text=text, headline=headline, head=head, body=body, head_norm=norms[0],
+                       body_norm=norms[1], body_mass=norms[2], places=list(places), head_mass=head.mass)
 
 
 def rare_keys(fp: Fingerprint, idf: Idf, k: int) -> list[str]:
-    """The k most distinctive bigrams: what a reworded repeat still shares (names, places, objects)."""
-    ranked = sorted(fp.body, key=lambda g: (-idf(g), g))
-    return ranked[:k]
+    """The k most distinctive bigrams: what a reworded repeat still shares (names, places, objects).
+    Highest weight first, ties in bigram order."""
+    order = np.lexsort((fp.body.codes, -fp.body.weights))[:k]
+    return [gram_of(int(c)) for c in fp.body.codes[order]]
 
 
-# Pairs are scored for every candidate of every new complaint: the loops run over the bigrams two texts
-# share (a set intersection in C), not over all bigrams of either text.
+@dataclass(frozen=True)
+class Candidate:
+    """What scoring needs of the other side of a pair; the candidate index keeps exactly this."""
 
-def _cos(a: Counter[str], na: float, b: Counter[str], nb: float, idf: Idf) -> float:
-    if not na or not nb:
-        return 0.0
-    return sum(a[g] * b[g] * idf(g) ** 2 for g in a.keys() & b.keys()) / (na * nb)
+    text: str
+    headline: str
+    places: list[str]
+    head_norm: float
+    body_norm: float
+    body_mass: float
+
+    @classmethod
+    def of(cls, fp: Fingerprint) -> Candidate:
+        return cls(fp.text, fp.headline, fp.places, fp.head_norm, fp.body_norm, fp.body_mass)
 
 
-def _share(grams: Counter[str], mass: float, other: Counter[str], idf: Idf) -> float:
-    """IDF-weighted share of ``grams`` (whose weights sum to ``mass``) that also occur in ``other``."""
-    return sum(idf(g) for g in grams.keys() & other.keys()) / mass if mass else 0.0
+@dataclass
+class _QueryTable:
+    """The query side of a batch, over the union of its text's and headline's bigrams (sorted codes):
+    per code its weight, and what each feature adds when another text holds that bigram."""
+
+    codes: np.ndarray
+    body_w: np.ndarray  # weight if in the query's text, else 0          (containment)
+    body_cw2: np.ndarray  # count in the query's text × weight²           (cosine of the texts)
+    head_w: np.ndarray  # weight if in the query's headline, else 0       (title share)
+    head_cw2: np.ndarray  # count in the query's headline × weight²       (cosine of the headlines)
+
+    @classmethod
+    def of(cls, fp: Fingerprint) -> _QueryTable:
+        codes = np.union1d(fp.body.codes, fp.head.codes)
+        in_body = np.searchsorted(codes, fp.body.codes)
+        in_head = np.searchsorted(codes, fp.head.codes)
+        body_w, body_cw2, head_w, head_cw2 = (np.zeros(codes.size) for _ in range(4))
+        body_w[in_body] = fp.body.weights
+        body_cw2[in_body] = fp.body.counts * fp.body.weights ** 2
+        head_w[in_head] = fp.head.weights
+        head_cw2[in_head] = fp.head.counts * fp.head.weights ** 2
+        return cls(codes, body_w, body_cw2, head_w, head_cw2)
+
+    def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in the table of the codes the query holds, and which of ``codes`` those are."""
+        if not self.codes.size or not codes.size:
+            return np.empty(0, np.int64), np.zeros(codes.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.codes, codes), self.codes.size - 1)
+        hit = self.codes[pos] == codes
+        return pos[hit], hit
+
+
+def _per_text_distinct(owner: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (text, key) pair once: the text index and the index of its first occurrence."""
+    pair = (owner << _OWNER_SHIFT) | keys
+    _uniq, first = np.unique(pair, return_index=True)
+    return owner[first], first
+
+
+def features_many(a: Fingerprint, others: list[Candidate], idf: Idf) -> list[dict[str, float]]:
+    """The pair features of ``a`` against each of ``others``, computed for all of them at once.
+
+    Every sum runs over the bigrams two texts share: each occurrence of a bigram in the other text that
+    the query also holds adds count × weight² to the cosine; each distinct one adds its weight to the
+    containment and title shares."""
+    n = len(others)
+    if not n:
+        return []
+    q = a.table()
+    # The other texts: cosine and containment against the query's text; the query's title inside them.
+    codes, owner = _text_codes([o.text for o in others])
+    pos, hit = q.lookup(codes)
+    own = owner[hit]
+    cos_num = np.bincount(own, weights=q.body_cw2[pos], minlength=n)
+    d_own, d_first = _per_text_distinct(own, pos)
+    d_pos = pos[d_first]
+    shared = np.bincount(d_own, weights=q.body_w[d_pos], minlength=n)
+    a_title = np.bincount(d_own, weights=q.head_w[d_pos], minlength=n)
+    # Their headlines: cosine with the query's headline, and how much of each the query's text repeats.
+    hcodes, howner = _text_codes([o.headline for o in others])
+    hpos, hhit = q.lookup(hcodes)
+    head_num = np.bincount(howner[hhit], weights=q.head_cw2[hpos], minlength=n)
+    h_own, h_first = _per_text_distinct(howner, hcodes)
+    h_w = idf.weights(hcodes[h_first])
+    b_head_mass = np.bincount(h_own, weights=h_w, minlength=n)
+    in_a_body = np.zeros(hcodes.size)
+    in_a_body[np.flatnonzero(hhit)] = q.body_w[hpos] > 0
+    b_title = np.bincount(h_own, weights=h_w * in_a_body[h_first], minlength=n)
+
+    out = []
+    for i, b in enumerate(others):
+        places = shared_places(a.places, a.text, b.places, b.text)
+        mass = min(a.body_mass, b.body_mass)
+        head_norms = a.head_norm * b.head_norm
+        share_a = float(a_title[i]) / a.head_mass if a.head_mass else 0.0
+        share_b = float(b_title[i]) / float(b_head_mass[i]) if b_head_mass[i] else 0.0
+        out.append({
+            "cos": float(cos_num[i]) / (a.body_norm * b.body_norm) if a.body_norm and b.body_norm else 0.0,
+            "cont": float(shared[i]) / mass if mass else 0.0,
+            "head": float(head_num[i]) / head_norms if head_norms else 0.0,
+            "place": 1.0 if places else 0.0,
+            "title": min(share_a, share_b),
+            "other_place": 1.0 if (a.places and b.places and not places) else 0.0,
+        })
+    return out
 
 
 def features(a: Fingerprint, b: Fingerprint, idf: Idf) -> dict[str, float]:
-    common = a.body.keys() & b.body.keys()
-    shared = cos = 0.0
-    for g in common:
-        w = idf(g)
-        shared += w
-        cos += a.body[g] * b.body[g] * w * w
-    mass = min(a.body_mass, b.body_mass)
-    places = shared_places(a.places, a.text, b.places, b.text)
-    return {
-        "cos": cos / (a.body_norm * b.body_norm) if a.body_norm and b.body_norm else 0.0,
-        "cont": shared / mass if mass else 0.0,
-        "head": _cos(a.head, a.head_norm, b.head, b.head_norm, idf),
-        "place": 1.0 if places else 0.0,
-        "title": min(_share(a.head, a.head_mass, b.body, idf), _share(b.head, b.head_mass, a.body, idf)),
-        "other_place": 1.0 if (a.places and b.places and not places) else 0.0,
-    }
+    return features_many(a, [Candidate.of(b)], idf)[0]
 
 
 @dataclass
@@ -227,9 +374,7 @@ class PairScore:
 ANCHOR_REASONS = frozenset({"same_place", "near", "same_caller"})
 
 
-def pair_score(a: Fingerprint, b: Fingerprint, idf: Idf, *, same_caller: bool = False,
-               distance: float | None = None) -> PairScore:
-    f = features(a, b, idf)
+def _pair(f: dict[str, float], same_caller: bool, distance: float | None) -> PairScore:
     logit = BIAS + sum(WEIGHTS[k] * f[k] for k in WEIGHTS)
     reasons = [f"text {f['cos']:.2f}"]
     if f["place"]:
@@ -246,6 +391,19 @@ def pair_score(a: Fingerprint, b: Fingerprint, idf: Idf, *, same_caller: bool = 
             reasons.append("far")
     score = 1.0 / (1.0 + math.exp(-logit))
     return PairScore(score=score, features=f, reasons=reasons)
+
+
+def pair_scores(a: Fingerprint, others: list[Candidate], idf: Idf, *, same_caller: list[bool] | None = None,
+                distances: list[float | None] | None = None) -> list[PairScore]:
+    """``pair_score`` of ``a`` against every one of ``others`` in one vectorised pass."""
+    feats = features_many(a, others, idf)
+    return [_pair(f, bool(same_caller and same_caller[i]), distances[i] if distances else None)
+            for i, f in enumerate(feats)]
+
+
+def pair_score(a: Fingerprint, b: Fingerprint, idf: Idf, *, same_caller: bool = False,
+               distance: float | None = None) -> PairScore:
+    return _pair(features(a, b, idf), same_caller, distance)
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,7 @@ class CreateResult:
     created: bool  # False: an idempotency key matched and case_id is the earlier case
 
 
-# Creates a case with its events and index entries in one atomic step, unless one of the
-# idempotency keys is already taken (then the earlier case id is returned and nothing is written).
-# KEYS: case, events, all-cases, status index, confirm queue, feed, idem keys...
-# ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status
+SEQ_TTL_S = 3 * 86400
 # One command instead of MULTI/INCR/EXPIRE/EXEC: every intake waits for this write's fsync.
 _NEXT_SEQ_LUA = """
 local n = redis.call('INCR', KEYS[1])
@@ -94,6 +91,36 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
+# KEYS: the day sequence, then idempotency keys. ARGV: sequence ttl. Returns {1, earlier case id} when an
+# idempotency key is taken, else {0, next sequence number}: a repeat costs no id, a new message one round trip.
+_CLAIM_LUA = """
+for i = 2, #KEYS do
+  local earlier = redis.call('GET', KEYS[i])
+  if earlier then return {1, earlier} end
+end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {0, n}
+"""
+
+# KEYS: the status indexes, in the order of Status. ARGV: case ids. Returns, per id, the 1-based number of
+# the first index holding it, 0 for none. One script is one snapshot: a move between two indexes is never
+# seen half.
+_STATUSES_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  out[i] = 0
+  for k = 1, #KEYS do
+    if redis.call('ZSCORE', KEYS[k], ARGV[i]) then out[i] = k; break end
+  end
+end
+return out
+"""
+
+# Creates a case with its events and index entries in one atomic step, unless one of the
+# idempotency keys is already taken (then the earlier case id is returned and nothing is written).
+# KEYS: case, events, all-cases, status index, confirm queue, feed, idem keys...
+# ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status
 _CREATE_LUA = """
 local n_fixed = 6
 for i = n_fixed + 1, #KEYS do
@@ -136,6 +163,8 @@ class Store:
         self.idem_ttl = idempotency_ttl_s
         self._create = self.r.register_script(_CREATE_LUA)
         self._next_seq = self.r.register_script(_NEXT_SEQ_LUA)
+        self._statuses = self.r.register_script(_STATUSES_LUA)
+        self._claim = self.r.register_script(_CLAIM_LUA)
         # Concurrent updates of one case in this process queue here instead of racing under WATCH:
         # a burst of 200 reports merged into one case would otherwise retry O(n²) times.
         self._case_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -187,8 +216,17 @@ class Store:
     async def allocate_id(self, now: float | None = None) -> str:
         """Date + day sequence, e.g. 20261122-000123: short enough to read out on the phone."""
         day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
-        n = await self._next_seq(keys=[f"{self.p}:seq:{day}"], args=[3 * 86400])
+        n = await self._next_seq(keys=[f"{self.p}:seq:{day}"], args=[SEQ_TTL_S])
         return f"{day}-{int(n):06d}"
+
+    async def claim_id(self, idempotency_keys: list[str], now: float | None = None) -> tuple[str, bool]:
+        """The case an idempotency key already names (id, True), else a new id as ``allocate_id`` (id, False)."""
+        day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
+        taken, value = await self._claim(keys=[f"{self.p}:seq:{day}", *(self.k_idem(k) for k in idempotency_keys)],
+                                         args=[SEQ_TTL_S])
+        if int(taken):
+            return str(value), True
+        return f"{day}-{int(value):06d}", False
 
     # cases ----------------------------------------------------------------
     async def create_case(self, case: Case, *, idempotency_keys: Iterable[str] = (),
@@ -219,18 +257,15 @@ class Store:
 
     async def statuses(self, case_ids: list[str]) -> dict[str, Status | None]:
         """Each case's status read from the status indexes (None: no such case), in one round trip and
-        without parsing a record. MULTI makes it a snapshot: a move between two indexes is never seen half."""
+        without parsing a record."""
         out: dict[str, Status | None] = dict.fromkeys(case_ids)
         if not case_ids:
             return out
-        async with self.r.pipeline(transaction=True) as pipe:
-            for status in Status:
-                pipe.zmscore(self.k_status(status), case_ids)
-            rows = await pipe.execute()
-        for status, scores in zip(Status, rows, strict=True):
-            for case_id, score in zip(case_ids, scores, strict=True):
-                if score is not None:
-                    out[case_id] = status
+        order = list(Status)
+        found = await self._statuses(keys=[self.k_status(s) for s in order], args=case_ids)
+        for case_id, k in zip(case_ids, found, strict=True):
+            if k:
+                out[case_id] = order[int(k) - 1]
         return out
 
     async def case_exists(self, case_id: str) -> bool:
@@ -329,9 +364,6 @@ class Store:
 
     async def confirm_queue(self, limit: int = 100) -> list[str]:
         return await self.r.zrange(self.k_confirm, 0, limit - 1)
-
-    async def idempotent_case(self, key: str) -> str | None:
-        return await self.r.get(self.k_idem(key))
 
     async def feed(self, last_id: str = "$", block_ms: int = 0, count: int = 100) -> list[tuple[str, dict]]:
         """Feed entries after ``last_id``, waiting up to ``block_ms`` for one.

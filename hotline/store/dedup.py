@@ -33,19 +33,29 @@ end
 return #KEYS - 2
 """
 
-# KEYS: posting zsets. ARGV: oldest created_at, entries read per posting, how many to return, the meta hash
-# key's prefix and suffix, one weight per key. Returns {id, weight, meta hash as a flat list} by falling
-# weight (ties by id). The meta hashes are read here too, by name (this index lives on one Redis node):
-# one round trip for the whole lookup.
+# What a lookup returns of each candidate's meta hash, in this order (its key list is not needed).
+_LOOKUP_FIELDS = ("at", "cat", "win", "text", "head", "places", "callers", "loc", "norms")
+
+# KEYS: the asking case's rejection set, then the posting zsets. ARGV: oldest created_at, entries read per
+# posting, how many to return, the meta hash key's prefix and suffix, then the fields to read, then one
+# weight per posting. Returns {id, weight, field values} by falling weight (ties by id), leaving out the
+# cases a call-taker said are not duplicates of the asking case. The meta hashes are read here too, by
+# name (this index lives on one Redis node): one round trip for the whole lookup.
 _RANK_LUA = """
 local since, per, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local meta_pre, meta_post = ARGV[4], ARGV[5]
+local meta_pre, meta_post, nfields = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local fields = {}
+for i = 1, nfields do fields[i] = ARGV[6 + i] end
+local rejected = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do rejected[id] = true end
 local weight, ids = {}, {}
-for i = 1, #KEYS do
-  local w = tonumber(ARGV[5 + i])
+for i = 2, #KEYS do
+  local w = tonumber(ARGV[5 + nfields + i])
   for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[i], '+inf', since, 'LIMIT', 0, per)) do
-    local old = weight[id]
-    if old == nil then ids[#ids + 1] = id; weight[id] = w else weight[id] = old + w end
+    if not rejected[id] then
+      local old = weight[id]
+      if old == nil then ids[#ids + 1] = id; weight[id] = w else weight[id] = old + w end
+    end
   end
 end
 table.sort(ids, function(a, b)
@@ -55,7 +65,10 @@ end)
 local out = {}
 for i = 1, math.min(limit, #ids) do
   local id = ids[i]
-  out[#out + 1] = {id, tostring(weight[id]), redis.call('HGETALL', meta_pre .. id .. meta_post)}
+  local meta = meta_pre .. id .. meta_post
+  if redis.call('EXISTS', meta) == 1 then
+    out[#out + 1] = {id, tostring(weight[id]), redis.call('HMGET', meta, unpack(fields))}
+  end
 end
 return out
 """
@@ -88,15 +101,21 @@ class IndexEntry:
 
     @classmethod
     def from_hash(cls, case_id: str, h: dict[str, str]) -> IndexEntry:
-        loc = h.get("loc") or ""
-        lat, _, lon = loc.partition(",")
-        norms = [float(v) for v in (h.get("norms") or "").split(",") if v]
+        entry = cls.from_fields(case_id, [h.get(name) for name in _LOOKUP_FIELDS])
+        entry.keys = json.loads(h.get("keys") or "[]")
+        return entry
+
+    @classmethod
+    def from_fields(cls, case_id: str, values: list[str | None]) -> IndexEntry:
+        """From the values of ``_LOOKUP_FIELDS``, in that order."""
+        at, cat, win, text, head, places, callers, loc, norms = values
+        lat, _, lon = (loc or "").partition(",")
+        nums = (norms or "").split(",")
         return cls(
-            case_id=case_id, created_at=float(h.get("at") or 0), category=h.get("cat") or "",
-            window_s=float(h.get("win") or 0), text=h.get("text") or "", headline=h.get("head") or "",
-            places=json.loads(h.get("places") or "[]"), callers=json.loads(h.get("callers") or "[]"),
-            location=(float(lat), float(lon)) if loc else None, keys=json.loads(h.get("keys") or "[]"),
-            norms=(norms[0], norms[1], norms[2]) if len(norms) == 3 else None,
+            case_id=case_id, created_at=float(at or 0), category=cat or "", window_s=float(win or 0),
+            text=text or "", headline=head or "", places=json.loads(places or "[]"),
+            callers=json.loads(callers or "[]"), location=(float(lat), float(lon)) if loc else None,
+            norms=(float(nums[0]), float(nums[1]), float(nums[2])) if len(nums) == 3 else None,
         )
 
 
@@ -128,11 +147,18 @@ class DedupIndex:
     async def add_many(self, entries: list[IndexEntry]) -> None:
         # One script call per case: a pipeline of 50 ZADD/ZREMRANGEBYRANK costs more to build and parse
         # in the client than the server spends running them.
+        def call(entry: IndexEntry) -> tuple[list[str], list[object]]:
+            fields = [x for kv in entry.to_hash().items() for x in kv]
+            keys = [self.k_meta(entry.case_id), self.k_open, *(self.k_key(k) for k in entry.keys)]
+            return keys, [entry.case_id, f"{entry.created_at:.6f}", self.posting_cap, *fields]
+
+        if len(entries) == 1:  # the live path: a pipeline would first ask SCRIPT EXISTS, a second round trip
+            keys, args = call(entries[0])
+            await self._add(keys=keys, args=args)
+            return
         async with self.r.pipeline(transaction=False) as pipe:
             for entry in entries:
-                fields = [x for kv in entry.to_hash().items() for x in kv]
-                keys = [self.k_meta(entry.case_id), self.k_open, *(self.k_key(k) for k in entry.keys)]
-                args = [entry.case_id, f"{entry.created_at:.6f}", self.posting_cap, *fields]
+                keys, args = call(entry)
                 await self._add(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
@@ -170,20 +196,20 @@ class DedupIndex:
         return [IndexEntry.from_hash(cid, h) for cid, h in zip(case_ids, rows, strict=True) if h]
 
     async def candidates(self, keys: dict[str, float], *, now: float, max_window_s: float,
-                         limit: int) -> list[IndexEntry]:
-        """Open cases sharing the most key weight with the query, each inside its own category window."""
+                         limit: int, asking: str = "") -> list[IndexEntry]:
+        """Open cases sharing the most key weight with the query, each inside its own category window;
+        never one that a call-taker said is not a duplicate of the ``asking`` case."""
         names = list(keys)
         if not names:
             return []
         # The posting scan, the weighting and reading the best entries run inside the server.
         pre, _, post = self.k_meta("\x00").partition("\x00")
-        args = [f"{now - max_window_s:.6f}", POSTING_READ, limit, pre, post, *(repr(keys[k]) for k in names)]
-        rows = await self._rank(keys=[self.k_key(k) for k in names], args=args)
+        args = [f"{now - max_window_s:.6f}", POSTING_READ, limit, pre, post, len(_LOOKUP_FIELDS),
+                *_LOOKUP_FIELDS, *(repr(keys[k]) for k in names)]
+        rows = await self._rank(keys=[self.k_no(asking), *(self.k_key(k) for k in names)], args=args)
         out = []
-        for case_id, hits, flat in rows:
-            if not flat:  # removed since it was posted
-                continue
-            entry = IndexEntry.from_hash(case_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        for case_id, hits, values in rows:
+            entry = IndexEntry.from_fields(case_id, values)
             if entry.created_at < now - entry.window_s or entry.created_at > now + 1:
                 continue
             entry.hits = float(hits)
