@@ -12,6 +12,7 @@ answers ``hotline_store_up 0`` instead of failing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import time
@@ -57,6 +58,7 @@ class Metrics:
     stt_audio: Gauge
     stt_decode: Gauge
     stt_rtf: Gauge
+    gc_frozen: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -89,6 +91,9 @@ class Metrics:
             stt_rtf=Gauge("hotline_stt_real_time_factor",
                           "Decoding time per second of audio since start (below 1: faster than real time).",
                           registry=reg),
+            gc_frozen=Gauge("hotline_gc_frozen_objects",
+                            "Objects loaded at start-up that the cyclic garbage collector no longer walks.",
+                            registry=reg),
         )
 
     async def refresh(self, app: web.Application) -> None:
@@ -104,6 +109,7 @@ class Metrics:
         self.stt_audio.set(audio_s)
         self.stt_decode.set(decode_s)
         self.stt_rtf.set(decode_s / audio_s if audio_s else 0.0)
+        self.gc_frozen.set(gc.get_freeze_count())
         if store is None:
             self.store_up.set(0)
             return

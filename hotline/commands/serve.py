@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,22 @@ def serve(args: argparse.Namespace) -> int:
     from hotline.app import create_app
 
     app = create_app(settings)
+    # After every cleanup context's start-up: they run from on_startup's first entry.
+    app.on_startup.append(freeze_heap)
     host, port = settings["server"]["host"], settings["server"]["port"]
     logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
     web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
                 access_log=logging.getLogger("hotline.access"), reuse_port=settings["server"]["reuse_port"] or None)
     return 0
+
+
+async def freeze_heap(_app: web.Application) -> None:
+    """Put what start-up loaded (models, tables, modules: ~130,000 tracked objects) out of the cyclic
+    collector's reach. Otherwise each full collection walks all of it again: 70-95 ms with the event loop
+    stopped under load, added to every request in flight. Only the serving process does this; a test
+    process hosting many short-lived apps must keep collecting them."""
+    gc.collect()
+    gc.freeze()
 
 
 def _worker_args(args: argparse.Namespace) -> list[str]:
