@@ -165,8 +165,14 @@ class Intake:
 
         merged_into = ""
         if decision is not None and decision.action == "merge" and self.dedup is not None:
-            case = await self.dedup.merge(case, decision.case_id, decision.score, "system")
-            merged_into = decision.case_id
+            try:
+                case = await self.dedup.merge(case, decision.case_id, decision.score, "system")
+                merged_into = decision.case_id
+            except ApiError as exc:
+                # The open case closed between the check and the merge: the report was put back as its own
+                # case, and that is what the citizen is told.
+                log.info("merge refused", extra={"event": "merge_refused", "case_id": case.id, "code": exc.code})
+                case = await self.store.get_case(case.id)
         log.info("case created", extra={"event": "case_created", "case_id": case.id, "channel": case.channel,
                                         "merged_into": merged_into})
         for hook in self.on_created:

@@ -267,6 +267,29 @@ async def test_merge_into_a_closed_case_is_refused_and_leaves_the_report_open(cl
     assert back.status == Status.CLASSIFIED and back.duplicate_of == ""
 
 
+async def test_case_closing_between_check_and_merge_leaves_the_report_its_own_open_case(client: Any) -> None:
+    first = await _post(client, BBQ_1, "13800000071")
+    service, store = client.app[DEDUP], client.app[STORE]
+    check = service.check
+
+    async def check_then_close(case: Any) -> Any:
+        decision = await check(case)
+        assert decision.action == "merge"
+        await store.update_case(first["case_id"], lambda c: None, actor="t", action="answered",
+                                target=Status.ANSWERED)
+        return decision
+
+    service.check = check_then_close  # type: ignore[method-assign]
+    resp = await client.post("/api/v1/complaints", json={"text": BBQ_2, "contact": "13900000072", "channel": "api"})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["merged_into"] == "" and body["case_id"] in body["reply"]
+    report = await store.get_case(body["case_id"])
+    assert report.status == Status.CLASSIFIED and report.duplicate_of == ""
+    assert body["case_id"] in await store.confirm_queue()
+    assert [e.action for e in await store.events(body["case_id"])][-2:] == ["merged", "unmerged"]
+
+
 async def test_dedup_can_be_switched_off(aiohttp_client: Any, redis_server: Any, tmp_path: Path,
                                          key_prefix: str) -> None:
     settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"enabled": False})
