@@ -245,24 +245,37 @@ class DedupService:
 
     async def merge(self, report: Case, into: str, score: float, actor: str) -> Case:
         """Fold ``report`` (stored as its own case) into the open case ``into``; returns the report case."""
-        master_id = await self._root(into)
+        master_id = await self.merge_target(into)
         if master_id == report.id:
             raise DedupError("same_case", "不能将案件并入其自身。")
-        now = time.time()
-        merged_by = "auto" if actor == "system" else actor
-
-        def mark_report(c: Case) -> dict[str, Any]:
-            if c.duplicate_of:
-                raise DedupError("already_merged", f"该案件已并入 {c.duplicate_of}。")
-            c.duplicate_of = master_id
-            c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != master_id]
-            return {"into": master_id, "score": round(score, 4), "merged_by": merged_by}
-
         try:
-            report = await self.store.update_case(report.id, mark_report, actor=actor, action="merged",
-                                                  target=Status.MERGED)
+            report = await self.store.update_case(report.id, lambda c: self.mark_report(c, master_id, score, actor),
+                                                  actor=actor, action="merged", target=Status.MERGED)
         except CaseNotFound as exc:
             raise DedupError("not_found", "案件不存在。") from exc
+        return await self.attach(report, master_id, score, actor)
+
+    async def merge_target(self, into: str) -> str:
+        """The case a report for ``into`` joins: ``into`` itself, or the case it was merged into."""
+        return await self._root(into)
+
+    @staticmethod
+    def mark_report(c: Case, master_id: str, score: float, actor: str) -> dict[str, Any]:
+        """Make ``c`` a linked report of ``master_id``; returns the data of its ``merged`` event.
+
+        Intake marks a new report this way before storing it, so a repeat is written once, already merged."""
+        if c.duplicate_of:
+            raise DedupError("already_merged", f"该案件已并入 {c.duplicate_of}。")
+        c.duplicate_of = master_id
+        c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != master_id]
+        return {"into": master_id, "score": round(score, 4), "merged_by": "auto" if actor == "system" else actor}
+
+    async def attach(self, report: Case, master_id: str, score: float, actor: str, *, indexed: bool = True) -> Case:
+        """Add the stored, marked ``report`` to the open case ``master_id``. When that case no longer takes
+        reports, the report is put back as its own case and DedupError is raised. ``indexed=False``: the
+        report was never in the candidate index (a new one), so there is nothing to take out."""
+        now = time.time()
+        merged_by = "auto" if actor == "system" else actor
 
         def add_report(c: Case) -> dict[str, Any]:
             if c.status not in OPEN_STATES or c.duplicate_of:
@@ -286,7 +299,8 @@ class DedupService:
             if isinstance(exc, DedupError):
                 raise
             raise DedupError("not_found", f"案件 {master_id} 不存在。") from exc
-        await self.forget(report.id)
+        if indexed:
+            await self.forget(report.id)
         log.info("report merged", extra={"event": "report_merged", "case_id": master_id, "report": report.id,
                                          "score": round(score, 4), "actor": actor, "ts": now})
         if self.hotspots is not None:

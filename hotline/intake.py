@@ -51,7 +51,12 @@ class DedupDecision:
 class Deduplicator(Protocol):
     async def check(self, case: Case) -> DedupDecision: ...
 
-    async def merge(self, report: Case, into: str, score: float, actor: str) -> Case: ...
+    async def merge_target(self, into: str) -> str: ...
+
+    def mark_report(self, c: Case, master_id: str, score: float, actor: str) -> dict[str, Any]: ...
+
+    async def attach(self, report: Case, master_id: str, score: float, actor: str, *,
+                     indexed: bool = True) -> Case: ...
 
 
 @dataclass
@@ -159,15 +164,21 @@ class Intake:
             ("system", "classified", {"model": suggestion.get("model", ""),
                                       "needs_confirmation": case.needs_confirmation}),
         ]
+        master_id = await self._merge_target(decision)
+        if master_id and self.dedup is not None and decision is not None:
+            # A repeat is stored already merged: one write for the report, then one for the open case.
+            data = self.dedup.mark_report(case, master_id, decision.score, "system")
+            case.status = Status.MERGED
+            events.append(("system", "merged", {"from": str(Status.CLASSIFIED), "to": str(Status.MERGED), **data}))
         result = await self.store.create_case(case, idempotency_keys=keys, events=events)
         if not result.created:
             return await self._existing(result.case_id)
 
         merged_into = ""
-        if decision is not None and decision.action == "merge" and self.dedup is not None:
+        if master_id and self.dedup is not None and decision is not None:
             try:
-                case = await self.dedup.merge(case, decision.case_id, decision.score, "system")
-                merged_into = decision.case_id
+                case = await self.dedup.attach(case, master_id, decision.score, "system", indexed=False)
+                merged_into = master_id
             except ApiError as exc:
                 # The open case closed between the check and the merge: the report was put back as its own
                 # case, and that is what the citizen is told.
@@ -184,6 +195,14 @@ class Intake:
         return IntakeResult(case=case, created=True,
                             reply=case_number_reply(case, created=True, merged_into=merged_into),
                             merged_into=merged_into)
+
+    async def _merge_target(self, decision: DedupDecision | None) -> str:
+        if decision is None or decision.action != "merge" or self.dedup is None:
+            return ""
+        try:
+            return await self.dedup.merge_target(decision.case_id)
+        except ApiError:  # the open case is gone: this report is a new case
+            return ""
 
     async def _existing(self, case_id: str) -> IntakeResult:
         case = await self.store.get_case(case_id)
