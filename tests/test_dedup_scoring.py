@@ -125,6 +125,10 @@ def test_scoring_nothing_and_empty_texts_is_no_error(idf: Idf) -> None:
     assert pair_scores(a, [], idf) == []
     f = pair_scores(a, [Candidate.of(a), Candidate.of(fingerprint("路灯", "路灯坏了", idf))], idf)
     assert [s.features["cos"] for s in f] == [0.0, 0.0]
+    # An index entry is stored text: whatever it holds (a lone surrogate here) is scored, not raised on.
+    lamp = fingerprint("路灯", "路灯坏了", idf)
+    odd = Candidate("路灯\ud800坏了", "路灯", [], 1.0, 1.0, 1.0)
+    assert pair_scores(lamp, [odd], idf)[0].features["head"] > 0.9
 
 
 # the title feature ---------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def _text_codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
     The texts are joined by a space, and a space never enters a bigram, so none spans two texts."""
     joined = " ".join(texts)
-    chars = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    chars = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
     if chars.size < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
