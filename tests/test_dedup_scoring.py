@@ -232,8 +232,7 @@ def test_fit_dedup_prints_one_weight_per_feature(tmp_path: Path) -> None:
 
 
 def test_shipped_weights_are_the_fit_on_the_dev_pairs() -> None:
-    if not DEV_PAIRS.is_file():
-        pytest.skip(f"labelled dev pairs not present at {DEV_PAIRS}")
+    assert DEV_PAIRS.is_file(), f"labelled dev pairs not present at {DEV_PAIRS} (set up ../shared/data)"
     code, out = run_cli("nlp", "fit-dedup", "--data", str(DEV_PAIRS))
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])

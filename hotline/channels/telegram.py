@@ -430,16 +430,26 @@ class TelegramDoor:
         await self._say(update, Outgoing("已收到图片。" + ASK_TEXT))
         return self._keep(context, d, DESCRIBE)
 
-    # describe ----------------------------------------------------------------------------
-    async def _describe_text(self, update: Update, context: Context, d: Dialogue, stay: object = DESCRIBE) -> object:
-        assert update.message is not None and update.message.text is not None
-        text = update.message.text.strip()[:MAX_TEXT_CHARS]
+    async def _cancel_or_help(self, update: Update, context: Context, d: Dialogue, text: str,
+                              state: object) -> object | None:
+        """取消 ends the conversation, 帮助 shows the welcome and stays in ``state`` (END: no state kept);
+        None for any other text."""
         if is_cancel(text):
             await self._say(update, Outgoing(CANCELLED))
             return self._drop(context)
         if is_help(text):
             await self._say(update, Outgoing(WELCOME))
-            return stay if stay == END else self._keep(context, d, DESCRIBE)
+            return END if state == END else self._keep(context, d, str(state))
+        return None
+
+    # describe ----------------------------------------------------------------------------
+    async def _describe_text(self, update: Update, context: Context, d: Dialogue, stay: object = DESCRIBE) -> object:
+        assert update.message is not None and update.message.text is not None
+        text = update.message.text.strip()[:MAX_TEXT_CHARS]
+        handled = await self._cancel_or_help(update, context, d, text,
+                                             stay if stay == END else DESCRIBE)
+        if handled is not None:
+            return handled
         return await self._take_problem(update, context, d, text, "", stay)
 
     async def _describe_voice(self, update: Update, context: Context, d: Dialogue,
@@ -494,12 +504,9 @@ class TelegramDoor:
     async def _place_text(self, update: Update, context: Context, d: Dialogue) -> object:
         assert update.message is not None and update.message.text is not None
         text = update.message.text.strip()[:MAX_TEXT_CHARS]
-        if is_cancel(text):
-            await self._say(update, Outgoing(CANCELLED))
-            return self._drop(context)
-        if is_help(text):
-            await self._say(update, Outgoing(WELCOME))
-            return self._keep(context, d, PLACE)
+        handled = await self._cancel_or_help(update, context, d, text, PLACE)
+        if handled is not None:
+            return handled
         take_place(d, text)
         return await self._confirm(update, context, d)
 

@@ -111,7 +111,7 @@ class WeChatAPI:
 
     # calls ---------------------------------------------------------------------
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        # ensure_ascii=False: WeChat shows \\uXXXX escapes literally instead of the Chinese text.
+        # ensure_ascii=False: WeChat shows \uXXXX escapes literally instead of the Chinese text.
         payload = json.dumps(body, ensure_ascii=False).encode()
         for attempt in (1, 2):
             token = await self.access_token()

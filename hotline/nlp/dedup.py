@@ -202,9 +202,6 @@ class Grams:
     def mass(self) -> float:
         return float(self.weights.sum())
 
-    def as_counter(self) -> Counter[str]:
-        return Counter({gram_of(int(c)): int(n) for c, n in zip(self.codes, self.counts, strict=True)})
-
 
 @dataclass
 class Fingerprint:

@@ -40,7 +40,15 @@ import pytest
 
 from hotline.records import Case
 from hotline.store import Store
-from tests.process_support import bench_intake, free_port, serve_env, start_serve, stop, wait_serving
+from tests.process_support import (
+    bench_intake,
+    free_port,
+    run_clients,
+    serve_env,
+    start_serve,
+    stop,
+    wait_serving,
+)
 
 MOUNT_SIZE = "16m"
 REQUESTS = 240
@@ -103,10 +111,6 @@ class Outcome:
 
 
 async def drive(url: str, texts: list[str], out: Outcome, acks: asyncio.Event) -> None:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(texts)):
-        queue.put_nowait(i)
-
     async def one(http: aiohttp.ClientSession, i: int) -> None:
         key = f"disk-{i}"
         body = {"text": texts[i], "contact": f"137{i:08d}", "channel": "api"}
@@ -145,17 +149,7 @@ async def drive(url: str, texts: list[str], out: Outcome, acks: asyncio.Event) -
             await asyncio.sleep(0.25)
         raise AssertionError(f"request {key} never succeeded")
 
-    async def worker(http: aiohttp.ClientSession) -> None:
-        while True:
-            try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            await one(http, i)
-
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=15)) as http:
-        await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
+    await run_clients(len(texts), one, CONCURRENCY)
 
 
 async def disk_filler(mnt: Path, out: Outcome, acks: asyncio.Event, timeline: dict[str, float]) -> None:

