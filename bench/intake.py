@@ -122,8 +122,8 @@ async def count_lost(url: str, acked: list[str]) -> int:
     return lost
 
 
-def _proc_tree(root: int) -> list[tuple[int, str, float]]:
-    """(pid, command name, resident MB) of ``root`` and every process below it."""
+def _proc_tree(root: int) -> list[tuple[int, str, float, float]]:
+    """(pid, command name, resident MB, CPU seconds used) of ``root`` and every process below it."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -132,27 +132,59 @@ def _proc_tree(root: int) -> list[tuple[int, str, float]]:
             except (OSError, IndexError, ValueError):
                 continue
             parents.setdefault(ppid, []).append(int(entry.name))
+    tick = os.sysconf("SC_CLK_TCK")
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
         todo += parents.get(pid, [])
         try:
             status = (Path("/proc") / str(pid) / "status").read_text()
+            # utime and stime: the 12th and 13th fields after the command name.
+            stat = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         rss_kb = int(fields.get("VmRSS", "0 kB").split()[0])
-        out.append((pid, fields.get("Name", "").strip(), rss_kb / 1024))
+        out.append((pid, fields.get("Name", "").strip(), rss_kb / 1024, (int(stat[11]) + int(stat[12])) / tick))
+    return out
+
+
+def _is_store(name: str) -> bool:
+    return name.startswith(("valkey", "redis"))
+
+
+def cpu_snapshot(root: int | None) -> dict[int, tuple[bool, float]]:
+    """CPU seconds so far of every process of the service (pid → (is the store, seconds)), and of this
+    client under pid 0."""
+    snap = {0: (False, time.process_time())}
+    if root is not None:
+        snap.update({pid: (_is_store(name), cpu) for pid, name, _mb, cpu in _proc_tree(root)})
+    return snap
+
+
+def cpu_per_case(before: dict[int, tuple[bool, float]], after: dict[int, tuple[bool, float]],
+                 cases: int) -> dict[str, float]:
+    """CPU milliseconds each part spent per acknowledged case while the clients ran, and the rate the
+    machine's cores could carry at that cost (all cores busy with nothing else): where the time goes."""
+    if not cases:
+        return {}
+    parts = {"serve": 0.0, "store": 0.0, "client": after[0][1] - before[0][1]}
+    for pid, (store, cpu) in after.items():
+        if pid and pid in before:
+            parts["store" if store else "serve"] += cpu - before[pid][1]
+    out = {f"cpu_ms_per_case_{k}": round(v * 1000 / cases, 2) for k, v in parts.items()}
+    total = sum(parts.values()) / cases
+    out["cpu_bound_cases_per_s"] = round((os.cpu_count() or 1) / total, 1) if total else 0.0
     return out
 
 
 def serving_memory(root: int) -> dict[str, float]:
     """Resident memory of the serving processes (largest and total) and of the embedded store."""
     procs = _proc_tree(root)
-    serving = [mb for _pid, name, mb in procs if not name.startswith(("valkey", "redis"))]
+    serving = [mb for _pid, name, mb, _cpu in procs if not _is_store(name)]
     if len(serving) > 1:
         serving = serving[1:] if procs and procs[0][0] == root else serving  # the pool parent only waits
-    store = [mb for _pid, name, mb in procs if name.startswith(("valkey", "redis"))]
+    store = [mb for _pid, name, mb, _cpu in procs if _is_store(name)]
     return {"serve_rss_mb": round(max(serving, default=0.0), 1),
             "serve_rss_total_mb": round(sum(serving), 1),
             "store_rss_mb": round(sum(store), 1)}
@@ -186,7 +218,10 @@ async def run(args: argparse.Namespace) -> dict:
         await wait_ready(url)
         # Warm-up: connection pools, model caches.
         await drive(url, complaint_texts(50, seed=1), 8, "warmup")
+        root = proc.pid if proc is not None else None
+        cpu_before = cpu_snapshot(root)
         latencies, acked, errors, elapsed = await drive(url, texts, args.concurrency, "run")
+        cpu = cpu_per_case(cpu_before, cpu_snapshot(root), len(acked))
         memory = serving_memory(proc.pid) if proc is not None else {}
         lost = await count_lost(url, acked)
     finally:
@@ -209,6 +244,7 @@ async def run(args: argparse.Namespace) -> dict:
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "errors": errors,
         "lost": lost,
+        **cpu,
         **memory,
     }
 
