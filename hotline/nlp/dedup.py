@@ -41,7 +41,7 @@ from hotline.nlp.places import distance_m, place_cores, shared_places
 
 # Logistic model over FEATURES; fitted on dedup_pairs_dev.jsonl by ``hotline nlp fit-dedup``.
 FEATURES = ("cos", "cont", "head", "place", "title")
-WEIGHTS = {"cos": 2.63, "cont": 2.03, "head": 1.37, "place": 0.92, "title": 2.16}
+WEIGHTS = {"cos": 2.60, "cont": 2.02, "head": 1.36, "place": 0.98, "title": 2.13}
 BIAS = -3.45
 # Same caller (sender or phone) and a clearly different place, as logits.
 SAME_CALLER_LOGIT = 1.5

@@ -22,11 +22,17 @@ _SUFFIX_RE = "|".join(sorted(SUFFIXES, key=len, reverse=True))
 _PLACE = re.compile(rf"([\u4e00-\u9fa5A-Za-z0-9]{{2,8}}?)(?:{_SUFFIX_RE})")
 _MASK = re.compile(r"[*＊]{2,}|0{4,}|[xX×]{2,}|某某")
 # Anonymised administrative names of the open data (A市, A3区) and plain admin words carry no place.
-_ADMIN = re.compile(r"[A-Z]\d{0,2}(?=[市区县镇])")
+_ADMIN = re.compile(r"[A-Z]\d{0,2}[市区县镇]")
 # Characters that start a clause rather than a name: "我是金山花园业主" → 金山花园.
-_LEAD = re.compile(
-    r"^.*?(?:我是|位于|住在|家住|请问|关于|反映|投诉|举报|建议|咨询|在|的|到|给|于|对|向|从|是|和|与|及|、)"
+_LEAD_WORDS = (
+    "我是|位于|住在|家住|请问|关于|反映|投诉|举报|建议|咨询|因为|由于|导致|造成|而且|并且|然而|所以|如果|目前|现在|"
+    "当时|之前|今年|根据|按照|通过|作为|为什么|为何|难道|未经|严重影响|影响|扰乱|增加|附近|周边|督促|要求|经过|进入|"
+    "期间|所有|倡导|楼下|楼上|门口|对面|旁边|隔壁|路边|街边"
 )
+_LEAD = re.compile(rf"^.*?(?:{_LEAD_WORDS}|在|的|到|给|于|对|向|从|是|和|与|及|、)")
+# After the first cut only whole clause words go: single characters like 和 also occur inside names (润和紫郡).
+_LEAD_AGAIN = re.compile(rf"^.*?(?:{_LEAD_WORDS})")
+_TRAIL_CLAUSE = re.compile(r"[和与及的在]+$")
 _GENERIC = frozenset({
     "我们", "你们", "他们", "这个", "那个", "附近", "周边", "一个", "什么", "相关", "有关", "本人", "业主", "政府",
     "该", "本", "此", "这", "那", "市", "区", "县", "镇", "省", "小区", "居民", "全市", "各个", "所在", "一家", "这家",
@@ -42,6 +48,28 @@ _GENERIC_TAIL = re.compile(
 # that also occur in names (丽都, 太阳城, 能源, 会展) are left out.
 _CLAUSE_CHARS = frozenset("我你他她们的了是这那该其此请让就也还要把被说已没不很")
 _NUM_ONLY = re.compile(r"^[\dA-Za-z]+$")
+# Names that say what kind of place it is, not which one ("烧烤店", "垃圾站", "民办学校", "高速公路"): two
+# reports naming one of these are not thereby at the same place.
+_KIND_ONLY = frozenset({
+    "公交", "公交线", "公交车", "自来水", "垃圾", "供热", "供暖", "燃气", "烧烤", "麻将", "加油", "搅拌", "水泥",
+    "餐饮", "物流", "社保", "卫生", "住宅", "安置", "配套", "改造", "商业", "人才", "收费", "幼儿", "民办", "公办",
+    "公立", "私立", "市区", "城区", "区区", "客运", "高铁", "地铁", "火车", "汽车", "步行", "人行", "快速", "城市",
+    "高速公", "城市道", "城际铁", "铁", "断头", "必经之", "走投无", "同一", "当地", "新建", "两个", "一名", "哪个",
+    "全体", "部分", "附近搅拌", "棚改", "小产权", "商品房", "回迁", "廉租", "公租", "保障", "培训", "辅导",
+    "施工", "夜宵", "游泳", "移动", "公积金", "住房公积金", "房地产", "乡镇", "起点", "市长", "进出", "十字", "交叉",
+    "过马", "建筑", "开发商", "以人民为", "一期", "二期", "三期", "四期", "同一个", "城中", "群众", "棚户区改造",
+    "在建搅拌", "建搅拌",
+})
+# Suffixes after an everyday word that still name no particular place ("建设项目", "科技公司").
+_KIND_SUFFIXES = ("项目", "工地", "公司", "有限公司", "分公司", "集团", "物业")
+# Names that are also everyday words (人民, 建设, 解放, 第一): as a bare core they would be "found" in any
+# text using the word, so the core keeps its suffix ("人民路" does not meet "人民医院" or "人民群众").
+_COMMON_WORDS = frozenset({
+    "人民", "建设", "解放", "胜利", "友谊", "中山", "红旗", "和平", "新华", "八一", "五一", "朝阳", "光明", "文化",
+    "体育", "图书", "博物", "中心", "第一", "第二", "第三", "第四", "第五", "实验", "东方", "北方", "南方", "希望",
+    "劳动", "合作", "国际", "江南", "长安", "中华", "美丽", "幸福", "阳光", "金融", "工业", "教育", "儿童", "附属",
+    "中南", "中医", "口腔", "妇幼", "农贸", "科技", "开发", "政务", "职业", "技术", "师范", "民族", "青年", "老年",
+})
 
 
 def _clean(text: str) -> str:
@@ -54,7 +82,14 @@ def place_cores(text: str, limit: int = 12) -> list[str]:
     """Distinct place cores in order of appearance, at most ``limit``."""
     out: list[str] = []
     for match in _PLACE.finditer(_clean(text)):
+        # Clause words can follow one another ("到现在学校", "难道开发商和物业"): strip them all.
         name = _LEAD.sub("", match.group(1))
+        for _ in range(3):
+            shorter = _LEAD_AGAIN.sub("", name)
+            if shorter == name:
+                break
+            name = shorter
+        name = _TRAIL_CLAUSE.sub("", name)
         # "甘井子区中华城" → "中华城": the admin prefix is shared by every place in that district.
         for _ in range(3):
             shorter = _ADMIN_TAIL.sub("", name)
@@ -66,8 +101,14 @@ def place_cores(text: str, limit: int = 12) -> list[str]:
         # "人民政府", "市政府": 府 ends a government, not an estate.
         if match.group(0).endswith("政府") or name.endswith("政"):
             continue
-        if len(name) < 2 or name in _GENERIC or _NUM_ONLY.match(name) or _CLAUSE_CHARS.intersection(name):
+        if (len(name) < 2 or name in _GENERIC or name in _KIND_ONLY or _NUM_ONLY.match(name)
+                or _CLAUSE_CHARS.intersection(name)):
             continue
+        if name in _COMMON_WORDS:
+            suffix = match.group(0)[len(match.group(1)):]
+            if suffix in _KIND_SUFFIXES:
+                continue
+            name += suffix
         if name not in out:
             out.append(name)
             if len(out) >= limit:
