@@ -142,3 +142,54 @@ def test_loading_a_corrupt_model_fails_clearly(trained: Path, tmp_path: Path) ->
     (bad / "head.json").write_text("{", encoding="utf-8")
     with pytest.raises(ModelError, match="not JSON"):
         LinearHead.load(bad)
+
+
+def test_extra_rows_are_trained_on_but_not_scored() -> None:
+    """Prior-knowledge rows (the category tree) join every fit exactly; the CV figures count letters only."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    rows = make_rows(12, seed=5)
+    docs = [features(Doc(title="", body=r["text"], words=r["text"].split("，")), FeatureConfig()) for r in rows]
+    labels = [r["label1"] for r in rows]
+    extra = [(features(Doc(title="", body="窨井盖", words=["窨井盖"]), FeatureConfig()), "交通")] * 2
+    cfg = TrainConfig(c=1.0, class_weight=None, min_df=1, max_features=None, prune=0.0, calibration_folds=3)
+    head = train_head(docs, labels, cfg, FeatureConfig(), extra=extra)
+    plain = train_head(docs, labels, cfg, FeatureConfig())
+    assert head.meta["rows"] == len(docs) and head.meta["extra_rows"] == 2
+    assert "w:窨井盖" in head.vocab and "w:窨井盖" not in plain.vocab
+    vec = TfidfVectorizer(analyzer=lambda d: d, sublinear_tf=True, min_df=1, dtype=np.float32)
+    svm = LinearSVC(C=1.0, random_state=0).fit(vec.fit_transform(docs + [d for d, _ in extra]),
+                                               labels + [v for _, v in extra])
+    probe = features(Doc(title="", body="窨井盖丢了", words=["窨井盖", "丢", "了"]), FeatureConfig())
+    assert np.allclose(head.scores(probe), svm.decision_function(vec.transform([probe]))[0], atol=1e-4)
+    assert head.labels[int(np.argmax(head.scores(probe)))] == "交通"
+    # Labels the letters do not have cannot come in through extra rows.
+    with pytest.raises(ValueError, match="不存在的类"):
+        train_head(docs, labels, cfg, FeatureConfig(), extra=[(["w:x"], "不存在的类")])
+
+
+def test_category_head_also_learns_the_category_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hotline.nlp.taxonomy import Taxonomy
+
+    tree = Taxonomy.from_json(json.loads((Path(__file__).resolve().parent.parent / "config" / "taxonomy.json")
+                                         .read_text(encoding="utf-8")))
+    wanted = tree.training_rows({"交通运输", "城乡建设", "没有的类"})
+    assert {label for _, label in wanted} == {"交通运输", "城乡建设"}
+    assert len(wanted) == sum(len(l3s) for l1 in ("交通运输", "城乡建设") for l3s in tree.tree[l1].values())
+    assert all(set(row) == {"title", "text"} and row["title"] in tree.tree[label] for row, label in wanted)
+
+    rows = [{**r, "label1": {"交通": "交通运输", "供水": "城乡建设", "教育": "教育文体"}[r["label1"]]}
+            for r in make_rows(10, seed=6)]
+    data = write_jsonl(tmp_path / "taidi.jsonl", rows)
+    base = ["nlp", "train", "--data", str(data), "--label", "label1", "--folds", "0", "--json"]
+    on = run_json(capsys, [*base, "--head", "category", "--out", str(tmp_path / "c1")])
+    expected = len(tree.training_rows({"交通运输", "城乡建设", "教育文体"}))
+    assert on["rows"] == 30 and on["taxonomy_rows"] == expected > 0
+    assert LinearHead.load(tmp_path / "c1").meta["extra_rows"] == expected
+    off = run_json(capsys, [*base, "--head", "category", "--no-taxonomy", "--out", str(tmp_path / "c2")])
+    assert off["taxonomy_rows"] == 0
+    other = run_json(capsys, [*base, "--head", "topic", "--out", str(tmp_path / "c3")])
+    assert other["taxonomy_rows"] == 0
+    forced = run_json(capsys, [*base, "--head", "topic", "--taxonomy", "--out", str(tmp_path / "c4")])
+    assert forced["taxonomy_rows"] == expected

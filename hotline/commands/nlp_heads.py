@@ -26,7 +26,7 @@ from hotline.settings import Settings, load_settings
 # Training defaults per head, chosen by 5-fold cross-validation on the shared data (README: Complaint understanding).
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "category": {"c": 1.0, "class_weight": "balanced", "min_df": 1, "max_features": 300_000, "words": True,
-                 "sublinear": False},
+                 "sublinear": False, "taxonomy": True},
     "department": {"c": 0.5, "class_weight": "damped", "min_df": 2, "max_features": 120_000, "words": True},
     "type": {"c": 0.3, "class_weight": "balanced", "min_df": 2, "max_features": 120_000, "words": True},
 }
@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="add jieba word features (default per head, chosen by cross-validation)")
     tr.add_argument("--sublinear", action=argparse.BooleanOptionalAction, default=None,
                     help="1 + log(tf) instead of raw term counts (default per head)")
+    tr.add_argument("--taxonomy", action=argparse.BooleanOptionalAction, default=None,
+                    help="also train on the category tree's topic names (config/taxonomy.json) under their "
+                         "first-level label (default: on for the category head)")
     tr.add_argument("--folds", type=int, default=5, help="folds of the probability calibration (0: none)")
     tr.add_argument("--json", action="store_true", help="print one JSON object")
     tr.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
@@ -134,6 +137,8 @@ def run_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hotline.nlp.model import FeatureConfig, TrainConfig, features, train_head
+    from hotline.nlp.suggest import config_path
+    from hotline.nlp.taxonomy import Taxonomy
 
     settings = load_settings(extra_file=args.config)
     params = dict(HEAD_DEFAULTS.get(args.head, GENERIC_DEFAULTS))
@@ -147,6 +152,8 @@ def run_train(args: argparse.Namespace) -> int:
         params["max_features"] = args.max_features
     if params["c"] <= 0 or params["min_df"] < 1 or (params["max_features"] or 1) < 1 or args.folds < 0:
         return _fail("--c must be > 0, --min-df and --max-features ≥ 1, --folds ≥ 0")
+    default_taxonomy = bool(params.pop("taxonomy", False))
+    use_taxonomy = default_taxonomy if args.taxonomy is None else args.taxonomy
     default_words = bool(params.pop("words", True))
     default_sublinear = bool(params.pop("sublinear", True))
     feat = FeatureConfig(words=default_words if args.words is None else args.words,
@@ -169,14 +176,23 @@ def run_train(args: argparse.Namespace) -> int:
         # The same letter twice (two exports, a resubmission) stays in one calibration fold.
         groups.append(hashlib.blake2b(doc.body[:80].encode(), digest_size=8).hexdigest())
     _, group_ids = np.unique(np.array(groups), return_inverse=True)
+    extra = []
+    if use_taxonomy:
+        try:
+            taxonomy = Taxonomy.from_json(json.loads(config_path(settings, "taxonomy_file").read_text("utf-8")))
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot read the category tree: {exc}")
+        extra = [(features(pipeline.doc_from_row(row, words=feat.words), feat), label)
+                 for row, label in taxonomy.training_rows(set(labels))]
     steps = (args.folds if args.folds >= 2 else 0) + 1
     with progress(total=steps, desc=f"train {args.head}", unit="fit") as bar:
-        head = train_head(docs, labels, cfg, feat, tick=lambda: bar.update(1), groups=group_ids)
+        head = train_head(docs, labels, cfg, feat, tick=lambda: bar.update(1), groups=group_ids, extra=extra)
     head.meta.update(head=args.head, label=args.label, data=[p.name for p in args.data],
                      version=time.strftime("%Y%m%d%H%M%S"))
     head.save(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
-    result = {"head": args.head, "rows": len(docs), "labels": len(head.labels), "features": len(head.vocab),
+    result = {"head": args.head, "rows": len(docs), "taxonomy_rows": len(extra), "labels": len(head.labels),
+              "features": len(head.vocab),
               "weighted_features": int(head.coef.shape[0]), "temperature": round(head.temperature, 4),
               "bytes": size, "seconds": round(time.monotonic() - started, 1), "out": str(args.out)}
     print(json.dumps(result, ensure_ascii=False) if args.json else

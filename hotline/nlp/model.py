@@ -556,12 +556,19 @@ def cv_folds(y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = N
 
 
 def out_of_fold_scores(docs: Sequence[list[str]], y: np.ndarray, n_labels: int, cfg: TrainConfig,
-                       folds: list[tuple[Any, Any]], tick: Callable[[], None] = lambda: None) -> np.ndarray:
-    """Decision scores of every row from a model trained without its fold (vocabulary refitted too)."""
+                       folds: list[tuple[Any, Any]], tick: Callable[[], None] = lambda: None,
+                       extra: tuple[Sequence[list[str]], np.ndarray] = ((), np.zeros(0, dtype=np.int64)),
+                       ) -> np.ndarray:
+    """Decision scores of every row from a model trained without its fold (vocabulary refitted too).
+
+    ``extra`` rows (prior knowledge such as the category tree) join every training fold and are never scored.
+    """
     scores = np.zeros((len(docs), n_labels), dtype=np.float32)
+    extra_docs, extra_y = extra
     for tr, te in folds:
-        vec, xtr = _vectorize([docs[i] for i in tr], cfg)
-        model = _svm(cfg, y[tr]).fit(xtr, y[tr])
+        ytr = np.concatenate([y[tr], extra_y])
+        vec, xtr = _vectorize([*(docs[i] for i in tr), *extra_docs], cfg)
+        model = _svm(cfg, ytr).fit(xtr, ytr)
         s = np.full((len(te), n_labels), -1e3, dtype=np.float32)
         # A fold may lack a rare label: its score stays very low (never predicted) for that fold.
         s[:, model.classes_] = _decision(model, vec.transform([docs[i] for i in te]), len(model.classes_))
@@ -571,8 +578,13 @@ def out_of_fold_scores(docs: Sequence[list[str]], y: np.ndarray, n_labels: int, 
 
 
 def train_head(docs: Sequence[list[str]], labels: Sequence[str], cfg: TrainConfig, feat: FeatureConfig,
-               tick: Callable[[], None] = lambda: None, groups: np.ndarray | None = None) -> LinearHead:
-    """Fit a head on feature lists; ``tick`` is called once per fitted model (progress bars)."""
+               tick: Callable[[], None] = lambda: None, groups: np.ndarray | None = None,
+               extra: Sequence[tuple[list[str], str]] = ()) -> LinearHead:
+    """Fit a head on feature lists; ``tick`` is called once per fitted model (progress bars).
+
+    ``extra``: (features, label) rows trained on but not counted in the cross-validated figures; their labels
+    must be among ``labels``.
+    """
     import warnings
     from dataclasses import replace
 
@@ -585,17 +597,22 @@ def train_head(docs: Sequence[list[str]], labels: Sequence[str], cfg: TrainConfi
         raise ValueError("need at least two different labels to train")
     index = {n: i for i, n in enumerate(names)}
     y = np.array([index[v] for v in labels])
+    if unknown := {v for _, v in extra} - set(names):
+        raise ValueError(f"extra rows with labels the data does not have: {sorted(unknown)}")
+    extra_docs = [d for d, _ in extra]
+    extra_y = np.array([index[v] for _, v in extra], dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         temperature = 1.0
         cv_metrics: dict[str, float] = {}
         if cfg.calibration_folds >= 2 and len(docs) >= 5 * cfg.calibration_folds:
             folds = cv_folds(y, cfg.calibration_folds, cfg.seed, groups)
-            oof = out_of_fold_scores(docs, y, len(names), cfg, folds, tick)
+            oof = out_of_fold_scores(docs, y, len(names), cfg, folds, tick, extra=(extra_docs, extra_y))
             temperature = fit_temperature(oof, y)
             cv_metrics = _metrics(oof, y, temperature, cfg.calibration_folds)
-        vec, x = _vectorize(docs, cfg)
-        model = _svm(cfg, y).fit(x, y)
+        y_all = np.concatenate([y, extra_y])
+        vec, x = _vectorize([*docs, *extra_docs], cfg)
+        model = _svm(cfg, y_all).fit(x, y_all)
         tick()
     coef, b = _fit_coef(model, len(names))
     if cfg.prune > 0:
@@ -607,7 +624,8 @@ def train_head(docs: Sequence[list[str]], labels: Sequence[str], cfg: TrainConfi
     vocab = {str(t): n for n, t in enumerate(terms)}
     return LinearHead(labels=names, vocab=vocab, idf=vec.idf_.astype(np.float32), coef=compact, rows=rows,
                       intercept=b, temperature=temperature, features=feat,
-                      meta={"rows": len(docs), "c": cfg.c, "class_weight": cfg.class_weight,
+                      meta={"rows": len(docs), "extra_rows": len(extra_docs), "c": cfg.c,
+                            "class_weight": cfg.class_weight,
                             "min_df": cfg.min_df, "max_features": cfg.max_features, "prune": cfg.prune,
                             "cv": cv_metrics})
 
