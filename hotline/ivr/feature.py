@@ -54,10 +54,7 @@ def decoder_work_dir(settings: Settings) -> Path:
 def load_stt(settings: Settings) -> VoskSTT | None:
     """Blocking. The engine, or None with one clear log line when no usable model is installed."""
     v = settings["voice"]
-    try:
-        decoder = DecoderOptions.from_settings(v)
-    except DecoderError as exc:  # a wrong setting stops the start, model or not
-        raise SettingsError(f"voice: {exc}") from exc
+    decoder = DecoderOptions.from_settings(v)  # checked by ``setup`` already
     path = model_dir(settings)
     if not looks_like_model(path):
         log.warning(f"voice: no speech model in {path}; run `hotline models fetch small-cn` "
