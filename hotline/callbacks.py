@@ -18,6 +18,7 @@ from hotline import appkeys
 from hotline.access import FOLLOW_UP, SUPERVISOR, requires
 from hotline.appkeys import NOTIFICATIONS, SETTINGS, STORE, SURVEYS
 from hotline.channels.web import dumps, read_json_object, valid_case_id
+from hotline.dates import parse_day
 from hotline.pages import render
 from hotline.rates import compute, ranking, to_csv, total
 from hotline.rates_cases import RateSettings, rate_row
@@ -200,7 +201,7 @@ def _day(value: str, tz: ZoneInfo, default: datetime) -> datetime:
     if not value:
         return default
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=tz)
+        return parse_day(value, tz)
     except ValueError as exc:
         raise SurveyError("bad_date", "日期格式须为 YYYY-MM-DD。", 400) from exc
 

@@ -212,6 +212,9 @@ async def test_web_case_through_the_worklist_api_and_pages(app_client: TestClien
         assert csv.status == 200 and "城乡建设局" in (await csv.read()).decode("utf-8-sig")
         bad_range = await boss.page("/console/dashboard?from=2026-13-01")
         assert bad_range.status == 400 and "YYYY-MM-DD" in await bad_range.text()
+        for query in ("from=9999-12-31&to=9999-12-31", "from=0001-01-01&to=0001-01-01", "to=0001-01-01"):
+            edge = await boss.get(f"/api/v1/metrics/rates?{query}")
+            assert edge.status == 400, query
 
 
 def test_charts_escape_labels_and_leave_gaps() -> None:

@@ -118,8 +118,12 @@ async def test_correction_is_stored_and_counts_against_adoption(client: TestClie
         assert data["users"]["ct1"] == {"reviewed": 2, "accepted": 1, "rate": 0.5}
         page = await (await boss.page("/console/metrics")).text()
         assert "50.0%" in page and "ct1" in page
-        bad = await boss.get("/api/v1/console/metrics/adoption?from=2026-13-01")
-        assert bad.status == 400
+        # Days at the ends of the calendar: a day or a week away from them is out of range.
+        for query in ("from=2026-13-01", "from=9999-12-31&to=9999-12-31", "to=0001-01-01",
+                      "from=0001-01-01&to=0001-01-01"):
+            bad = await boss.get(f"/api/v1/console/metrics/adoption?{query}")
+            assert bad.status == 400, query
+            assert (await bad.json())["error"]["code"] == "bad_date"
 
 
 async def test_confirm_input_is_checked(client: TestClient) -> None:
@@ -237,6 +241,8 @@ async def test_search_by_number_phone_text_status_department(client: TestClient)
         assert found["results"][0]["contact"] == "137****1234"
         assert (await staff.get("/api/v1/console/search?status=nope")).status == 400
         assert (await staff.get("/api/v1/console/search?from=yesterday")).status == 400
+        for query in ("from=9999-12-31&to=9999-12-31", "from=0001-01-01&to=0001-01-01"):
+            assert (await staff.get(f"/api/v1/console/search?{query}")).status == 400, query
         page = await (await staff.page("/console/search?q=13700005678")).text()
         assert b in page and "137****5678" in page and "13700005678\"" not in page.split("<tbody>")[1]
 

@@ -212,9 +212,13 @@ async def test_event_errors_are_clear_4xx(app_client: TestClient, receiver: Open
     assert status == 401 and body["error"]["code"] == "stale"
     status, body = await post_event(app_client, good, now=time.time() + 3600)
     assert status == 401 and body["error"]["code"] == "stale"
-    # A valid signature over other bytes than those sent.
+    # "²" passes str.isdigit() but is no number of seconds.
     from tests.dispatch_support import signed
 
+    _raw, headers = signed(good)
+    status, body = await post_event(app_client, good, headers={**headers, "X-Hotline-Timestamp": "²"})
+    assert status == 401 and body["error"]["code"] == "bad_timestamp"
+    # A valid signature over other bytes than those sent.
     _raw, headers = signed(good)
     resp = await app_client.post("/api/v1/dispatch/events", data=json.dumps({**good, "type": "resolved"}),
                                  headers=headers)
@@ -304,7 +308,8 @@ async def test_overdue_listing_and_flag(app_client: TestClient, receiver: Open31
         resp = await staff.get("/api/v1/cases?status=dispatched&limit=10")
         listed = {c["id"]: c for c in (await resp.json())["cases"]}
         assert {late.id, on_time.id} <= set(listed) and listed[on_time.id]["overdue"] is False
-        for bad in ("/api/v1/cases?status=nope", "/api/v1/cases?limit=0", "/api/v1/cases?overdue=yes"):
+        for bad in ("/api/v1/cases?status=nope", "/api/v1/cases?limit=0", "/api/v1/cases?overdue=yes",
+                    "/api/v1/cases?limit=%C2%B2", "/api/v1/cases?offset=%E2%91%A0"):
             resp = await staff.get(bad)
             assert resp.status == 400, bad
     assert await dispatcher.flag_overdue() == 1

@@ -111,6 +111,9 @@ async def test_url_verification_echoes_only_with_a_valid_signature(wx: WX) -> No
     assert bad.status == 403
     missing = await wx.client.get("/wechat", params={"echostr": "x"})
     assert missing.status == 403
+    odd = await wx.client.get("/wechat", params={"signature": wx_sign(TOKEN, "²", nonce), "timestamp": "²",
+                                                 "nonce": nonce, "echostr": "x"})
+    assert odd.status == 403
     old = str(int(time.time()) - 3600)
     stale = await wx.client.get("/wechat", params={"signature": wx_sign(TOKEN, old, nonce), "timestamp": old,
                                                    "nonce": nonce, "echostr": "x"})

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from hotline.intake import Intake, IntakeError, IntakeResult
 from hotline.notify import Notification, Notifications, Reply
+from hotline.numbers import ascii_digits
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import LABELS_ZH
 from hotline.store import CaseNotFound, Store
@@ -247,7 +248,7 @@ class Conversation:
                 return [Outgoing(CANCELLED)]
             if low in _HELP:
                 return [Outgoing(WELCOME)]
-        if text.isdigit() and len(text) == 1:
+        if ascii_digits(text) and len(text) == 1:
             chosen = await self._numbered(inc, d, int(text))
             if chosen is not None:
                 return chosen
@@ -300,7 +301,7 @@ class Conversation:
                 return [Outgoing(EXPIRED)]
             return await self._submit(inc, d) if data == CONFIRM_YES else await self._cancel(inc)
         parts = data.split(":")
-        if len(parts) == 3 and parts[0] == "n" and parts[2].isdigit():
+        if len(parts) == 3 and parts[0] == "n" and ascii_digits(parts[2]):
             q = await self.conv.question_by_token(parts[1])
             # Callback data can be forged by modified clients: the question must be this citizen's own.
             if q is None or q.channel != inc.channel or q.sender != inc.sender:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from hotline.appkeys import HOTSPOTS
 from hotline.errors import ApiError
+from hotline.numbers import ascii_digits
 
 STATUSES = ("open", "closed", "all")
 MAX_LIMIT = 200
@@ -20,7 +21,7 @@ async def list_hotspots(request: web.Request) -> web.Response:
     if status not in STATUSES:
         raise ApiError("bad_status", f"status 须为 {'/'.join(STATUSES)} 之一。", 400)
     raw_limit = request.query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not ascii_digits(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise ApiError("bad_limit", f"limit 须为 1 到 {MAX_LIMIT} 的整数。", 400)
     hotspots = await request.app[HOTSPOTS].hs.listing(status=status, limit=int(raw_limit))
     return web.json_response({"hotspots": [h.to_dict() for h in hotspots]})

@@ -96,6 +96,7 @@ from hotline.channels.conversation import (
 )
 from hotline.intake import IntakeError
 from hotline.notify import Notification
+from hotline.numbers import ascii_digits
 from hotline.records import InboundMessage, Location
 from hotline.secret import service_secret
 from hotline.settings import Settings, SettingsError
@@ -633,7 +634,7 @@ class TelegramDoor:
         if asked is not None:
             await self._say(update, await self.engine.status(CHANNEL, sender_of(chat.id), asked))
             raise ApplicationHandlerStop
-        if not (len(text) == 1 and text.isdigit()):
+        if not (len(text) == 1 and ascii_digits(text)):
             return
         q = await self.conv.question(CHANNEL, sender_of(chat.id))
         d = self._draft(context)

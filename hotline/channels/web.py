@@ -20,6 +20,7 @@ from hotline.appkeys import ANSWERS, INTAKE, STORE, SURVEYS
 from hotline.channels.openapi import openapi_document
 from hotline.errors import decode_json_object
 from hotline.intake import IntakeError, IntakeResult
+from hotline.numbers import ascii_digits
 from hotline.pages import render
 from hotline.records import Case, InboundMessage, Location, last4, mask_pii
 from hotline.status import LABELS_ZH
@@ -209,7 +210,7 @@ async def status_lookup(request: web.Request) -> web.Response:
     case_id = str(form.get("case_id", "")).strip()
     digits = str(form.get("last4", "")).strip()
     not_found = "未找到该案件，请核对案件编号和手机号后四位。"
-    if not valid_case_id(case_id) or len(digits) != 4 or not digits.isdigit():
+    if not valid_case_id(case_id) or len(digits) != 4 or not ascii_digits(digits):
         return render(request, "status.html", status=404, case=None, events=[], error=not_found,
                       case_id=case_id[:20], survey_url="")
     try:

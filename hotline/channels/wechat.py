@@ -47,6 +47,7 @@ from hotline.channels.conversation import (
 )
 from hotline.channels.wechat_api import WINDOW_ERRORS, WeChatAPI, WeChatAPIError
 from hotline.notify import Notification
+from hotline.numbers import ascii_digits
 from hotline.records import Location
 from hotline.settings import SettingsError
 from hotline.status import LABELS_ZH
@@ -173,7 +174,7 @@ class WeChatDoor:
 
     # signatures ---------------------------------------------------------------
     def _check_time(self, timestamp: str) -> None:
-        if not timestamp.isdigit():
+        if not ascii_digits(timestamp):
             raise BadPush(403, "bad timestamp")
         skew = self.cfg.max_clock_skew_s
         if skew and abs(time.time() - int(timestamp)) > skew:
@@ -233,7 +234,7 @@ class WeChatDoor:
         values = fields(root)
         if not values.get("MsgType") or not _OPENID.match(values.get("FromUserName", "")):
             raise BadPush(400, "MsgType and FromUserName are required")
-        if not values.get("CreateTime", "").isdigit() or ("MsgId" in values and not values["MsgId"].isdigit()):
+        if not ascii_digits(values.get("CreateTime", "")) or ("MsgId" in values and not ascii_digits(values["MsgId"])):
             raise BadPush(400, "CreateTime and MsgId must be numbers")
         try:
             message = parse_message(xml_bytes.decode("utf-8"))

@@ -11,6 +11,7 @@ from hotline.access import SUPERVISOR, requires
 from hotline.appkeys import STORE
 from hotline.console.auth import render_console
 from hotline.console.views import HEAD_LABELS, json_response
+from hotline.dates import parse_day
 from hotline.errors import ApiError
 from hotline.store.users import ConsoleStats
 
@@ -27,7 +28,7 @@ def _range(request: web.Request) -> tuple[datetime, datetime]:
         if not value:
             return default
         try:
-            return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=tz)
+            return parse_day(value, tz)
         except ValueError as exc:
             raise ApiError("bad_date", f"{name} 须为 YYYY-MM-DD 格式的日期。", 400) from exc
 

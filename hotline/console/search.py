@@ -17,6 +17,7 @@ from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, requires
 from hotline.appkeys import SETTINGS, STORE
 from hotline.console.auth import render_console
 from hotline.console.views import case_view, json_response, top_labels
+from hotline.dates import parse_day
 from hotline.errors import ApiError
 from hotline.records import Case
 from hotline.status import LABELS_ZH, Status
@@ -33,7 +34,7 @@ def _date(value: str, tz: Any, name: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=tz)
+        return parse_day(value, tz)
     except ValueError as exc:
         raise ApiError("bad_date", f"{name} 须为 YYYY-MM-DD 格式的日期。", 400) from exc
 

@@ -30,6 +30,7 @@ from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
 from hotline.dispatch.poller import poll_forever
 from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
 from hotline.dispatch.tables import Taxonomy, load_tables
+from hotline.numbers import ascii_digits
 from hotline.records import Case
 from hotline.settings import Settings
 from hotline.status import LABELS_ZH, OPEN_STATES, parse_status
@@ -120,7 +121,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not ascii_digits(raw) or not low <= int(raw) <= high:
         raise DispatchError("bad_query", f"参数 {name} 须为 {low} 到 {high} 之间的整数。", 400)
     return int(raw)
 

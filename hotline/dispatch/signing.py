@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import time
 
+from hotline.numbers import ascii_digits
+
 SIGNATURE_HEADER = "X-Hotline-Signature"
 TIMESTAMP_HEADER = "X-Hotline-Timestamp"
 
@@ -41,7 +43,7 @@ def verify(secret: str, headers: dict[str, str] | object, body: bytes, max_age_s
         raise SignatureError("events_disabled", "未配置 dispatch.secret，不接受状态回传。")
     if not ts or not sig:
         raise SignatureError("unsigned", f"缺少签名（{TIMESTAMP_HEADER} / {SIGNATURE_HEADER}）。")
-    if not ts.isdigit() or len(ts) > 12:
+    if not ascii_digits(ts) or len(ts) > 12:
         raise SignatureError("bad_timestamp", f"{TIMESTAMP_HEADER} 须为 Unix 秒数。")
     now = time.time() if now is None else now
     if abs(now - int(ts)) > max_age_s:
