@@ -199,7 +199,8 @@ class AnswerService:
         return hmac.new(self._secret, f"answer\x00{case_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def check_token(self, case_id: str, token: str) -> bool:
-        return bool(token) and hmac.compare_digest(self.token(case_id), str(token))
+        # compare_digest refuses str holding non-ASCII characters (TypeError): such a token is wrong anyway.
+        return bool(token) and str(token).isascii() and hmac.compare_digest(self.token(case_id), str(token))
 
     def offer(self, case: Case) -> AnswerOffer | None:
         a = case.answer or {}

@@ -1,6 +1,9 @@
-"""Reading request bodies with a hard size limit, also when the client sends no Content-Length."""
+"""Reading request bodies: a hard size limit (also without Content-Length), JSON that cannot crash the parser."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from aiohttp import web
 
@@ -14,3 +17,12 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
         if len(buf) > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(buf))
     return bytes(buf)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads`` of bytes from outside: ValueError for anything unreadable, including nesting too deep
+    for the parser (``[[[[…`` raises RecursionError, which a ``ValueError`` handler would let through)."""
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from hotline.bodies import parse_json
 
 
 class ApiError(Exception):
@@ -22,7 +22,7 @@ def decode_json_object(raw: bytes, content_type: str, *, allow_empty: bool = Fal
     if content_type != "application/json":
         raise ApiError("unsupported_media_type", "请求须为 application/json。", 415)
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
     if not isinstance(body, dict):

@@ -151,6 +151,9 @@ async def test_api_consultation_answer_and_feedback(app_client: TestClient, ct: 
     assert bad.status == 422
     bad = await app_client.post(url, data=b"{", headers={"Content-Type": "application/json"})
     assert bad.status == 400
+    # compare_digest refuses non-ASCII str: still just a wrong token.
+    bad = await app_client.post(url, json={"resolved": False, "token": "é" * 32})
+    assert bad.status == 403 and (await bad.json())["error"]["code"] == "forbidden"
     ok = await app_client.post(url, json={"resolved": False, "token": ans["feedback_token"]})
     out = await ok.json()
     assert ok.status == 200 and out["status"] == "classified" and out["feedback"] == "not_resolved"
@@ -235,6 +238,19 @@ async def test_send_errors(app_client: TestClient, ct: Headers, sup: Headers) ->
 
 
 # knowledge base editing ----------------------------------------------------------------
+
+async def test_kb_of_questions_too_short_to_index(app_client: TestClient, ct: Headers, sup: Headers) -> None:
+    # One character holds no 2-gram: stored, listed, never matched, and no 500 from the index rebuild.
+    made = await app_client.post("/api/v1/kb", json={"question": "0", "answer": "0"}, headers=sup)
+    assert made.status == 201, await made.text()
+    entry_id = (await made.json())["entry"]["id"]
+    put = await app_client.put(f"/api/v1/kb/{entry_id}", json={"question": "办"}, headers=sup)
+    assert put.status == 200, await put.text()
+    listed = await (await app_client.get("/api/v1/kb", headers=ct)).json()
+    assert [e["id"] for e in listed["entries"]] == [entry_id]
+    resp = await app_client.post("/api/v1/complaints", json={"text": "请问这个怎么办？"})
+    assert resp.status == 201 and (await resp.json())["answer"] is None
+
 
 async def test_kb_crud_audit_and_retired_never_shown(app_client: TestClient, ct: Headers, sup: Headers) -> None:
     ids = await add_entries(app_client, sup)

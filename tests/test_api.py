@@ -93,6 +93,9 @@ async def test_empty_body(client: TestClient) -> None:
 async def test_not_json(client: TestClient) -> None:
     assert_error(*await post(client, b"{not json"), 400, "bad_json")
     assert_error(*await post(client, b"\xff\xfe\x00garbage"), 400, "bad_json")
+    # Deeper than the parser's recursion limit, far below the body limit.
+    assert_error(*await post(client, b"[" * 50_000), 400, "bad_json")
+    assert_error(*await post(client, b'{"text": ' + b"[" * 50_000), 400, "bad_json")
 
 
 async def test_wrong_content_type(client: TestClient) -> None:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from hotline.appkeys import DISPATCHER, INTAKE, SETTINGS, STORE
+from hotline.bodies import parse_json
 from hotline.channels.web import valid_case_id
 from hotline.dispatch.tables import Taxonomy
 from hotline.intake import IntakeError
@@ -101,7 +102,7 @@ async def _form(request: web.Request) -> dict[str, str]:
     ctype = request.content_type
     if ctype == "application/json":
         try:
-            body = json.loads(await request.read())
+            body = parse_json(await request.read())
         except (ValueError, UnicodeDecodeError) as exc:
             raise Open311Error(400, "请求内容不是合法的 JSON。") from exc
         if not isinstance(body, dict):

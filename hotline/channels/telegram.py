@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -58,7 +57,7 @@ from telegram.ext import (
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
-from hotline.bodies import read_limited
+from hotline.bodies import parse_json, read_limited
 from hotline.channels.conversation import (
     ASK_PLACE,
     ASK_TEXT,
@@ -754,7 +753,7 @@ class TelegramDoor:
             return web.json_response({"error": {"code": "forbidden", "message": "bad secret token"}}, status=403)
         buf = await read_limited(request, self.cfg.max_body_bytes)
         try:
-            data = json.loads(buf)
+            data = parse_json(buf)
         except ValueError:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("update_id"), int) \

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from hotline.bodies import parse_json
 from hotline.store.conversations import ConversationStore
 
 log = logging.getLogger("hotline.wechat.api")
@@ -102,7 +103,7 @@ class WeChatAPI:
         if resp.status >= 400:
             raise WeChatAPIError(-resp.status, f"http {resp.status}")
         try:
-            data = json.loads(raw)
+            data = parse_json(raw)
         except ValueError as exc:
             raise WeChatAPIError(-1, "response is not JSON") from exc
         if not isinstance(data, dict):

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from hotline.bodies import parse_json
 from hotline.dispatch.signing import sign_headers
 from hotline.dispatch.tables import DispatchTables
 
@@ -126,7 +127,7 @@ class Open311Backend:
         if not 200 <= status < 300:
             raise _status_error(status, text)
         try:
-            body = json.loads(text)
+            body = parse_json(text)
         except ValueError as exc:
             # Accepted with a body we cannot read: retrying would create a second order.
             return Delivery("", {"warning": f"unreadable response: {exc}"})
@@ -145,7 +146,7 @@ class Open311Backend:
                     return None
                 if resp.status != 200:
                     raise _status_error(resp.status, (await resp.content.read(2000)).decode("utf-8", "replace"))
-                body = json.loads(await resp.content.read(MAX_RESPONSE_BYTES))
+                body = parse_json(await resp.content.read(MAX_RESPONSE_BYTES))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if isinstance(body, list):
@@ -171,7 +172,7 @@ class WebhookBackend:
         if not 200 <= status < 300:
             raise _status_error(status, text)
         try:
-            answer = json.loads(text) if text.strip() else {}
+            answer = parse_json(text) if text.strip() else {}
         except ValueError:
             answer = {}
         ref = str(answer.get("id") or answer.get("ref") or "") if isinstance(answer, dict) else ""

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from hotline.appkeys import DISPATCHER
+from hotline.bodies import parse_json
 from hotline.dispatch.service import EVENT_TYPES, DispatchError, StatusEvent
 from hotline.dispatch.signing import SignatureError, verify
 
@@ -98,7 +99,7 @@ async def post_event(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise DispatchError("unsupported_media_type", "请求须为 application/json。", 415)
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DispatchError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
     outcome = await dispatcher.handle_event(parse_event(body))

@@ -226,11 +226,15 @@ class AnswerIndex:
 
     @classmethod
     def build(cls, entries: Iterable[KBEntry]) -> AnswerIndex:
-        active = [e for e in entries if e.status == ACTIVE and clean_text(e.question) and e.answer.strip()]
+        # A question needs two characters to hold one n-gram: a shorter one could never be matched.
+        active = [e for e in entries if e.status == ACTIVE and len(clean_text(e.question)) >= 2 and e.answer.strip()]
         if not active:
             return cls([], None, None, np.zeros(0))
         vec = _vectorizer(len(active))
-        matrix = vec.fit_transform([e.question for e in active]).T.tocsr()
+        try:
+            matrix = vec.fit_transform([e.question for e in active]).T.tocsr()
+        except ValueError:  # every n-gram pruned as too common (many copies of one question): nothing to rank by
+            return cls([], None, None, np.zeros(0))
         dates = np.array([date_ts(e.date) or np.nan for e in active], dtype=np.float64)
         return cls(active, vec, matrix, dates)
 
