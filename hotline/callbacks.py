@@ -19,6 +19,7 @@ from hotline.access import FOLLOW_UP, SUPERVISOR, requires
 from hotline.appkeys import NOTIFICATIONS, SETTINGS, STORE, SURVEYS
 from hotline.channels.web import dumps, read_json_object, valid_case_id
 from hotline.dates import parse_day
+from hotline.numbers import finite_number
 from hotline.pages import render
 from hotline.rates import compute, ranking, to_csv, total
 from hotline.rates_cases import RateSettings, rate_row
@@ -191,9 +192,10 @@ async def post_callback(request: web.Request) -> web.Response:
         return web.json_response({"result": "answered", "message": text}, dumps=dumps)
     note = body.get("note", "")
     call_back_at = body.get("call_back_at", 0)
-    if not isinstance(note, str) or not isinstance(call_back_at, int | float) or isinstance(call_back_at, bool):
+    when = finite_number(call_back_at)
+    if not isinstance(note, str) or when is None:
         raise SurveyError("bad_body", "note 须为文字，call_back_at 须为时间戳。")
-    rec = await service.agent_outcome(case_id, rid, str(outcome), actor, note=note, call_back_at=float(call_back_at))
+    rec = await service.agent_outcome(case_id, rid, str(outcome), actor, note=note, call_back_at=when)
     return web.json_response({"result": str(outcome), "state": rec.state}, dumps=dumps)
 
 

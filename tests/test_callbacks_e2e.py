@@ -175,6 +175,7 @@ async def test_web_case_through_the_worklist_api_and_pages(app_client: TestClien
                              ({"outcome": "answered", "resolved": True, "satisfaction": "great"}, 422),
                              ({"outcome": "hung_up"}, 422),
                              ({"outcome": "call_back_later", "call_back_at": time.time() - 10}, 422),
+                             ({"outcome": "call_back_later", "call_back_at": 10**400}, 422),
                              ({"outcome": "no_answer", "note": 5}, 422)):
             bad = await agent.post_json(url, body)
             assert bad.status == status, (body, bad.status)

@@ -53,8 +53,9 @@ async def app_client(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path:
     return await aiohttp_client(create_app(dispatch_settings(redis_server, tmp_path, key_prefix, receiver.url)))
 
 
-async def dispatched(client: TestClient, receiver: Open311Receiver, text: str = "", **cls: Any) -> Case:
-    case = await new_case(client, text)
+async def dispatched(client: TestClient, receiver: Open311Receiver, text: str = "", contact: str = "",
+                     **cls: Any) -> Case:
+    case = await new_case(client, text, contact=contact)
     case = await client.app[DISPATCHER].confirm(case.id, {**CLASSIFICATION, **cls}, "staff:zhang")
     await wait_for(lambda: any(a.case_id == case.id for a in receiver.orders))
     await wait_for(lambda: _state(client, case.id, "delivered"))
@@ -237,6 +238,12 @@ async def test_event_errors_are_clear_4xx(app_client: TestClient, receiver: Open
     assert status == 422 and "reason" in body["error"]["message"]
     status, body = await post_event(app_client, {**good, "seq": -1})
     assert status == 422
+    # Too large for a float: float() and math.isfinite() raise OverflowError on it.
+    status, body = await post_event(app_client, {**good, "seq": 10**400})
+    assert status == 422 and body["error"]["code"] == "bad_field"
+    # compare_digest raises TypeError on non-ASCII str: still just a wrong signature.
+    status, body = await post_event(app_client, good, headers={**headers, "X-Hotline-Signature": "é" * 64})
+    assert status == 401 and body["error"]["code"] == "bad_signature"
     status, body = await post_event(app_client, {**good, "case_id": "../../etc"})
     assert status == 422 and body["error"]["code"] == "bad_case_id"
     status, body = await post_event(app_client, {**good, "case_id": "20990101-999999"})
@@ -288,7 +295,7 @@ async def test_redispatch_after_unsatisfied_survey(app_client: TestClient, recei
 async def test_overdue_listing_and_flag(app_client: TestClient, receiver: Open311Receiver) -> None:
     store = app_client.app[STORE]
     dispatcher = app_client.app[DISPATCHER]
-    late = await dispatched(app_client, receiver)
+    late = await dispatched(app_client, receiver, contact="13800138000")
     on_time = await dispatched(app_client, receiver)
     past = time.time() - 600
 
@@ -305,6 +312,8 @@ async def test_overdue_listing_and_flag(app_client: TestClient, receiver: Open31
         assert resp.status == 200
         body = await resp.json()
         assert [c["id"] for c in body["cases"]] == [late.id] and body["cases"][0]["overdue"] is True
+        # Personal data masked as on the console's pages.
+        assert body["cases"][0]["contact"] == "138****8000" and body["cases"][0]["sender"] == ""
         resp = await staff.get("/api/v1/cases?status=dispatched&limit=10")
         listed = {c["id"]: c for c in (await resp.json())["cases"]}
         assert {late.id, on_time.id} <= set(listed) and listed[on_time.id]["overdue"] is False
@@ -331,7 +340,7 @@ async def test_dead_letters_api_for_supervisors(app_client: TestClient, receiver
         dead = (await resp.json())["dead"]
         assert [d["case_id"] for d in dead] == [case.id] and dead[0]["attempts"] == 3
         # Unknown, and beyond what a stream id can hold (Redis answers those with an error).
-        for dead_id in ("1-1", "151215064528435-63296625698230985688", "18446744073709551616-0"):
+        for dead_id in ("1-1", "151215064528435-63296625698230985688", "18446744073709551616-0", "١-١"):
             resp = await sup.post_json(f"/api/v1/dispatch/dead/{dead_id}/redrive", {})
             assert resp.status == 404, dead_id
         resp = await sup.post_json(f"/api/v1/dispatch/dead/{dead[0]['dead_id']}/redrive", {})

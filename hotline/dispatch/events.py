@@ -17,7 +17,6 @@ for malformed bodies, 404 for unknown cases, 409 for events that contradict the 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from hotline.appkeys import DISPATCHER
 from hotline.bodies import parse_json
 from hotline.dispatch.service import EVENT_TYPES, DispatchError, StatusEvent
 from hotline.dispatch.signing import SignatureError, verify
+from hotline.numbers import finite_number
 
 MAX_EVENT_ID_CHARS = 200
 MAX_TEXT_CHARS = 5000
@@ -51,9 +51,10 @@ def _number(body: dict[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    number = finite_number(value)
+    if number is None:
         raise DispatchError("bad_field", f"字段 {name} 必须是数字。")
-    return float(value)
+    return number
 
 
 def parse_event(body: Any, source: str = "backend") -> StatusEvent:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from hotline.access import requires
 from hotline.appkeys import DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
+from hotline.console.auth import can_see_phone
 from hotline.dispatch.backends import Open311Backend, WebhookBackend
 from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
@@ -31,7 +32,7 @@ from hotline.dispatch.poller import poll_forever
 from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
 from hotline.dispatch.tables import Taxonomy, load_tables
 from hotline.numbers import ascii_digits
-from hotline.records import Case
+from hotline.records import Case, mask_name, mask_phone
 from hotline.settings import Settings
 from hotline.status import LABELS_ZH, OPEN_STATES, parse_status
 from hotline.store.outbox import Outbox
@@ -40,7 +41,7 @@ from hotline.tasks import stop_tasks
 log = logging.getLogger("hotline.dispatch")
 dumps = functools.partial(json.dumps, ensure_ascii=False)
 
-DEAD_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+DEAD_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # [0-9]: \d also matches other scripts' digits
 MAX_LIST = 200
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("dispatch_forwarder", Forwarder)
 
@@ -109,8 +110,17 @@ async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 # staff routes ------------------------------------------------------------------
 
-def staff_case(case: Case, now: float) -> dict[str, Any]:
+def staff_case(case: Case, now: float, user: Any) -> dict[str, Any]:
+    """The stored record for staff lists, with personal data masked as on the console's pages: the full
+    phone number only for a follow-up agent on a case to call back about."""
     data = case.to_dict()
+    full = can_see_phone(user, case)
+    data["contact"] = case.contact if full else mask_phone(case.contact)
+    data["name"] = mask_name(case.name)
+    data["sender"] = ""
+    for report in data["reports"]:
+        report["contact"] = report.get("contact", "") if full else mask_phone(report.get("contact", ""))
+        report["sender"] = ""
     data["status_label"] = LABELS_ZH[case.status]
     data["reporter_count"] = case.reporter_count
     data["overdue"] = case.status in OPEN_STATES and 0 < case.deadline_at < now
@@ -141,7 +151,7 @@ async def list_cases(request: web.Request) -> web.Response:
     now = time.time()
     if overdue == "1":
         cases = await request.app[DISPATCHER].overdue(limit=limit, offset=offset)
-        return web.json_response({"cases": [staff_case(c, now) for c in cases], "overdue": True,
+        return web.json_response({"cases": [staff_case(c, now, request["user"]) for c in cases], "overdue": True,
                                   "limit": limit, "offset": offset}, dumps=dumps)
     status = None
     if request.query.get("status"):
@@ -152,8 +162,8 @@ async def list_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
     ids = await store.case_ids(status=status, offset=offset, limit=limit)
     cases = await store.get_cases(ids)
-    return web.json_response({"cases": [staff_case(c, now) for c in cases], "total": await store.count(status),
-                              "limit": limit, "offset": offset}, dumps=dumps)
+    return web.json_response({"cases": [staff_case(c, now, request["user"]) for c in cases],
+                              "total": await store.count(status), "limit": limit, "offset": offset}, dumps=dumps)
 
 
 @requires("supervisor")

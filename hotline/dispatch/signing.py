@@ -48,5 +48,6 @@ def verify(secret: str, headers: dict[str, str] | object, body: bytes, max_age_s
     now = time.time() if now is None else now
     if abs(now - int(ts)) > max_age_s:
         raise SignatureError("stale", "签名已过期（时间戳超出允许范围）。")
-    if not hmac.compare_digest(signature(secret, ts, body), sig.strip()):
+    # compare_digest refuses str holding non-ASCII characters (TypeError): such a signature is wrong anyway.
+    if not sig.isascii() or not hmac.compare_digest(signature(secret, ts, body), sig.strip()):
         raise SignatureError("bad_signature", "签名不正确。")
