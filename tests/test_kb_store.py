@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hotline.store import Store
-from hotline.store.kb import EntryConflict, EntryInvalid, EntryNotFound, KnowledgeBase
+from hotline.store.kb import EntryConflict, EntryInvalid, EntryNotFound, KnowledgeBase, valid_entry_id
 
 Q = {"question": "新生儿医保怎么办理", "answer": "到社区医保窗口办理。", "department": "医疗保障局", "date": "2026-3-1"}
 
@@ -71,3 +71,14 @@ async def test_import_is_idempotent_and_never_revives_retired_entries(store: Sto
     assert [e.action for e in await kb.events("dalian:r3")] == ["imported", "reimported"]
     version, records = await kb.snapshot()
     assert len(records) == 1200 and version == await kb.version()
+    assert all(valid_entry_id(r.id) for r in records)
+
+
+async def test_every_imported_id_is_a_valid_entry_id(store: Store) -> None:
+    # The longest source and source id, and a source starting with "_": reachable by the API's id check.
+    kb = KnowledgeBase(store)
+    rows = [{"source_id": "9" * 80, "question": "居住证怎么办理", "answer": "到派出所办理。"}]
+    await kb.import_many(rows, actor="cli", source="_" + "s" * 50)
+    (record,) = (await kb.snapshot())[1]
+    assert len(record.id) == 101 and valid_entry_id(record.id)
+    assert not valid_entry_id(record.id + "\n") and not valid_entry_id("../kb") and not valid_entry_id("")

@@ -31,7 +31,9 @@ MAX_ANSWER_CHARS = 10_000
 MAX_DEPARTMENT_CHARS = 100
 MAX_SOURCE_CHARS = 40
 EDITABLE = ("question", "answer", "department", "date")
-_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
+# Every id this store makes: kb-000123, and <source ≤ 40>:<source id ≤ 60> from imports.
+ENTRY_ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,100}"
+_ID_OK = re.compile(ENTRY_ID_PATTERN)
 
 
 class EntryNotFound(KeyError):
@@ -77,7 +79,7 @@ class KBRecord:
 
 
 def valid_entry_id(entry_id: str) -> bool:
-    return bool(_ID_OK.match(entry_id or ""))
+    return bool(_ID_OK.fullmatch(entry_id or ""))
 
 
 def clean_fields(fields: dict[str, Any], *, partial: bool) -> dict[str, str]:
