@@ -1,23 +1,13 @@
-"""The OpenAPI 3.1 document of the public JSON API."""
+"""The OpenAPI 3.1 document of the JSON API: the citizens' part here, the staff and integration parts beside."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hotline import __version__
+from hotline.channels import openapi_answers, openapi_console, openapi_dispatch
+from hotline.channels.openapi_common import SECURITY_SCHEMES, errors
 from hotline.status import Status
-
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
 
 _TOP = {
     "type": "array",
@@ -96,49 +86,57 @@ _CASE = {
 }
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
+    paths = _citizen_paths()
+    for part in (openapi_console.PATHS, openapi_dispatch.PATHS, openapi_answers.PATHS):
+        for path, operations in part.items():
+            paths.setdefault(path, {}).update(operations)
     return {
-        str(code): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-        for code in codes
+        "openapi": "3.1.0",
+        "info": {"title": "一号通 citizen hotline API", "version": __version__,
+                 "description": "市民接口无需登录；工作人员接口需登录会话（写操作另带 CSRF 令牌）；"
+                                "派遣状态回传以 HMAC 签名认证。"},
+        "components": {"securitySchemes": SECURITY_SCHEMES},
+        "paths": paths,
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def _citizen_paths() -> dict[str, Any]:
     return {
-        "openapi": "3.1.0",
-        "info": {"title": "一号通 citizen hotline API", "version": __version__},
-        "paths": {
-            "/api/v1/complaints": {
-                "post": {
-                    "operationId": "createComplaint",
-                    "summary": "提交诉求",
-                    "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "required": False,
-                         "schema": {"type": "string", "maxLength": 200}}
-                    ],
-                    "requestBody": {"required": True,
-                                    "content": {"application/json": {"schema": _COMPLAINT_IN}}},
-                    "responses": {
-                        "201": {"description": "case created",
-                                "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
-                        "200": {"description": "the same request was already accepted",
-                                "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
-                        **_errors(400, 413, 415, 422, 429, 503),
-                    },
-                }
-            },
-            "/api/v1/cases/{case_id}": {
-                "get": {
-                    "operationId": "getCase",
-                    "summary": "查询案件",
-                    "parameters": [{"name": "case_id", "in": "path", "required": True,
-                                    "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": {"description": "the case, contacts masked",
-                                "content": {"application/json": {"schema": _CASE}}},
-                        **_errors(404, 429, 503),
-                    },
-                }
-            },
+        "/api/v1/complaints": {
+            "post": {
+                "operationId": "createComplaint",
+                "summary": "提交诉求",
+                "tags": ["citizen"],
+                "security": [],
+                "parameters": [
+                    {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "schema": {"type": "string", "maxLength": 200}}
+                ],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _COMPLAINT_IN}}},
+                "responses": {
+                    "201": {"description": "case created",
+                            "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
+                    "200": {"description": "the same request was already accepted",
+                            "content": {"application/json": {"schema": _COMPLAINT_OUT}}},
+                    **errors(400, 413, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/api/v1/cases/{case_id}": {
+            "get": {
+                "operationId": "getCase",
+                "summary": "查询案件",
+                "tags": ["citizen"],
+                "security": [],
+                "parameters": [{"name": "case_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "the case, contacts masked",
+                            "content": {"application/json": {"schema": _CASE}}},
+                    **errors(404, 429, 503),
+                },
+            }
         },
     }
