@@ -124,10 +124,10 @@ class AnswerService:
             return await self._load()
 
     async def _load(self) -> int:
-        last = await self.store.r.xrevrange(self.kb.k_log, count=1)
+        last = await self.kb.last_change()
         version, records = await self.kb.snapshot()
         self.index = await asyncio.to_thread(AnswerIndex.build, [r.to_entry() for r in records])
-        self.version, self._log_id = version, (last[0][0] if last else "0-0")
+        self.version, self._log_id = version, last
         log.info("answer index built", extra={"event": "kb_index_built", "entries": len(self.index),
                                               "version": version})
         return len(self.index)
@@ -138,14 +138,14 @@ class AnswerService:
             version = await self.kb.version()
             if version == self.version:
                 return False
-            rows = await self.store.r.xrange(self.kb.k_log, min=f"({self._log_id}", count=MAX_INCREMENTAL + 1)
+            rows = await self.kb.changes_since(self._log_id, MAX_INCREMENTAL + 1)
             # A small index is rebuilt whole (it takes milliseconds, and an index grown from a few entries
             # would keep their tiny vocabulary); a large one is updated in place until many entries changed.
             if (len(rows) > MAX_INCREMENTAL or len(self.index) < SMALL_INDEX
                     or self.index.stale > max(1000, REBUILD_SHARE * len(self.index))):
                 await self._load()
                 return True
-            ids = list(dict.fromkeys(f["entry"] for _eid, f in rows))
+            ids = list(dict.fromkeys(entry for _log_id, entry in rows))
             records = await self.kb.get_many(ids)
             changed = [records[i].to_entry() if i in records else KBEntry(i, "", "", status=RETIRED) for i in ids]
             if changed:

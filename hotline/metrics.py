@@ -27,7 +27,6 @@ from redis.exceptions import RedisError
 
 from hotline.appkeys import CLASSIFIER, INTAKE, SETTINGS, STORE, STT
 from hotline.records import Case
-from hotline.status import Status
 from hotline.store import StoreUnavailable
 from hotline.store.outbox import Outbox
 from hotline.store.surveys import SurveyStore
@@ -114,20 +113,16 @@ class Metrics:
             self.store_up.set(0)
             return
         try:
-            async with store.r.pipeline(transaction=False) as pipe:
-                pipe.zcard(store.k_all)
-                for status in Status:
-                    pipe.zcard(store.k_status(status))
-                total, *by_status = await pipe.execute()
+            total, by_status = await store.counts()
             stats = await Outbox(store).stats()
             surveys = await SurveyStore(store).counts()
         except (*StoreUnavailable, RedisError):
             self.store_up.set(0)
             return
         self.store_up.set(1)
-        self.cases_total.set(int(total))
-        for status, n in zip(Status, by_status, strict=True):
-            self.cases_by_status.labels(status.value).set(int(n))
+        self.cases_total.set(total)
+        for status, n in by_status.items():
+            self.cases_by_status.labels(status.value).set(n)
         for state, key in (("waiting", "outbox"), ("pending", "pending"), ("retrying", "retrying"),
                            ("open_orders", "open_orders")):
             self.outbox.labels(state).set(stats[key])

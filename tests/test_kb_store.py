@@ -74,6 +74,26 @@ async def test_import_is_idempotent_and_never_revives_retired_entries(store: Sto
     assert all(valid_entry_id(r.id) for r in records)
 
 
+async def test_pages_hold_exactly_limit_entries_in_id_order(store: Store) -> None:
+    kb = KnowledgeBase(store)
+    ids = [(await kb.add({**Q, "question": f"问题{i}怎么办理"}, actor="t")).id for i in range(7)]
+    for gone in (ids[1], ids[4]):
+        await kb.retire(gone, actor="t")
+
+    async def walk(limit: int, status: str) -> list[list[str]]:
+        pages, cursor = [], 0
+        while cursor is not None:
+            cursor, records = await kb.page(cursor, limit, status)
+            pages.append([r.id for r in records])
+        return pages
+
+    assert await walk(3, "all") == [ids[0:3], ids[3:6], ids[6:7]]
+    active = [i for i in ids if i not in (ids[1], ids[4])]
+    assert await walk(2, "active") == [active[0:2], active[2:4], active[4:5]]
+    assert await walk(5, "retired") == [[ids[1], ids[4]]]
+    assert await kb.page(7, 3) == (None, [])
+
+
 async def test_every_imported_id_is_a_valid_entry_id(store: Store) -> None:
     # The longest source and source id, and a source starting with "_": reachable by the API's id check.
     kb = KnowledgeBase(store)

@@ -152,14 +152,13 @@ async def kb_list(request: web.Request) -> web.Response:
                    for m in decision_matches if m.entry.id in current and current[m.entry.id].status == "active"]
         return web.json_response({"entries": entries, "next_cursor": None, "total": await kb.count(),
                                   "version": await kb.version()}, dumps=dumps)
-    cursor = _int_param(request, "cursor", 0, 0, 2**63 - 1)
+    cursor = _int_param(request, "cursor", 0, 0, 10**9)
     status = request.query.get("status", "all")
     if status not in ("all", "active", "retired"):
         raise AnswerError("bad_param", "参数 status 须为 all、active 或 retired。", 400)
-    next_cursor, raw = await kb.r.hscan(kb.k_entries, cursor=cursor, count=limit)
-    records = sorted((KBRecord.from_dict(json.loads(v)) for v in raw.values()), key=lambda r: r.id)
-    entries = [_entry_view(r) for r in records if status == "all" or r.status == status]
-    return web.json_response({"entries": entries, "next_cursor": int(next_cursor) or None,
+    next_cursor, records = await kb.page(cursor, limit, status)
+    entries = [_entry_view(r) for r in records]
+    return web.json_response({"entries": entries, "next_cursor": next_cursor,
                               "total": await kb.count(), "version": await kb.version()}, dumps=dumps)
 
 

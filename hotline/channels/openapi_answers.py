@@ -227,7 +227,7 @@ _KB_LIST_PARAMS: list[Schema] = [
     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 200},
      "description": "每页或搜索结果条数，默认 50"},
     {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
-     "description": "分页位置：上一页的 next_cursor（0 到 2^63-1 的整数）；搜索时忽略"},
+     "description": "分页位置：上一页的 next_cursor（0 到 10^9 的整数）；搜索时忽略"},
     {"name": "status", "in": "query", "required": False, "schema": {"type": "string"},
      "description": "all（默认）、active 或 retired；搜索时忽略"},
 ]

@@ -362,6 +362,15 @@ class Store:
     async def count(self, status: Status | None = None) -> int:
         return int(await self.r.zcard(self.k_status(status) if status else self.k_all))
 
+    async def counts(self) -> tuple[int, dict[Status, int]]:
+        """All cases, and the cases in each status, in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.k_all)
+            for status in Status:
+                pipe.zcard(self.k_status(status))
+            total, *by_status = await pipe.execute()
+        return int(total), {s: int(n) for s, n in zip(Status, by_status, strict=True)}
+
     async def confirm_queue(self, limit: int = 100) -> list[str]:
         return await self.r.zrange(self.k_confirm, 0, limit - 1)
 

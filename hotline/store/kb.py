@@ -175,6 +175,34 @@ class KnowledgeBase:
         return [Event(id=eid, ts=float(f["ts"]), actor=f["actor"], action=f["action"],
                       data=json.loads(f.get("data") or "{}")) for eid, f in rows]
 
+    async def page(self, offset: int, limit: int, status: str = "all") -> tuple[int | None, list[KBRecord]]:
+        """Up to ``limit`` entries in id order from position ``offset`` of all ids, those of ``status`` only
+        unless "all"; (the offset to continue from, or None at the end; the entries)."""
+        ids = sorted(await self.r.hkeys(self.k_entries))
+        out: list[KBRecord] = []
+        at = offset
+        while at < len(ids) and len(out) < limit:
+            chunk = ids[at:at + (limit - len(out) if status == "all" else 500)]
+            for raw in await self.r.hmget(self.k_entries, chunk):
+                at += 1
+                if raw is not None:
+                    rec = KBRecord.from_dict(json.loads(raw))
+                    if status == "all" or rec.status == status:
+                        out.append(rec)
+                        if len(out) == limit:
+                            break
+        return (at if at < len(ids) else None), out
+
+    async def last_change(self) -> str:
+        """The id of the newest change-log entry ("0-0" when none): where ``changes_since`` continues."""
+        rows = await self.r.xrevrange(self.k_log, count=1)
+        return rows[0][0] if rows else "0-0"
+
+    async def changes_since(self, log_id: str, count: int) -> list[tuple[str, str]]:
+        """(log id, entry id) of up to ``count`` changes after ``log_id``, oldest first."""
+        rows = await self.r.xrange(self.k_log, min=f"({log_id}", count=count)
+        return [(eid, f["entry"]) for eid, f in rows]
+
     async def recent_changes(self, count: int = 100) -> list[dict[str, Any]]:
         rows = await self.r.xrevrange(self.k_log, count=count)
         return [{"id": eid, "ts": float(f["ts"]), "actor": f["actor"], "action": f["action"], "entry": f["entry"]}
