@@ -330,7 +330,7 @@ async def test_overdue_listing_and_flag(app_client: TestClient, receiver: Open31
 
 async def test_dead_letters_api_for_supervisors(app_client: TestClient, receiver: Open311Receiver) -> None:
     receiver.plan = lambda key, n: "fail" if n <= 3 else "accept"
-    case = await new_case(app_client)
+    case = await new_case(app_client, contact="13800138000")
     await app_client.app[DISPATCHER].confirm(case.id, CLASSIFICATION, "staff:a")
     await wait_for(lambda: _state(app_client, case.id, "dead_letter"))
     async with staff_login(app_client, "call_taker") as staff:
@@ -339,6 +339,8 @@ async def test_dead_letters_api_for_supervisors(app_client: TestClient, receiver
         resp = await sup.get("/api/v1/dispatch/dead")
         dead = (await resp.json())["dead"]
         assert [d["case_id"] for d in dead] == [case.id] and dead[0]["attempts"] == 3
+        # The stored order carries the full number for the department; the listing does not.
+        assert dead[0]["order"]["citizen"]["contact"] == "138****8000"
         # Unknown, and beyond what a stream id can hold (Redis answers those with an error).
         for dead_id in ("1-1", "151215064528435-63296625698230985688", "18446744073709551616-0", "١-١"):
             resp = await sup.post_json(f"/api/v1/dispatch/dead/{dead_id}/redrive", {})

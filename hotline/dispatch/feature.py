@@ -171,7 +171,19 @@ async def list_dead(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, 1, 1000)
     outbox = request.app[DISPATCHER].outbox
     dead = await outbox.dead_letters(limit)
-    return web.json_response({"dead": [d.to_dict() for d in dead], "total": await outbox.dead_count()}, dumps=dumps)
+    return web.json_response({"dead": [_masked_letter(d.to_dict()) for d in dead], "total": await outbox.dead_count()},
+                             dumps=dumps)
+
+
+def _masked_letter(letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as supervisors see it: the order keeps the citizen's number for the department, the
+    listing shows it masked as the console's pages do."""
+    order = letter.get("order")
+    citizen = order.get("citizen") if isinstance(order, dict) else None
+    if isinstance(citizen, dict):
+        letter["order"] = {**order, "citizen": {**citizen, "contact": mask_phone(str(citizen.get("contact") or "")),
+                                                "name": mask_name(str(citizen.get("name") or ""))}}
+    return letter
 
 
 @requires("supervisor")
