@@ -32,17 +32,26 @@ async def test_create_and_fetch(client: TestClient) -> None:
     assert body["status"] == "classified"
     assert body["case_id"] in body["reply"]
     assert {"category", "department", "type", "urgency", "needs_confirmation"} <= set(body["suggestion"])
-    resp = await client.get(f"/api/v1/cases/{body['case_id']}")
+    resp = await client.get(f"/api/v1/cases/{body['case_id']}?last4=5678")
     assert resp.status == 200
     case = await resp.json()
-    assert case["contact"] == "138****5678"
+    assert case["contact"] == "138****5678" and case["details_hidden"] is False
     assert "13812345678" not in json.dumps(case)
-    assert case["address"] == "幸福小区3栋" and case["channel"] == "web"
+    assert case["address"] == "幸福小区3栋" and case["channel"] == "web" and "路灯" in case["text"]
+    # The case number alone shows progress, not what was reported or where (numbers run in sequence).
+    bare = await (await client.get(f"/api/v1/cases/{body['case_id']}")).json()
+    assert bare["status"] == "classified" and bare["details_hidden"] is True and bare["text"] == ""
+    assert "幸福小区" not in json.dumps(bare, ensure_ascii=False) and "5678" not in json.dumps(bare)
+    # Wrong or malformed digits: the same 404 as an unknown case, so numbers cannot be probed.
+    for digits in ("1234", "567", "５６７８", "²²²²"):
+        resp = await client.get(f"/api/v1/cases/{body['case_id']}", params={"last4": digits})
+        assert_error(resp.status, await resp.json(), 404)
 
 
 async def test_phone_numbers_inside_the_text_are_masked_when_shown(client: TestClient) -> None:
-    _, body = await post(client, {"text": "我的电话13912345678，身份证110101199003071234，请回电"})
-    case = await (await client.get(f"/api/v1/cases/{body['case_id']}")).json()
+    _, body = await post(client, {"text": "我的电话13912345678，身份证110101199003071234，请回电",
+                                  "contact": "13700001111"})
+    case = await (await client.get(f"/api/v1/cases/{body['case_id']}?last4=1111")).json()
     assert "13912345678" not in case["text"] and "139****5678" in case["text"]
     assert "110101199003071234" not in case["text"]
 
@@ -125,9 +134,9 @@ async def test_too_big(client: TestClient) -> None:
 
 async def test_control_characters(client: TestClient) -> None:
     assert_error(*await post(client, {"text": "\x00\x01\x02\x1b\x7f\u200b"}), 422, "empty_text")
-    status, body = await post(client, {"text": "路\x00灯\x1b坏\x07了\u202e"})
+    status, body = await post(client, {"text": "路\x00灯\x1b坏\x07了\u202e", "contact": "13700002222"})
     assert status == 201
-    case = await (await client.get(f"/api/v1/cases/{body['case_id']}")).json()
+    case = await (await client.get(f"/api/v1/cases/{body['case_id']}?last4=2222")).json()
     assert case["text"] == "路灯坏了"
 
 

@@ -116,9 +116,10 @@ async def test_get_request_follows_the_case(aiohttp_client: Any, redis_server: E
     settings = make_settings(redis_server.url, tmp_path, key_prefix, dispatch={"secret": SECRET})
     client = await aiohttp_client(create_app(settings))
     sid = (await (await client.post("/open311/v2/requests.json", data=REQUEST)).json())[0]["service_request_id"]
-    resp = await client.get(f"/open311/v2/requests/{sid}.json")
+    resp = await client.get(f"/open311/v2/requests/{sid}.json?last4=5678")
     view = (await resp.json())[0]
     assert resp.status == 200 and view["status"] == "open" and view["service_request_id"] == sid
+    assert view["description"] and view["lat"] is not None
     assert "13812345678" not in json.dumps(view, ensure_ascii=False) and "王" not in json.dumps(view,
                                                                                                  ensure_ascii=False)
     case = await client.app[DISPATCHER].confirm(sid, CLASSIFICATION, "staff:a")
@@ -127,8 +128,13 @@ async def test_get_request_follows_the_case(aiohttp_client: Any, redis_server: E
     status, _ = await post_event(client, {"event_id": "e1", "case_id": sid, "type": "resolved",
                                           "order_id": case.dispatch["order_id"], "reply": "已更换路灯。"})
     assert status == 200
-    view = (await (await client.get(f"/open311/v2/requests/{sid}.json")).json())[0]
+    view = (await (await client.get(f"/open311/v2/requests/{sid}.json?last4=5678")).json())[0]
     assert view["status"] == "closed" and "已更换路灯。" in view["status_notes"]
+    # The number alone (numbers run in sequence): progress, no content, reply or place.
+    bare = (await (await client.get(f"/open311/v2/requests/{sid}.json")).json())[0]
+    assert bare["status"] == "closed" and "已更换" not in bare["status_notes"]
+    assert bare["description"] == "" and bare["address"] == "" and bare["lat"] is None
+    assert (await client.get(f"/open311/v2/requests/{sid}.json?last4=0000")).status == 404
     for bad in ("20990101-000001", "abc", "..%2F..%2Fetc"):
         resp = await client.get(f"/open311/v2/requests/{bad}.json")
         assert resp.status == 404 and (await resp.json())[0]["code"] == 404

@@ -22,7 +22,7 @@ async def test_cases_survive_a_restart_of_the_embedded_server(aiohttp_client: An
     assert not (tmp_path / "redis" / "redis.sock").exists()
 
     client = await aiohttp_client(create_app(settings))
-    resp = await client.get(f"/api/v1/cases/{case_id}")
+    resp = await client.get(f"/api/v1/cases/{case_id}?last4=2222")
     assert resp.status == 200
     assert (await resp.json())["text"] == "学校门口占道经营，上下学很堵"
     resp = await client.post("/api/v1/complaints", json={"text": "第二件：小区垃圾没人清运"})

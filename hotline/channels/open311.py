@@ -25,7 +25,7 @@ from aiohttp import web
 
 from hotline.appkeys import DISPATCHER, INTAKE, SETTINGS, STORE
 from hotline.bodies import parse_json
-from hotline.channels.web import valid_case_id
+from hotline.channels.web import contact_proof, valid_case_id
 from hotline.dispatch.tables import Taxonomy
 from hotline.intake import IntakeError
 from hotline.records import Case, InboundMessage, Location, mask_pii
@@ -67,13 +67,14 @@ def _iso(ts: float, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(ts, tz).isoformat(timespec="seconds")
 
 
-def request_view(case: Case, tz: ZoneInfo) -> dict[str, Any]:
-    """What a third party may see of a case: no contact, no name, phone and ID numbers masked."""
+def request_view(case: Case, tz: ZoneInfo, *, details: bool = True) -> dict[str, Any]:
+    """What a third party may see of a case: no contact, no name, phone and ID numbers masked; without
+    ``details`` (the caller did not prove the contact) no description, reply, address or place either."""
     d = case.dispatch
     notes = LABELS_ZH[case.status]
-    if d.get("reply") and case.status in (Status.RESOLVED, Status.CLOSED):
+    if details and d.get("reply") and case.status in (Status.RESOLVED, Status.CLOSED):
         notes = f"{notes}：{d['reply']}"
-    elif case.status == Status.ANSWERED and case.answer.get("text"):
+    elif details and case.status == Status.ANSWERED and case.answer.get("text"):
         notes = f"{notes}：{case.answer['text']}"
     cls = case.classification
     code = "/".join(cls.get("category_path") or []) or cls.get("category", "")
@@ -95,7 +96,7 @@ def request_view(case: Case, tz: ZoneInfo) -> dict[str, Any]:
         "lat": case.location.lat if case.location else None,
         "long": case.location.lon if case.location else None,
         "media_url": next((a for a in case.attachments if a.startswith(("http://", "https://"))), None),
-    }
+    } | ({} if details else {"description": "", "address": "", "lat": None, "long": None, "media_url": None})
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -200,8 +201,12 @@ async def get_request(request: web.Request) -> web.Response:
         case = await request.app[STORE].get_case(case_id)
     except CaseNotFound:
         return error_response(404, "未找到该服务请求。")
+    # Case numbers run in sequence: the content only with the last 4 digits of the contact (as the status page).
+    proof = contact_proof(case, request.query.get("last4"))
+    if proof is False:
+        return error_response(404, "未找到该服务请求。")
     tz = ZoneInfo(request.app[SETTINGS]["intake"]["timezone"])
-    return web.json_response([request_view(case, tz)], dumps=dumps)
+    return web.json_response([request_view(case, tz, details=proof is True)], dumps=dumps)
 
 
 def setup(app: web.Application) -> None:

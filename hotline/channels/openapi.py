@@ -82,6 +82,8 @@ _CASE = {
         "classification": {"type": "object"},
         "reporter_count": {"type": "integer"},
         "duplicate_of": {"type": "string"},
+        "details_hidden": {"type": "boolean",
+                           "description": "true：未给出 last4，只返回办理进度（text 为空，不含地址、位置等内容）"},
     },
 }
 
@@ -131,9 +133,13 @@ def _citizen_paths() -> dict[str, Any]:
                 "tags": ["citizen"],
                 "security": [],
                 "parameters": [{"name": "case_id", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
+                                "schema": {"type": "string"}},
+                               {"name": "last4", "in": "query", "required": False,
+                                "schema": {"type": "string", "pattern": "^[0-9]{4}$"},
+                                "description": "联系电话后四位：给出且正确时返回诉求内容（电话遮蔽）；"
+                                               "不正确与案件不存在同样回答 404"}],
                 "responses": {
-                    "200": {"description": "the case, contacts masked",
+                    "200": {"description": "the case's progress; with last4 also its content, contacts masked",
                             "content": {"application/json": {"schema": _CASE}}},
                     **errors(404, 429, 503),
                 },

@@ -153,7 +153,25 @@ async def post_complaint(request: web.Request) -> web.Response:
     return web.json_response(body, status=201 if result.created else 200, dumps=dumps)
 
 
+# What a case number alone shows: progress only. Case numbers run in sequence, so anyone could read the
+# content of every case one by one.
+_PROGRESS_FIELDS = ("id", "status", "status_label", "channel", "created_at", "updated_at", "deadline_at",
+                    "priority", "reporter_count", "reports", "duplicate_of")
+
+
+def contact_proof(case: Case | None, digits: str | None) -> bool | None:
+    """None: no ``last4`` given; True: they are the last 4 digits of the case's contact; False: anything else
+    (no such case, no contact, other digits), which callers answer like an unknown case number."""
+    if digits is None:
+        return None
+    if case is None or not case.contact or not (len(digits) == 4 and ascii_digits(digits)):
+        return False
+    return hmac.compare_digest(last4(case.contact), digits)
+
+
 async def get_case(request: web.Request) -> web.Response:
+    """The case's progress; its content (text, address, place) only with the caller's phone's last 4 digits
+    (``?last4=``), as on the status page. Wrong digits and unknown numbers get the same 404."""
     case_id = request.match_info["case_id"]
     if not valid_case_id(case_id):
         raise IntakeError("not_found", "案件不存在。", 404)
@@ -161,7 +179,15 @@ async def get_case(request: web.Request) -> web.Response:
         case = await request.app[STORE].get_case(case_id)
     except CaseNotFound as exc:
         raise IntakeError("not_found", "案件不存在。", 404) from exc
-    return web.json_response(public_case(case), dumps=dumps)
+    proof = contact_proof(case, request.query.get("last4"))
+    if proof is False:
+        raise IntakeError("not_found", "案件不存在。", 404)
+    view = public_case(case)
+    if proof is None:
+        view = {**{k: view[k] for k in _PROGRESS_FIELDS}, "text": "", "details_hidden": True}
+    else:
+        view["details_hidden"] = False
+    return web.json_response(view, dumps=dumps)
 
 
 async def get_openapi(request: web.Request) -> web.Response:
