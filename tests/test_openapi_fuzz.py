@@ -82,8 +82,10 @@ def run_schemathesis(url: str, report: Path, *,
                           '[auth.openapi.csrfToken]\napi_key = "${HL_FUZZ_CSRF}"\n')
         env.update(HL_FUZZ_SESSION=staff[0], HL_FUZZ_CSRF=staff[1])
         cli += ["--config-file", str(config)]
+        # One worker: Hypothesis's lambda-source cache is not thread-safe, and two workers drawing at once
+        # now and then fail inside Schemathesis with a KeyError there ("Inconsistent results").
         options += ["--exclude-checks", ",".join(STAFF_EXCLUDED_CHECKS), "--max-examples", str(STAFF_MAX_EXAMPLES),
-                    "--workers", "2", "--exclude-tag", "citizen"]
+                    "--workers", "1", "--exclude-tag", "citizen"]
         for op in STAFF_EXCLUDED_OPERATIONS:
             options += ["--exclude-operation-id", op]
     cmd = [*cli, "run", f"{url}/api/v1/openapi.json", *options]
