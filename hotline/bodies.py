@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
@@ -26,3 +28,12 @@ def parse_json(raw: bytes | str) -> Any:
         return json.loads(raw)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | FileField]:
+    """``request.post()``, with a body that is no readable form (bad multipart boundary, bytes that are not
+    UTF-8) answered 400 instead of raising ValueError from the handler."""
+    try:
+        return await request.post()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="请求内容不是合法的表单。") from exc

@@ -17,6 +17,7 @@ from aiohttp import web
 from hotline import appkeys
 from hotline.access import FOLLOW_UP, SUPERVISOR, requires
 from hotline.appkeys import NOTIFICATIONS, SETTINGS, STORE, SURVEYS
+from hotline.bodies import read_form
 from hotline.channels.web import dumps, read_json_object, valid_case_id
 from hotline.dates import parse_day
 from hotline.numbers import finite_number
@@ -138,7 +139,7 @@ async def survey_submit(request: web.Request) -> web.Response:
         service, case_id, rid, round_ = await _survey_target(request)
     except SurveyError as exc:
         return render(request, "survey.html", status=exc.status, case_id="", error=exc.message, done="")
-    form = await request.post()
+    form = await read_form(request)
     resolved_raw, satisfaction = str(form.get("resolved", "")), str(form.get("satisfaction", ""))
     if resolved_raw not in ("yes", "no") or satisfaction not in SATISFACTIONS:
         return render(request, "survey.html", status=422, case_id=case_id, error="请选择是否解决和满意度。", done="")

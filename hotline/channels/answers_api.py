@@ -25,6 +25,7 @@ from aiohttp import web
 from hotline.access import CALL_TAKER, SUPERVISOR, requires
 from hotline.answers import KIND, AnswerError, AnswerService
 from hotline.appkeys import ANSWERS, INTAKE, NOTIFICATIONS, SETTINGS, STORE
+from hotline.bodies import read_form
 from hotline.errors import decode_json_object
 from hotline.nlp.answers import RetrievalConfig, is_consultation
 from hotline.pages import render
@@ -244,7 +245,7 @@ async def api_feedback(request: web.Request) -> web.Response:
 
 async def web_feedback(request: web.Request) -> web.Response:
     service = request.app[ANSWERS]
-    form = await request.post()
+    form = await read_form(request)
     case_id = str(form.get("case_id", ""))[:20]
     token = str(form.get("token", ""))[:64]
     choice = str(form.get("resolved", ""))

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from hotline.appkeys import DISPATCHER, INTAKE, SETTINGS, STORE
-from hotline.bodies import parse_json
+from hotline.bodies import parse_json, read_form
 from hotline.channels.web import contact_proof, valid_case_id
 from hotline.dispatch.tables import Taxonomy
 from hotline.intake import IntakeError
@@ -115,7 +115,10 @@ async def _form(request: web.Request) -> dict[str, str]:
             out[str(k)] = str(v)
         return out
     if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except web.HTTPBadRequest as exc:
+            raise Open311Error(400, "请求内容不是合法的表单。") from exc
         return {k: v for k, v in form.items() if isinstance(v, str)}
     raise Open311Error(415, "请求须为 application/x-www-form-urlencoded、multipart/form-data 或 application/json。")
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from hotline.answers import intake_offer
 from hotline.appkeys import ANSWERS, INTAKE, STORE, SURVEYS
+from hotline.bodies import read_form
 from hotline.channels.openapi import openapi_document
 from hotline.errors import decode_json_object
 from hotline.intake import IntakeError, IntakeResult
@@ -201,7 +202,7 @@ async def index_page(request: web.Request) -> web.Response:
 
 
 async def submit_form(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_form(request)
     values = {k: str(form.get(k, "")) for k in ("text", "address", "contact", "name")}
     msg = InboundMessage(
         channel="web",
@@ -232,7 +233,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def status_lookup(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_form(request)
     case_id = str(form.get("case_id", "")).strip()
     digits = str(form.get("last4", "")).strip()
     not_found = "未找到该案件，请核对案件编号和手机号后四位。"

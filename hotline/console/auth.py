@@ -27,6 +27,7 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from hotline.access import CALL_TAKER, FOLLOW_UP, ROLE_LABELS_ZH, SUPERVISOR, required_roles, requires
 from hotline.appkeys import SETTINGS, STORE, TEMPLATES
+from hotline.bodies import read_form
 from hotline.records import Case
 from hotline.status import Status
 from hotline.store.users import Session, User, Users, verify_password
@@ -154,7 +155,7 @@ def _forbidden(request: web.Request, message: str, code: str = "forbidden") -> w
 async def _csrf_ok(request: web.Request, session: Session) -> bool:
     sent = request.headers.get(CSRF_HEADER, "")
     if not sent and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()  # cached on the request: the handler reads the same form
+        form = await read_form(request)  # cached on the request: the handler reads the same form
         sent = str(form.get(CSRF_FIELD, ""))
     return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf.encode())
 
@@ -225,7 +226,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await read_form(request)
     name = str(form.get("name", "")).strip()[:64]
     password = str(form.get("password", ""))
     sent = str(form.get(CSRF_FIELD, ""))

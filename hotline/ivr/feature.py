@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from hotline.appkeys import ANSWERS, INTAKE, SETTINGS, STORE, STT, SURVEYS
+from hotline.bodies import read_form
 from hotline.ivr import audiosocket, websocket
 from hotline.ivr.decoder import DecoderError, DecoderOptions
 from hotline.ivr.flow import IvrConfig
@@ -176,7 +177,7 @@ def _call_id(request: web.Request) -> str:
 async def announce_call(request: web.Request) -> web.Response:
     """The dialplan tells us the caller before AudioSocket(): ``CURL(url,caller=${CALLERID(num)})``."""
     call_id = _call_id(request)
-    form = await request.post() if request.can_read_body else {}
+    form = await read_form(request) if request.can_read_body else {}
     caller = clean_number(str(form.get("caller", "") or request.query.get("caller", "")))
     await request.app[VOICE].calls.announce(call_id, caller)
     return web.Response(status=204)
