@@ -8,7 +8,12 @@ handlers carry no mark. The auth middleware (``hotline/console``) reads the mark
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from hotline.status import Status
+
+if TYPE_CHECKING:
+    from hotline.records import Case
 
 CALL_TAKER = "call_taker"  # 接线员
 FOLLOW_UP = "follow_up"  # 回访员
@@ -35,3 +40,15 @@ def requires(*roles: str) -> Callable[[F], F]:
 def required_roles(handler: object) -> frozenset[str] | None:
     """The roles a handler needs, or None for a public handler."""
     return getattr(handler, ATTR, None)
+
+
+# Follow-up agents call citizens about finished work: only then do they need the number.
+PHONE_VISIBLE_STATES = frozenset({Status.RESOLVED, Status.CLOSED})
+
+
+def can_see_phone(user: Any, case: Case) -> bool:
+    """Whether this staff member (a User, or a dict with "role") may see the citizen's full phone number on
+    this case. Only follow-up agents, and only on a case they call back about (resolved, or closed after the
+    survey). Everyone else sees 138****1234."""
+    role = user.get("role") if isinstance(user, dict) else getattr(user, "role", "")
+    return role == FOLLOW_UP and case.status in PHONE_VISIBLE_STATES

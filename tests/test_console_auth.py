@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from hotline.access import ROLES, required_roles
+from hotline.access import ROLES, can_see_phone, required_roles
 from hotline.app import create_app
 from hotline.appkeys import STORE
-from hotline.console.auth import can_see_phone
 from hotline.records import Case
 from hotline.status import Status
 from hotline.store.users import User, Users

@@ -71,7 +71,6 @@ async def test_forms_never_answer_5xx(client: TestClient, caplog: pytest.LogCapt
     case_id = (await made.json())["case_id"]
     real = [case_id, "5678", client.app[ANSWERS].token(case_id), "yes", "no", "满意", "1",
             "城乡建设/城市建设和市政管理"]
-    before = await store.count()
     rnd = random.Random(SEED)
     statuses: dict[int, int] = {}
     caplog.set_level(logging.ERROR, logger="hotline")
@@ -98,4 +97,3 @@ async def test_forms_never_answer_5xx(client: TestClient, caplog: pytest.LogCapt
     for cid in await store.case_ids(offset=0, limit=10_000):
         case = await store.get_case(cid)
         assert case.text.strip()
-    assert await store.count() >= before

@@ -25,11 +25,16 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from hotline.access import CALL_TAKER, FOLLOW_UP, ROLE_LABELS_ZH, SUPERVISOR, required_roles, requires
+from hotline.access import (
+    CALL_TAKER,
+    FOLLOW_UP,
+    ROLE_LABELS_ZH,
+    SUPERVISOR,
+    required_roles,
+    requires,
+)
 from hotline.appkeys import SETTINGS, STORE, TEMPLATES
 from hotline.bodies import read_form
-from hotline.records import Case
-from hotline.status import Status
 from hotline.store.users import Session, User, Users, verify_password
 
 log = logging.getLogger("hotline.console")
@@ -44,8 +49,6 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOGIN_PATH = "/console/login"
 HOME_BY_ROLE = {CALL_TAKER: "/console/queue", SUPERVISOR: "/console/queue", FOLLOW_UP: "/console/search"}
-# Follow-up agents call citizens about finished work: only then do they need the number.
-PHONE_VISIBLE_STATES = frozenset({Status.RESOLVED, Status.CLOSED})
 
 
 # helpers other features use ----------------------------------------------------------
@@ -61,16 +64,6 @@ def staff_actor(request: web.Request) -> str:
     if user is None:
         raise web.HTTPUnauthorized(text="请先登录。")
     return f"staff:{user.name}"
-
-
-def can_see_phone(user: User | Any, case: Case) -> bool:
-    """Whether this staff member may see the citizen's full phone number on this case.
-
-    Only follow-up agents, and only on a case they call back about (resolved, or closed after the
-    survey). Everyone else sees 138****1234.
-    """
-    role = user.get("role") if isinstance(user, dict) else getattr(user, "role", "")
-    return role == FOLLOW_UP and case.status in PHONE_VISIBLE_STATES
 
 
 def csrf_token(request: web.Request) -> str:

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, requires
+from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, can_see_phone, requires
 from hotline.appkeys import STORE
-from hotline.console.auth import can_see_phone, render_console, staff_actor
+from hotline.console.auth import render_console, staff_actor
 from hotline.console.views import case_view, check_case_id, event_view, json_response
 from hotline.errors import ApiError
 from hotline.records import Case

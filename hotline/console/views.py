@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hotline.console.auth import can_see_phone
+from hotline.access import can_see_phone
 from hotline.errors import ApiError
 from hotline.records import Case, mask_name, mask_phone, mask_pii
 from hotline.status import LABELS_ZH, Status

@@ -22,9 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from hotline.access import requires
+from hotline.access import can_see_phone, requires
 from hotline.appkeys import DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
-from hotline.console.auth import can_see_phone
 from hotline.dispatch.backends import Open311Backend, WebhookBackend
 from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
