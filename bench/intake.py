@@ -35,7 +35,7 @@ def complaint_texts(n: int, seed: int = 7) -> list[str]:
         with path.open(encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
-                text = f"{row.get('title', '')}。{row.get('text', '')}".strip("。")
+                text = f"{row.get('title') or ''}。{row.get('text') or ''}".strip("。")
                 if text:
                     texts.append(text[:1500])
     if not texts:

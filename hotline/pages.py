@@ -22,11 +22,11 @@ def make_environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["datetime"] = _format_ts
+    env.filters["datetime"] = format_ts
     return env
 
 
-def _format_ts(ts: float) -> str:
+def format_ts(ts: float) -> str:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -164,12 +165,13 @@ async def test_reject_merge_unmerge_through_the_dedup_service(client: TestClient
     if (await store.get_case(report)).status == Status.MERGED:
         # The matcher was sure enough to merge on its own: undo it, this test wants a suggestion.
         await client.app[DEDUP].unmerge(report, "system")
-    cands = [{"case_id": master, "score": 0.62, "reasons": ["same_place"]},
+    cands = [{"case_id": master, "score": 0.62, "reasons": ["text 0.58", "same_place"]},
              {"case_id": other, "score": 0.41, "reasons": []}]
     await suggest(store, report, duplicate_candidates=cands)
     async with staff_login(client, "call_taker", name="ct2") as staff:
         frag = await (await staff.get(f"/console/queue/case/{report}")).text()
         assert "疑似重复" in frag and "学校门口红绿灯不亮" in frag  # the candidate's text side by side
+        assert "依据：文字相似度 0.58、同一地点" in frag  # why the matcher paired them
         rej = await staff.post_json(f"/api/v1/console/cases/{report}/reject-duplicate", {"candidate": other})
         assert rej.status == 200, await rej.text()
         assert (await rej.json())["duplicate_candidates"] == [master]
@@ -199,6 +201,10 @@ async def test_case_page_shows_history_with_names_and_masks_by_role(client: Test
         assert ok.status == 200
         html = await (await staff.page(f"/console/cases/{case_id}")).text()
         assert "ct3（工作人员）" in html and "人工确认" in html
+        # The trail reads as words (渠道：接口), with the raw data kept in the cell's title for auditors.
+        cells = re.findall(r'<td class="data" title="([^"]*)">([^<]*)</td>', html)
+        assert cells and all("{" not in shown for _raw, shown in cells)
+        assert "渠道：接口" in html and "承办部门：城乡建设局" in html and "&#34;channel&#34;" in html
         assert "138****5678" in html and PHONE not in html
         assert "110101199003071234" not in html and "13912345678" not in html  # numbers inside the text too
         data = await (await staff.get(f"/api/v1/console/cases/{case_id}")).json()
@@ -288,3 +294,12 @@ async def test_catalog_serves_the_category_tree_and_departments(client: TestClie
     assert "城乡建设局" in data["departments"]
     assert data["default_department"]["城乡建设"] == "城乡建设局"
     assert "投诉" in data["types"]
+
+
+async def test_emergency_banner_names_the_rule_in_chinese(client: TestClient) -> None:
+    case_id = await submit(client, "楼道里燃气泄漏，闻到很重的煤气味，邻居家没人")
+    case = await client.app[STORE].get_case(case_id)
+    assert case.emergency and case.suggestion["urgency"]["reasons"][0].startswith("gas_leak:")
+    async with staff_login(client, "call_taker") as staff:
+        frag = await (await staff.get(f"/console/queue/case/{case_id}")).text()
+        assert "燃气泄漏" in frag and "gas_leak" not in frag and "119" in frag

@@ -78,6 +78,9 @@ def test_emergencies_tell_the_citizen_to_call_110_119_120(rules: UrgencyRules, t
     assert result["level"] == "emergency"
     assert any(r.startswith(group + ":") for r in result["reasons"]), result
     assert all(n in result["advice"] for n in ("110", "119", "120"))
+    # Staff read the rule's Chinese name with the words that matched, never the rule's id.
+    assert len(result["reason_labels"]) == len(result["reasons"])
+    assert not any(group in label for label in result["reason_labels"])
 
 
 @pytest.mark.parametrize(("text", "group"), [
@@ -101,14 +104,32 @@ def test_time_critical_utilities_are_urgent(rules: UrgencyRules, text: str, grou
     "",
 ])
 def test_ordinary_and_negated_texts_are_normal(rules: UrgencyRules, text: str) -> None:
-    assert rules.assess(for_model(text)) == {"level": "normal", "reasons": [], "advice": ""}
+    assert rules.assess(for_model(text)) == {"level": "normal", "reasons": [], "reason_labels": [], "advice": ""}
 
 
 def test_traditional_and_full_width_emergencies_are_found(rules: UrgencyRules) -> None:
     assert rules.assess(for_model("ＸＸ路有人被困，快來人"))["level"] == "emergency"
 
 
+def test_reason_labels_name_the_group_and_quote_the_words(rules: UrgencyRules) -> None:
+    result = rules.assess(for_model("老人晕倒在路边，大出血"))
+    assert result["reasons"][0].startswith("medical:")
+    words = result["reasons"][0].partition(":")[2]
+    assert result["reason_labels"][0] == f"医疗急救「{words}」"
+    # A group the labels table does not name keeps its id, so a city's new rule still shows.
+    # Words that already say what the rule is are not repeated (燃气泄漏, not 燃气泄漏「燃气泄漏」).
+    assert rules.assess(for_model("楼道里燃气泄漏了"))["reason_labels"] == ["燃气泄漏"]
+    bare = UrgencyRules.from_config({"emergency": {"groups": {"flood": ["洪水"]}}})
+    assert bare.assess("洪水进村了")["reason_labels"] == ["flood「洪水」"]
+
+
+def test_every_shipped_rule_group_has_a_label(rules: UrgencyRules) -> None:
+    assert set(rules.emergency) | set(rules.urgent) <= set(rules.labels)
+
+
 def test_malformed_urgency_table_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"labels"):
+        UrgencyRules.from_config({"labels": {"fire": 3}})
     with pytest.raises(ValueError, match=r"emergency\.groups\.fire"):
         UrgencyRules.from_config({"emergency": {"groups": {"fire": "着火"}}})
     with pytest.raises(ValueError, match=r"urgent\.groups"):

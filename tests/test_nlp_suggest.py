@@ -44,7 +44,7 @@ def test_suggestion_has_exactly_the_documented_shape(suggester: Suggester) -> No
     assert s["category"]["path"][0] == s["category"]["top"][0]["label"]
     assert s["department"]["source"] == "model"
     assert {t["label"] for t in s["type"]["top"]} <= {"投诉", "咨询", "求助", "建议", "举报", "表扬"}
-    assert s["urgency"] == {"level": "normal", "reasons": [], "advice": ""}
+    assert s["urgency"] == {"level": "normal", "reasons": [], "reason_labels": [], "advice": ""}
     assert isinstance(s["needs_confirmation"], bool) and isinstance(s["reasons"], list)
     assert s["model"] == suggester.name and s["model"].startswith("linear-tfidf")
     json.dumps(s)  # stored as JSON with the case

@@ -63,7 +63,9 @@ STAFF_CASE: dict[str, Any] = {
 _EVENT = {"type": "object", "required": ["id", "ts", "actor", "action"],
           "properties": {"id": {"type": "string"}, "ts": {"type": "number"}, "actor": {"type": "string"},
                          "actor_label": {"type": "string"}, "action": {"type": "string"},
-                         "action_label": {"type": "string"}, "data": {"type": "string"}}}
+                         "action_label": {"type": "string"},
+                         "data": {"type": "string", "description": "the event's data as JSON text (masked)"},
+                         "details": {"type": "string", "description": "the same data worded for staff"}}}
 
 _QUEUE_ITEM = {"type": "object", "required": ["id", "status", "created_at"],
                "properties": {"id": {"type": "string"}, "channel": {"type": "string"}, "status": _STATUS,

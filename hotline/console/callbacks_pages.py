@@ -18,6 +18,7 @@ from hotline.appkeys import HOTSPOTS, SETTINGS, SURVEYS
 from hotline.callbacks import rate_rows, rate_window, staff_user, worklist_item
 from hotline.charts import RATE_SERIES, Series, bar_chart, line_chart
 from hotline.console.auth import render_console
+from hotline.console.event_text import CHANNEL_LABELS
 from hotline.rates import Rates, compute, ranking, total
 from hotline.rates_cases import RateSettings
 from hotline.status import LABELS_ZH as STATUS_LABELS_ZH
@@ -25,7 +26,6 @@ from hotline.status import Status
 from hotline.surveys import SurveyError
 
 OUTCOME_LABELS_ZH = {"no_answer": "无人接听", "wrong_number": "号码错误", "call_back_later": "稍后回拨"}
-CHANNEL_LABELS_ZH = {"web": "网页", "api": "接口", "voice": "电话", "telegram": "Telegram", "wechat": "微信"}
 RANKED_ROWS_IN_CHART = 15
 MAX_HOTSPOTS = 50
 
@@ -48,7 +48,7 @@ async def worklist_page(request: web.Request) -> web.Response:
         for note in item["notes"]:
             note["at_text"] = _local(note.get("at", 0), tz)
     return render_console(request, "console/callbacks.html", items=items, outcome_labels=OUTCOME_LABELS_ZH,
-                          channel_labels=CHANNEL_LABELS_ZH, phone_visible=role == FOLLOW_UP)
+                          channel_labels=CHANNEL_LABELS, phone_visible=role == FOLLOW_UP)
 
 
 def _trend(weeks: list[Rates]) -> Any:

@@ -10,7 +10,8 @@ from aiohttp import web
 from hotline.access import SUPERVISOR, requires
 from hotline.appkeys import STORE
 from hotline.console.auth import render_console
-from hotline.console.views import HEAD_LABELS, json_response
+from hotline.console.event_text import HEAD_LABELS
+from hotline.console.views import json_response
 from hotline.dates import parse_day
 from hotline.errors import ApiError
 from hotline.store.users import ConsoleStats

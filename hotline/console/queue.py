@@ -16,8 +16,9 @@ from hotline.appkeys import SETTINGS, STORE
 from hotline.channels.web import read_json_object
 from hotline.console.auth import render_console, staff_actor
 from hotline.console.catalog import Catalog, CatalogSource
+from hotline.console.event_text import HEAD_LABELS
 from hotline.console.kb_pages import answer_panel
-from hotline.console.views import HEAD_LABELS, case_view, check_case_id, heads_of, json_response, top_labels
+from hotline.console.views import case_view, check_case_id, heads_of, json_response, top_labels
 from hotline.errors import ApiError
 from hotline.records import Case
 from hotline.status import IllegalTransition, Status

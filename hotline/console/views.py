@@ -8,25 +8,32 @@ from typing import Any
 from aiohttp import web
 
 from hotline.access import can_see_phone
+from hotline.console.event_text import ACTION_LABELS, CHANNEL_LABELS, actor_label, describe
 from hotline.errors import ApiError
 from hotline.records import Case, mask_name, mask_phone, mask_pii
 from hotline.status import LABELS_ZH, Status
 from hotline.store import Event
 from hotline.store.users import HEADS, User
 
-HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型"}
-CHANNEL_LABELS = {"web": "网站", "api": "接口", "wechat": "微信", "telegram": "Telegram", "voice": "电话",
-                  "open311": "Open311"}
 URGENCY_LABELS = {"emergency": "紧急", "urgent": "加急", "normal": "一般"}
-# Staff wording of audit actions; unknown actions are shown as they are.
-ACTION_LABELS = {
-    "received": "受理", "classified": "AI 分类", "confirmed": "人工确认", "dispatched": "派遣",
-    "accepted": "承办单位接单", "in_progress": "处理中", "returned": "退单", "resolved": "办结反馈",
-    "closed": "结案", "reopened": "重办", "merged": "并入其他案件", "report_merged": "并入重复诉求",
-    "unmerged": "撤销合并", "duplicate_rejected": "否认重复", "ai_reviewed": "AI 建议审核",
-    "phone_viewed": "查看完整电话", "answered": "直接答复", "survey_answered": "回访评价",
-    "notified": "通知市民", "suggested": "AI 建议更新",
-}
+
+
+MATCH_REASONS = {"same_place": "同一地点", "near": "位置相近（300 米内）", "far": "位置相距较远",
+                 "same_caller": "同一来电人"}
+
+
+def match_reasons(reasons: Any) -> str:
+    """Why the matcher paired two cases, for the call-taker deciding whether to merge."""
+    if not isinstance(reasons, list):
+        return ""
+    out = []
+    for r in reasons[:6]:
+        r = str(r)
+        if r.startswith("text "):
+            out.append(f"文字相似度 {r[5:]}")
+        else:
+            out.append(MATCH_REASONS.get(r, r))
+    return "、".join(out)
 
 
 def check_case_id(case_id: str) -> str:
@@ -53,17 +60,6 @@ def top_labels(case: Case) -> dict[str, str]:
     return {h: (rows[0]["label"] if rows else "") for h, rows in heads_of(case).items()}
 
 
-def actor_label(actor: str) -> str:
-    kind, _, who = actor.partition(":")
-    if kind == "staff":
-        return f"{who}（工作人员）"
-    if actor == "system":
-        return "系统"
-    if who == "citizen":
-        return f"市民（{CHANNEL_LABELS.get(kind, kind)}）"
-    return actor
-
-
 def contact_for(user: User, case: Case) -> str:
     return case.contact if can_see_phone(user, case) else mask_phone(case.contact)
 
@@ -82,7 +78,8 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
         "emergency": case.emergency, "priority": case.priority,
         "urgency": {"level": str(urgency.get("level") or "normal"),
                     "label": URGENCY_LABELS.get(str(urgency.get("level") or "normal"), ""),
-                    "reasons": [str(r) for r in urgency.get("reasons") or []][:5],
+                    # Cases filed before the rules had labels show the raw reasons.
+                    "reasons": [str(r) for r in urgency.get("reason_labels") or urgency.get("reasons") or []][:5],
                     "advice": str(urgency.get("advice") or "")},
         "returned": case.status in (Status.RETURNED, Status.REOPENED),
         "heads": heads_of(case), "category_path": [str(x) for x in
@@ -91,7 +88,7 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
         "classification": case.classification, "needs_confirmation": case.needs_confirmation,
         "duplicate_of": case.duplicate_of,
         "duplicate_candidates": [{"case_id": str(d.get("case_id", "")), "score": d.get("score", 0),
-                                  "reasons": d.get("reasons", [])}
+                                  "reasons": d.get("reasons", []), "reason_text": match_reasons(d.get("reasons"))}
                                  for d in case.duplicate_candidates if isinstance(d, dict)],
         "reports": [{"report_id": r.report_id, "channel": r.channel, "received_at": r.received_at,
                      "contact": mask_phone(r.contact), "text": mask_pii(r.text), "merged_by": r.merged_by,
@@ -110,7 +107,7 @@ DISPATCH_FIELDS = {"state": "派遣状态", "order_id": "工单号", "round": "�
 
 def dispatch_rows(dispatch: dict[str, Any]) -> list[tuple[str, str]]:
     """The dispatch record as (label, value) rows for people: known fields only, times as local times."""
-    from hotline.pages import _format_ts
+    from hotline.pages import format_ts
 
     rows = []
     for key, label in DISPATCH_FIELDS.items():
@@ -118,7 +115,7 @@ def dispatch_rows(dispatch: dict[str, Any]) -> list[tuple[str, str]]:
         if value in (None, "", 0, 0.0, False, -1):
             continue
         if key.endswith("_at") and isinstance(value, int | float):
-            value = _format_ts(float(value))
+            value = format_ts(float(value))
         elif value is True:
             value = "是"
         rows.append((label, mask_pii(str(value))[:500]))
@@ -129,7 +126,7 @@ def event_view(ev: Event) -> dict[str, Any]:
     data = json.dumps(ev.data, ensure_ascii=False) if ev.data else ""
     return {"id": ev.id, "ts": ev.ts, "actor": ev.actor, "actor_label": actor_label(ev.actor),
             "action": ev.action, "action_label": ACTION_LABELS.get(ev.action, ev.action),
-            "data": mask_pii(data)[:600]}
+            "data": mask_pii(data)[:600], "details": mask_pii(describe(ev.data))}
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

@@ -25,6 +25,7 @@ class UrgencyRules:
     negations: list[str] = field(default_factory=list)
     emergency_advice: str = DEFAULT_EMERGENCY_ADVICE
     urgent_advice: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._emergency = [(g, _alternation(ws)) for g, ws in self.emergency.items() if ws]
@@ -42,6 +43,7 @@ class UrgencyRules:
             negations=_words((em.get("negations") or {}).get("words", []), "emergency.negations.words"),
             emergency_advice=str(em.get("advice") or DEFAULT_EMERGENCY_ADVICE),
             urgent_advice=str(ur.get("advice") or ""),
+            labels=_labels(table.get("labels")),
         )
 
     def _hits(self, text: str, groups: list[tuple[str, re.Pattern[str]]], negate: bool) -> list[str]:
@@ -61,14 +63,27 @@ class UrgencyRules:
         return any(m.end() >= len(window) - NEGATION_WINDOW for m in self._negation.finditer(window))
 
     def assess(self, cleaned: str) -> dict[str, Any]:
-        """``{"level", "reasons", "advice"}`` for cleaned (simplified, lower-case) text."""
+        """``{"level", "reasons", "reason_labels", "advice"}`` for cleaned (simplified, lower-case) text.
+
+        A reason is ``group:matched words`` (stable, for software); its label is the staff wording.
+        """
         reasons = self._hits(cleaned, self._emergency, negate=True)
         if reasons:
-            return {"level": EMERGENCY, "reasons": reasons, "advice": self.emergency_advice}
+            return {"level": EMERGENCY, "reasons": reasons, "reason_labels": self._labelled(reasons),
+                    "advice": self.emergency_advice}
         reasons = self._hits(cleaned, self._urgent, negate=False)
         if reasons:
-            return {"level": URGENT, "reasons": reasons, "advice": self.urgent_advice}
-        return {"level": NORMAL, "reasons": [], "advice": ""}
+            return {"level": URGENT, "reasons": reasons, "reason_labels": self._labelled(reasons),
+                    "advice": self.urgent_advice}
+        return {"level": NORMAL, "reasons": [], "reason_labels": [], "advice": ""}
+
+    def _labelled(self, reasons: list[str]) -> list[str]:
+        out = []
+        for reason in reasons:
+            group, _, words = reason.partition(":")
+            label = self.labels.get(group, group)
+            out.append(words if label in words else f"{label}「{words}」")
+        return out
 
 
 def _alternation(words: list[str]) -> re.Pattern[str]:
@@ -80,6 +95,14 @@ def _words(value: Any, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(w, str) and w for w in value):
         raise ValueError(f"{key}: expected a list of non-empty strings")
     return list(value)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ValueError("labels: expected a table of non-empty strings")
+    return {str(k): v for k, v in value.items()}
 
 
 def _groups(value: Any, key: str) -> dict[str, list[str]]:
