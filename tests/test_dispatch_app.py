@@ -8,12 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from hotline.app import create_app
 from hotline.appkeys import DISPATCHER, STORE
+from hotline.channels.conversation import progress_text
 from hotline.dispatch.backends import Open311Backend
 from hotline.dispatch.feature import FORWARDER
 from hotline.dispatch.poller import poll_once
@@ -165,6 +167,29 @@ async def test_signed_resolved_event_resolves_case_and_notifies_citizen(app_clie
     assert ignored and ignored[-1].data["event_id"] == "evt-late"
     assert notes.kinds(case.id) == ["dispatched", "resolved"]
     assert case.id not in await app_client.app[DISPATCHER].outbox.open_ids()
+
+
+async def test_citizen_sees_unit_time_limit_and_reply_on_the_status_page(app_client: TestClient,
+                                                                          receiver: Open311Receiver) -> None:
+    case = await dispatched(app_client, receiver, contact="13811112222")
+
+    async def status_page() -> str:
+        resp = await app_client.post("/status", data={"case_id": case.id, "last4": "2222"})
+        assert resp.status == 200
+        return await resp.text()
+
+    page = await status_page()
+    assert 'id="case-unit">承办单位：城乡建设局' in page and 'id="case-deadline">办理时限：' in page
+    assert "case-reply" not in page
+    reply = "经核查已更换灯泡，如仍有问题请联系13987654321。"
+    assert (await post_event(app_client, event(case, "resolved", seq=1, reply=reply)))[0] == 200
+    page = await status_page()
+    assert "经核查已更换灯泡" in page and "139****4321" in page and "13987654321" not in page
+    assert "case-deadline" not in page and "承办单位：城乡建设局" in page
+    # The chat channels tell the same: unit and reply, numbers masked.
+    stored = await app_client.app[STORE].get_case(case.id)
+    told = progress_text(stored, await app_client.app[STORE].events(case.id), ZoneInfo("Asia/Shanghai"))
+    assert "承办单位：城乡建设局" in told and "139****4321" in told and "13987654321" not in told
 
 
 async def test_out_of_order_events_by_sequence(app_client: TestClient, receiver: Open311Receiver) -> None:

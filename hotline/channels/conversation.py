@@ -24,9 +24,10 @@ from zoneinfo import ZoneInfo
 from hotline.intake import Intake, IntakeError, IntakeResult
 from hotline.notify import Notification, Notifications, Reply
 from hotline.numbers import ascii_digits
-from hotline.records import Case, InboundMessage, Location
+from hotline.progress import PUBLIC_EVENTS, citizen_progress
+from hotline.records import Case, InboundMessage, Location, mask_pii
 from hotline.status import LABELS_ZH
-from hotline.store import CaseNotFound, Store
+from hotline.store import CaseNotFound, Event, Store
 from hotline.store.conversations import ConversationStore, Dialogue, PendingQuestion
 
 log = logging.getLogger("hotline.chat")
@@ -66,15 +67,6 @@ _HELP = {"/start", "/help", "帮助", "你好", "您好", "hi", "hello", "菜单
 _YES = {"确认", "是", "是的", "对", "提交", "确认提交", "好", "好的", "ok", "yes", "y"}
 _NO = {"否", "不", "不是", "no", "n"}
 _SKIP = {"跳过", "不清楚", "不知道", "无"}
-
-# Events a citizen may see, with their Chinese wording (the same list as the web status page).
-PUBLIC_EVENTS = {
-    "received": "诉求已受理", "classified": "已登记分类", "confirmed": "已立案", "dispatched": "已派遣至承办单位",
-    "accepted": "承办单位已接单", "in_progress": "承办单位处理中", "returned": "重新派遣中",
-    "resolved": "已办理完毕", "closed": "已办结", "reopened": "重新办理", "merged": "已并入相同诉求案件",
-    "survey_answered": "已完成回访评价", "answered": "已直接答复",
-}
-
 
 @dataclass
 class Incoming:
@@ -391,17 +383,28 @@ class Conversation:
         # The same answer for "no such case" and "someone else's case": numbers cannot be probed.
         if not owns(case, channel, sender):
             return Outgoing(NOT_YOURS)
-        lines = [f"案件编号：{case.id}", f"当前状态：{LABELS_ZH[case.status]}"]
-        if case.duplicate_of:
-            lines.append(f"已并入案件 {case.duplicate_of} 一并办理。")
-        events = [e for e in await self.store.events(case.id) if e.action in PUBLIC_EVENTS][-6:]
-        for e in events:
-            when = datetime.fromtimestamp(e.ts, self.tz).strftime("%m-%d %H:%M")
-            lines.append(f"{when} {PUBLIC_EVENTS[e.action]}")
-        reply = (case.dispatch or {}).get("reply") or (case.answer or {}).get("answer")
-        if reply:
-            lines.append(f"办理答复：{str(reply)[:300]}")
-        return Outgoing("\n".join(lines))
+        return Outgoing(progress_text(case, await self.store.events(case.id), self.tz))
+
+
+def progress_text(case: Case, events: list[Event], tz: ZoneInfo) -> str:
+    """A case's progress as a chat message: status, the last public steps, unit, time limit, reply."""
+    def local(ts: float, fmt: str = "%Y-%m-%d %H:%M") -> str:
+        return datetime.fromtimestamp(ts, tz).strftime(fmt)
+
+    lines = [f"案件编号：{case.id}", f"当前状态：{LABELS_ZH[case.status]}"]
+    if case.duplicate_of:
+        lines.append(f"已并入案件 {case.duplicate_of} 一并办理。")
+    for e in [e for e in events if e.action in PUBLIC_EVENTS][-6:]:
+        lines.append(f"{local(e.ts, '%m-%d %H:%M')} {PUBLIC_EVENTS[e.action]}")
+    progress = citizen_progress(case)
+    if progress.department:
+        lines.append(f"承办单位：{progress.department}")
+    if progress.deadline_at:
+        lines.append(f"办理时限：{local(progress.deadline_at)} 前")
+    reply = progress.reply or mask_pii(str((case.answer or {}).get("answer") or ""))
+    if reply:
+        lines.append(f"办理答复：{reply[:300]}")
+    return "\n".join(lines)
 
 
 async def remember_question(conv: ConversationStore, n: Notification) -> PendingQuestion | None:

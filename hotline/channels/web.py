@@ -23,6 +23,7 @@ from hotline.errors import decode_json_object
 from hotline.intake import IntakeError, IntakeResult
 from hotline.numbers import ascii_digits
 from hotline.pages import render
+from hotline.progress import PUBLIC_EVENTS, citizen_progress
 from hotline.records import Case, InboundMessage, Location, last4, mask_pii
 from hotline.status import LABELS_ZH
 from hotline.store import CaseNotFound
@@ -30,27 +31,6 @@ from hotline.store import CaseNotFound
 dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 CASE_ID_CHARS = set("0123456789-")
-# Events a citizen may see on the status page, with their Chinese wording.
-PUBLIC_EVENTS = {
-    "received": "诉求已受理",
-    "classified": "已登记分类",
-    "confirmed": "已立案",
-    "dispatched": "已派遣至承办单位",
-    "accepted": "承办单位已接单",
-    "in_progress": "承办单位处理中",
-    "returned": "重新派遣中",
-    "resolved": "已办理完毕",
-    "closed": "已办结",
-    "reopened": "重新办理",
-    "merged": "已并入相同诉求案件",
-    "report_merged": "其他市民反映了相同问题",
-    "survey_answered": "已完成回访评价",
-    "answered": "已直接答复",
-    "answer_resolved": "市民确认答复已解决问题",
-    "answer_not_resolved": "答复未解决问题，已转为人工办理",
-}
-
-
 def valid_case_id(case_id: str) -> bool:
     return 8 <= len(case_id) <= 20 and set(case_id) <= CASE_ID_CHARS
 
@@ -256,7 +236,7 @@ async def status_lookup(request: web.Request) -> web.Response:
     surveys = request.app.get(SURVEYS)
     survey_url = await surveys.pending_link(case.id) if surveys is not None else ""
     return render(request, "status.html", case=public_case(case), events=events, error="", case_id=case_id,
-                  survey_url=survey_url)
+                  survey_url=survey_url, progress=citizen_progress(case))
 
 
 def setup(app: web.Application) -> None:
