@@ -15,6 +15,7 @@ from hotline.app import create_app
 from hotline.redis_server import EmbeddedRedis
 from hotline.settings import Settings, load_settings
 from hotline.store import Store
+from tests.dispatch_support import Open311Receiver
 
 ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
@@ -66,3 +67,11 @@ async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Open311Receiver]:
+    """The city's work-order system: a real Open311 receiver on 127.0.0.1 (tests/dispatch_support.py)."""
+    r = await Open311Receiver().start()
+    yield r
+    await r.close()

@@ -9,7 +9,6 @@ set to be called back later; the supervisor's dashboard renders its SVG charts a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,6 @@ from tests.test_callbacks_e2e import dispatch_and_resolve, survey_due
 
 pytestmark = pytest.mark.browser
 TZ = "Asia/Shanghai"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Open311Receiver]:
-    r = await Open311Receiver().start()
-    yield r
-    await r.close()
 
 
 async def login(browser: Browser, base: str, name: str, errors: list[str]) -> Page:

@@ -5,7 +5,6 @@ resolved by a signed status event → survey → answered (over chat, or by a fo
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,13 +24,6 @@ from hotline.surveys import KIND
 from tests.conftest import make_settings
 from tests.console_support import staff_login
 from tests.dispatch_support import CLASSIFICATION, SECRET, Open311Receiver, RecordingNotifier, post_event, wait_for
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Open311Receiver]:
-    r = await Open311Receiver().start()
-    yield r
-    await r.close()
 
 
 def callback_settings(redis_server: EmbeddedRedis, tmp_path: Path, prefix: str, dispatch_url: str) -> Any:

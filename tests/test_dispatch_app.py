@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,13 +32,6 @@ from tests.dispatch_support import (
     record_notifications,
     wait_for,
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Open311Receiver]:
-    r = await Open311Receiver().start()
-    yield r
-    await r.close()
 
 
 def dispatch_settings(redis_server: EmbeddedRedis, tmp_path: Path, prefix: str, url: str, **extra: Any) -> Any:

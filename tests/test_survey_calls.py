@@ -49,13 +49,6 @@ PASSWORD = "s3cret-ari-pass"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Open311Receiver]:
-    r = await Open311Receiver().start()
-    yield r
-    await r.close()
-
-
-@pytest.fixture
 async def ari() -> AsyncIterator[FakeAri]:
     fake = await FakeAri(password=PASSWORD, prompts=PromptLibrary(), questions=QUESTIONS).start()
     yield fake

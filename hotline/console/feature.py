@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hotline.appkeys import SETTINGS
-from hotline.console import auth, callbacks_pages, cases, kb_pages, live, metrics, queue, search
+from hotline.console import auth, callbacks_pages, cases, kb_pages, live, metrics, queue, search, supervision
 from hotline.console.catalog import CatalogSource
 
 API = "/api/v1/console"
@@ -33,6 +33,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/cases/{case_id}", cases.case_page)
     r.add_get("/console/search", search.search_page)
     r.add_get("/console/metrics", metrics.metrics_page)
+    r.add_get("/console/supervision", supervision.supervision_page)
     callbacks_pages.setup(app)
     kb_pages.setup(app)
     r.add_get(f"{API}/me", auth.me)

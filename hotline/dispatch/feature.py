@@ -190,7 +190,8 @@ async def redrive_dead(request: web.Request) -> web.Response:
     dead_id = request.match_info["dead_id"]
     if not _stream_id(dead_id):
         raise DispatchError("not_found", "死信不存在。", 404)
-    letter, entry = await request.app[DISPATCHER].redrive(dead_id, "staff:redrive")
+    # The audit trail names the supervisor who sent the order again.
+    letter, entry = await request.app[DISPATCHER].redrive(dead_id, f"staff:{request['user'].name}")
     return web.json_response({"dead_id": dead_id, "entry_id": entry, "order_id": letter.key,
                               "case_id": letter.case_id}, dumps=dumps)
 

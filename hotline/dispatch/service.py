@@ -526,11 +526,19 @@ class Dispatcher:
     async def overdue(self, limit: int = 100, offset: int = 0) -> list[Case]:
         """Dispatched cases past their deadline and not yet resolved or returned (督办), oldest deadline first."""
         now = time.time()
-        ids = await self.outbox.overdue_ids(now, limit=limit, offset=offset)
-        cases = await self.store.get_cases(ids)
+        cases = await self._still_open(await self.outbox.overdue_ids(now, limit=limit, offset=offset))
+        return [c for c in cases if 0 < c.deadline_at < now]
+
+    async def due_soon(self, within_s: float, limit: int = 100) -> list[Case]:
+        """Dispatched cases whose deadline comes within ``within_s`` (即将超期), soonest first."""
+        now = time.time()
+        cases = await self._still_open(await self.outbox.due_ids(now, now + within_s, limit=limit))
+        return [c for c in cases if c.deadline_at >= now]
+
+    async def _still_open(self, ids: list[str]) -> list[Case]:
         out = []
-        for case in cases:
-            if case.status in (S.DISPATCHED, S.IN_PROGRESS, S.CONFIRMED) and 0 < case.deadline_at < now:
+        for case in await self.store.get_cases(ids):
+            if case.status in (S.DISPATCHED, S.IN_PROGRESS, S.CONFIRMED):
                 out.append(case)
             else:
                 # Left the open states by a path that did not clear the index (closed by hand, merged).

@@ -290,6 +290,10 @@ class Outbox:
     async def overdue_ids(self, now: float, limit: int = 100, offset: int = 0) -> list[str]:
         return await self.r.zrangebyscore(self.k_open, "-inf", f"({now}", start=offset, num=limit)
 
+    async def due_ids(self, now: float, until: float, limit: int = 100) -> list[str]:
+        """Open orders whose deadline falls in [now, until), soonest first."""
+        return await self.r.zrangebyscore(self.k_open, now, f"({until}", start=0, num=limit)
+
     async def open_ids(self, offset: int = 0, limit: int = 500) -> list[str]:
         return await self.r.zrange(self.k_open, offset, offset + limit - 1)
 

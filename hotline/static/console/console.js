@@ -25,7 +25,7 @@
     return data;
   }
   // The page scripts (worklist, KB editor, answers panel) call the staff API through this one helper.
-  window.HotlineConsole = { api: api };
+  window.HotlineConsole = { api: api, toast: toast };
 
   async function fragment(url) {
     const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/x-fragment" } });
