@@ -6,6 +6,7 @@ import jinja2
 from aiohttp import web
 
 from hotline.answers import AnswerService
+from hotline.attachments import AttachmentStore
 from hotline.classifier import Classifier
 from hotline.dedup import DedupService
 from hotline.dispatch.service import Dispatcher
@@ -33,3 +34,5 @@ HOTSPOTS = web.AppKey("hotspots", HotspotService)
 ANSWERS = web.AppKey("answers", AnswerService)
 # Confirm → dispatch, re-dispatch (重办) and the backend's status events (hotline/dispatch).
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+# Photos citizens upload with the web form (files under <data_dir>/attachments).
+ATTACHMENTS = web.AppKey("attachments", AttachmentStore)

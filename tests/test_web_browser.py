@@ -8,8 +8,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from hotline.app import create_app
+from hotline.appkeys import STORE
 from hotline.settings import load_settings
 from tests.browser import chromium
+from tests.test_attachments import png
 
 pytestmark = pytest.mark.browser
 
@@ -31,10 +33,13 @@ async def test_submit_and_look_up_in_chromium(tmp_path: Path, artifacts: Path) -
         await page.fill("#text", "幸福小区3栋楼下路灯坏了一个星期，晚上很黑，<script>alert(1)</script>")
         await page.fill("#address", "幸福小区3栋")
         await page.fill("#contact", "13812345678")
+        await page.set_input_files("#photos", files=[{"name": "路灯.png", "mimeType": "image/png", "buffer": png()}])
         await page.screenshot(path=str(artifacts / "web-form.png"), full_page=True)
         await page.click("#submit")
         case_id = (await page.text_content("#case-id") or "").strip()
         assert len(case_id) == 15 and case_id[8] == "-"
+        photos = (await server.app[STORE].get_case(case_id)).attachments
+        assert len(photos) == 1 and photos[0].startswith("upload:") and photos[0].endswith(".png")
         await page.screenshot(path=str(artifacts / "web-submitted.png"), full_page=True)
 
         # Reloading the result page must not file the complaint twice.

@@ -5,6 +5,7 @@ The adapter only turns HTTP into an InboundMessage and the pipeline's answer bac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -14,9 +15,11 @@ import secrets
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import FileField
 
 from hotline.answers import intake_offer
-from hotline.appkeys import ANSWERS, INTAKE, STORE, SURVEYS
+from hotline.appkeys import ANSWERS, ATTACHMENTS, INTAKE, SETTINGS, STORE, SURVEYS
+from hotline.attachments import AttachmentError, AttachmentStore
 from hotline.bodies import read_form
 from hotline.channels.openapi import openapi_document
 from hotline.errors import decode_json_object
@@ -178,12 +181,45 @@ async def get_openapi(request: web.Request) -> web.Response:
 # Pages ---------------------------------------------------------------------
 
 async def index_page(request: web.Request) -> web.Response:
-    return render(request, "index.html", form_token=secrets.token_urlsafe(16), values={}, error="")
+    return render(request, "index.html", form_token=secrets.token_urlsafe(16), values={}, error="",
+                  max_photos=int(request.app[SETTINGS]["intake"]["max_photos"]))
+
+
+PHOTO_ERRORS = {"too_large": "每张照片不能超过 {mb} MB。", "not_a_photo": "照片须为 JPEG、PNG 或 WebP 格式。"}
+
+
+def _photos(form: Any, limit: int) -> list[bytes]:
+    """The photos of the form (file fields named ``photos``); a browser sends an empty part for none."""
+    out = []
+    for field in form.getall("photos", []):
+        if not isinstance(field, FileField):
+            continue
+        data = field.file.read(limit + 1)
+        if data or field.filename:
+            out.append(data)
+    return out
+
+
+async def _save_photos(request: web.Request, photos: list[bytes]) -> list[str]:
+    """Keep the photos on disk before the case that names them is created; AttachmentError for a bad one."""
+    attachments = request.app[ATTACHMENTS]
+    for data in photos:
+        attachments.check(data)
+    return [await asyncio.to_thread(attachments.save, data) for data in photos]
 
 
 async def submit_form(request: web.Request) -> web.Response:
-    form = await read_form(request)
+    intake_cfg = request.app[SETTINGS]["intake"]
+    max_photos, photo_bytes = int(intake_cfg["max_photos"]), int(intake_cfg["max_photo_bytes"])
+    # Photos make this one form larger than any other body the service accepts.
+    form = await read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
     values = {k: str(form.get(k, "")) for k in ("text", "address", "contact", "name")}
+    token = str(form.get("form_token", ""))
+
+    def again(status: int, error: str) -> web.Response:
+        return render(request, "index.html", status=status, form_token=token, values=values, error=error,
+                      max_photos=max_photos)
+
     msg = InboundMessage(
         channel="web",
         sender=client_sender(request, values["contact"]),
@@ -191,15 +227,21 @@ async def submit_form(request: web.Request) -> web.Response:
         contact=values["contact"],
         name=values["name"],
         address=values["address"],
-        idempotency_key=str(form.get("form_token", ""))[:100],
+        idempotency_key=token[:100],
     )
     try:
+        request.app[INTAKE].validate(msg)  # nothing is written for a complaint that would be refused
+        photos = _photos(form, photo_bytes)
+        if len(photos) > max_photos:
+            return again(422, f"最多上传 {max_photos} 张照片。")
+        msg.attachments = await _save_photos(request, photos)
         result = await request.app[INTAKE].submit(msg)
+    except AttachmentError as exc:
+        return again(422, PHOTO_ERRORS.get(str(exc), "照片无法读取。").format(mb=photo_bytes // (1024 * 1024)))
     except IntakeError as exc:
         if exc.status == 413:
             raise
-        return render(request, "index.html", status=exc.status, form_token=str(form.get("form_token", "")),
-                      values=values, error=exc.message)
+        return again(exc.status, exc.message)
     offer = await intake_offer(request.app.get(ANSWERS), result.case, created=result.created)
     if offer is not None:
         return render(request, "answer.html", status=201 if result.created else 200, case=result.case,
@@ -240,6 +282,9 @@ async def status_lookup(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    app[ATTACHMENTS] = AttachmentStore(settings.data_dir / "attachments",
+                                       max_bytes=int(settings["intake"]["max_photo_bytes"]))
     app.router.add_get("/", index_page)
     app.router.add_post("/submit", submit_form)
     app.router.add_get("/status", status_page)

@@ -7,7 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, can_see_phone, requires
-from hotline.appkeys import STORE
+from hotline.appkeys import ATTACHMENTS, STORE
+from hotline.attachments import CONTENT_TYPES
 from hotline.console.auth import render_console, staff_actor
 from hotline.console.views import case_view, check_case_id, event_view, json_response
 from hotline.errors import ApiError
@@ -36,6 +37,19 @@ async def _load(request: web.Request) -> tuple[Case, dict[str, Any]]:
 async def case_page(request: web.Request) -> web.Response:
     _case, ctx = await _load(request)
     return render_console(request, "console/case.html", **ctx)
+
+
+@requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)
+async def attachment(request: web.Request) -> web.FileResponse:
+    """A citizen's photo, for staff only; served as the image type its bytes showed on upload."""
+    store = request.app.get(ATTACHMENTS)
+    name = request.match_info["name"]
+    path = store.path(name) if store is not None else None
+    if path is None:
+        raise ApiError("not_found", "附件不存在。", 404)
+    return web.FileResponse(path, headers={
+        "Content-Type": CONTENT_TYPES[name.rsplit(".", 1)[1]], "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=86400", "Content-Disposition": "inline"})
 
 
 @requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)

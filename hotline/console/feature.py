@@ -31,6 +31,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/queue/list", queue.queue_list_fragment)
     r.add_get("/console/queue/case/{case_id}", queue.queue_case_fragment)
     r.add_get("/console/cases/{case_id}", cases.case_page)
+    r.add_get("/console/attachments/{name}", cases.attachment)
     r.add_get("/console/search", search.search_page)
     r.add_get("/console/metrics", metrics.metrics_page)
     r.add_get("/console/supervision", supervision.supervision_page)

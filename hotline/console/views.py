@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
 from hotline.access import can_see_phone
+from hotline.attachments import name_of
 from hotline.console.event_text import ACTION_LABELS, CHANNEL_LABELS, actor_label, describe
 from hotline.errors import ApiError
 from hotline.records import Case, mask_name, mask_phone, mask_pii
@@ -16,6 +18,33 @@ from hotline.store import Event
 from hotline.store.users import HEADS, User
 
 URGENCY_LABELS = {"emergency": "紧急", "urgent": "加急", "normal": "一般"}
+
+
+MAX_ATTACHMENTS_SHOWN = 20
+
+
+def attachment_views(refs: list[str]) -> list[dict[str, str]]:
+    """A case's attachments for staff: our stored photos by URL, chat photos by what can be opened."""
+    out = []
+    for ref in refs[:MAX_ATTACHMENTS_SHOWN]:
+        ref = str(ref)
+        name = name_of(ref)
+        if name:
+            out.append({"kind": "photo", "url": f"/console/attachments/{name}", "label": "照片"})
+            continue
+        kind, _, query = ref.partition("?")
+        if ref.startswith(("http://", "https://")):
+            out.append({"kind": "link", "url": ref, "label": "附件链接"})
+        elif kind == "wechat:image":
+            # WeChat keeps the picture on its own servers for a few days; the link opens it there.
+            pic = parse_qs(query).get("pic_url", [""])[0]
+            opens = pic.startswith(("http://", "https://"))
+            out.append({"kind": "link" if opens else "text", "url": pic if opens else "", "label": "微信图片"})
+        elif kind == "telegram:photo":
+            out.append({"kind": "text", "url": "", "label": "Telegram 图片（在 Telegram 中查看）"})
+        else:
+            out.append({"kind": "text", "url": "", "label": ref[:80]})
+    return out
 
 
 MATCH_REASONS = {"same_place": "同一地点", "near": "位置相近（300 米内）", "far": "位置相距较远",
@@ -93,6 +122,7 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
         "reports": [{"report_id": r.report_id, "channel": r.channel, "received_at": r.received_at,
                      "contact": mask_phone(r.contact), "text": mask_pii(r.text), "merged_by": r.merged_by,
                      "score": r.score} for r in case.reports],
+        "attachments": attachment_views(case.attachments),
         "reporter_count": case.reporter_count,
         "dispatch": case.dispatch, "dispatch_rows": dispatch_rows(case.dispatch or {}), "deadline_at": case.deadline_at,
         "answer": case.answer, "survey": {k: v for k, v in (case.survey or {}).items() if k != "reports"},
