@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from hotline.app import create_app
-from hotline.appkeys import SETTINGS, STORE
+from hotline.appkeys import DISPATCHER, SETTINGS, STORE
 from hotline.attachments import AttachmentError, AttachmentStore, name_of, sniff
 from hotline.console.views import attachment_views
 from hotline.redis_server import EmbeddedRedis
 from tests.conftest import make_settings
 from tests.console_support import staff_login
+from tests.dispatch_support import CLASSIFICATION, Open311Receiver, wait_for
+from tests.test_dispatch_app import dispatch_settings
 
 
 def png(width: int = 2, height: int = 2, shade: int = 0) -> bytes:
@@ -116,3 +119,30 @@ async def test_bad_photos_are_refused_and_no_case_is_filed(client: TestClient) -
     assert await store.case_ids(offset=0, limit=100) == before
     resp = await client.post("/submit", data=form("路灯坏了没人修", ("", b"", "application/octet-stream")))
     assert resp.status == 201
+
+
+async def test_work_order_carries_signed_photo_links_the_department_can_open(
+        aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
+        receiver: Open311Receiver) -> None:
+    settings = dispatch_settings(redis_server, tmp_path, key_prefix, receiver.url)
+    settings["server"]["public_url"] = "https://12345.example.gov.cn"
+    app_client = await aiohttp_client(create_app(settings))
+    resp = await app_client.post("/submit", data=form("幸福小区门口路灯坏了", ("a.png", png(), "image/png")))
+    assert resp.status == 201
+    store = app_client.app[STORE]
+    case = await store.get_case(sorted(await store.case_ids(offset=0, limit=10))[-1])
+    await app_client.app[DISPATCHER].confirm(case.id, CLASSIFICATION, "staff:a")
+    await wait_for(lambda: any(a.case_id == case.id for a in receiver.orders))
+    link = next(a for a in receiver.orders if a.case_id == case.id).form["media_url"]
+    assert link.startswith("https://12345.example.gov.cn/media/") and name_of(case.attachments[0]) in link
+    path = link.removeprefix("https://12345.example.gov.cn")
+    got = await app_client.get(path)  # no login: the link itself is the permission
+    assert got.status == 200 and await got.read() == png() and got.headers["Content-Type"] == "image/png"
+    name, query = path.removeprefix("/media/").split("?")
+    exp, sig = (p.split("=")[1] for p in query.split("&"))
+    for bad in (f"/media/{name}?exp={exp}&sig={'0' * 32}", f"/media/{name}?exp={int(exp) + 1}&sig={sig}",
+                f"/media/{name}", f"/media/{name}?exp=%C2%B2&sig={sig}", f"/media/../secret_key?exp={exp}&sig={sig}"):
+        assert (await app_client.get(bad)).status == 404, bad
+    media = app_client.app[DISPATCHER].media
+    assert media is not None and media.valid(name, exp, sig, now=time.time())
+    assert not media.valid(name, exp, sig, now=int(exp) + 1)  # expired

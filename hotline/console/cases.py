@@ -8,7 +8,7 @@ from aiohttp import web
 
 from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, can_see_phone, requires
 from hotline.appkeys import ATTACHMENTS, STORE
-from hotline.attachments import CONTENT_TYPES
+from hotline.attachments import photo_headers
 from hotline.console.auth import render_console, staff_actor
 from hotline.console.views import case_view, check_case_id, event_view, json_response
 from hotline.errors import ApiError
@@ -47,9 +47,7 @@ async def attachment(request: web.Request) -> web.FileResponse:
     path = store.path(name) if store is not None else None
     if path is None:
         raise ApiError("not_found", "附件不存在。", 404)
-    return web.FileResponse(path, headers={
-        "Content-Type": CONTENT_TYPES[name.rsplit(".", 1)[1]], "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, max-age=86400", "Content-Disposition": "inline"})
+    return web.FileResponse(path, headers=photo_headers(name, "private, max-age=86400"))
 
 
 @requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)

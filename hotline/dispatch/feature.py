@@ -23,7 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from hotline.access import can_see_phone, requires
-from hotline.appkeys import DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
+from hotline.appkeys import ATTACHMENTS, DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
+from hotline.attachments import MediaLinks, photo_headers
 from hotline.dispatch.backends import Open311Backend, WebhookBackend
 from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
@@ -32,6 +33,7 @@ from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
 from hotline.dispatch.tables import Taxonomy, load_tables
 from hotline.numbers import ascii_digits
 from hotline.records import Case, mask_name, mask_phone
+from hotline.secret import service_secret
 from hotline.settings import Settings
 from hotline.status import LABELS_ZH, OPEN_STATES, parse_status
 from hotline.store.outbox import Outbox
@@ -51,8 +53,23 @@ def build_dispatcher(settings: Settings, store: Any, notifications: Any) -> Disp
         "departments_file") else None
     tables = load_tables(settings.resolve_path("dispatch.tables_file"), departments)
     taxonomy = Taxonomy(settings.resolve_path("dispatch.taxonomy_file"))
+    media = MediaLinks(settings["server"]["public_url"], service_secret(settings),
+                       ttl_s=max(1.0, float(settings["dispatch"]["media_link_days"])) * 86400)
     return Dispatcher(store, Outbox(store), notifications, tables, taxonomy, cfg,
-                      timezone=settings["intake"]["timezone"])
+                      timezone=settings["intake"]["timezone"], media=media)
+
+
+async def media_file(request: web.Request) -> web.FileResponse:
+    """A photo of a case, for whoever holds the work order's signed link (the department's system)."""
+    name = request.match_info["name"]
+    dispatcher, files = request.app.get(DISPATCHER), request.app.get(ATTACHMENTS)
+    path = files.path(name) if files is not None else None
+    media = dispatcher.media if dispatcher is not None else None
+    # One answer for a bad, expired or unknown link: nothing about the files is revealed.
+    if path is None or media is None or not media.valid(name, request.query.get("exp", ""),
+                                                         request.query.get("sig", ""), time.time()):
+        raise DispatchError("not_found", "链接无效或已过期。", 404)
+    return web.FileResponse(path, headers=photo_headers(name, "private, max-age=3600"))
 
 
 def forwarder_config(cfg: DispatchConfig) -> ForwarderConfig:
@@ -210,6 +227,7 @@ async def dispatch_stats(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(dispatch_ctx)
     app.router.add_post("/api/v1/dispatch/events", post_event)
+    app.router.add_get("/media/{name}", media_file)
     app.router.add_get("/api/v1/cases", list_cases)
     app.router.add_get("/api/v1/dispatch/dead", list_dead)
     app.router.add_post("/api/v1/dispatch/dead/{dead_id}/redrive", redrive_dead)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hotline.attachments import MediaLinks
 from hotline.dispatch.deadlines import WorkCalendar, limit_for, urgency_of
 from hotline.dispatch.tables import DispatchTables, Taxonomy
 from hotline.dispatch.workorder import build_work_order, order_key
@@ -183,7 +184,8 @@ def _conflict(case: Case, what: str) -> DispatchError:
 
 class Dispatcher:
     def __init__(self, store: Store, outbox: Outbox, notifications: Notifications, tables: DispatchTables,
-                 taxonomy: Taxonomy, cfg: DispatchConfig, *, timezone: str = "Asia/Shanghai") -> None:
+                 taxonomy: Taxonomy, cfg: DispatchConfig, *, timezone: str = "Asia/Shanghai",
+                 media: MediaLinks | None = None) -> None:
         self.store = store
         self.outbox = outbox
         self.notifications = notifications
@@ -192,6 +194,14 @@ class Dispatcher:
         self.cfg = cfg
         self.tz = ZoneInfo(timezone)
         self.calendar = WorkCalendar.from_tables(tables, timezone)
+        self.media = media
+
+    def work_order(self, case: Case) -> dict[str, Any]:
+        media = self.media
+        if media is None:
+            return build_work_order(case, self.tz)
+        now = time.time()
+        return build_work_order(case, self.tz, lambda ref: media.link(ref, now))
 
     # confirm and dispatch -------------------------------------------------
     async def confirm(self, case_id: str, classification: dict[str, Any], actor: str) -> Case:
@@ -272,7 +282,7 @@ class Dispatcher:
                 "deadline_at": case.deadline_at, "redo": redo, "reason": reason}
 
     async def _send(self, case: Case, actor: str) -> Case:
-        order = build_work_order(case, self.tz)
+        order = self.work_order(case)
         await self.outbox.enqueue(case.dispatch["order_id"], case.id, order)
         await self.outbox.set_open(case.id, case.deadline_at)
         case = await self._mark_dispatched(case.id, case.dispatch["order_id"], actor)
@@ -574,7 +584,7 @@ class Dispatcher:
             order_id = case.dispatch.get("order_id")
             if not order_id or case.status != S.CONFIRMED or now - case.updated_at < older_than_s:
                 continue
-            await self.outbox.enqueue(order_id, case.id, build_work_order(case, self.tz))
+            await self.outbox.enqueue(order_id, case.id, self.work_order(case))
             await self.outbox.set_open(case.id, case.deadline_at)
             updated = await self._mark_dispatched(case.id, order_id, "dispatch:recover")
             if updated.status == S.DISPATCHED:

@@ -9,6 +9,7 @@ Departments phone citizens back, so the order carries the contact; it never leav
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +28,8 @@ def iso(ts: float, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(ts, tz).isoformat(timespec="seconds")
 
 
-def build_work_order(case: Case, tz: ZoneInfo) -> dict[str, Any]:
+def build_work_order(case: Case, tz: ZoneInfo, link: Callable[[str], str] = str) -> dict[str, Any]:
+    """The order for ``case``; ``link`` turns a stored photo's reference into a URL the department can open."""
     cls = case.classification
     d = case.dispatch
     lead = str(cls.get("department") or "")
@@ -61,7 +63,7 @@ def build_work_order(case: Case, tz: ZoneInfo) -> dict[str, Any]:
         "location": {"lat": case.location.lat, "lon": case.location.lon, "label": case.location.label}
         if case.location else None,
         "reporters": case.reporter_count,
-        "attachments": list(case.attachments) + ([case.audio_ref] if case.audio_ref else []),
+        "attachments": [link(a) for a in case.attachments] + ([case.audio_ref] if case.audio_ref else []),
         "channel": case.channel,
         "citizen": {"name": case.name, "contact": case.contact},
         "received_at": iso(case.created_at, tz),
