@@ -119,6 +119,10 @@ async def test_bad_photos_are_refused_and_no_case_is_filed(client: TestClient) -
     assert await store.case_ids(offset=0, limit=100) == before
     resp = await client.post("/submit", data=form("路灯坏了没人修", ("", b"", "application/octet-stream")))
     assert resp.status == 201
+    # The JSON API cannot point a case at a stored photo: only the form names them.
+    forged = {"text": "路灯坏了", "attachments": ["upload:" + "a" * 64 + ".png"]}
+    resp = await client.post("/api/v1/complaints", json=forged)
+    assert resp.status == 422 and (await resp.json())["error"]["code"] == "bad_attachments"
 
 
 async def test_work_order_carries_signed_photo_links_the_department_can_open(

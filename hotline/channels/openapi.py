@@ -46,7 +46,9 @@ _COMPLAINT_IN = {
                 "label": {"type": "string"},
             },
         },
-        "attachments": {"type": "array", "items": {"type": "string", "maxLength": 500}, "maxItems": 20},
+        "attachments": {"type": "array", "maxItems": 20, "description": "links to files the client keeps; "
+                        "upload: references are the service's own and refused",
+                        "items": {"type": "string", "maxLength": 500, "not": {"pattern": "^upload:"}}},
     },
 }
 

@@ -19,6 +19,7 @@ from aiohttp.web_request import FileField
 
 from hotline.answers import intake_offer
 from hotline.appkeys import ANSWERS, ATTACHMENTS, INTAKE, SETTINGS, STORE, SURVEYS
+from hotline.attachments import PREFIX as UPLOAD_PREFIX
 from hotline.attachments import AttachmentError, AttachmentStore
 from hotline.bodies import read_form
 from hotline.channels.openapi import openapi_document
@@ -114,6 +115,9 @@ async def post_complaint(request: web.Request) -> web.Response:
     attachments = body.get("attachments", [])
     if not isinstance(attachments, list) or not all(isinstance(a, str) and len(a) <= 500 for a in attachments):
         raise IntakeError("bad_attachments", "attachments 须为字符串数组。")
+    if any(a.startswith(UPLOAD_PREFIX) for a in attachments):
+        # Stored photos are named by the service when they arrive through the form, never by a client.
+        raise IntakeError("bad_attachments", "attachments 不能引用本服务保存的照片。")
     contact = _field(body, "contact")
     msg = InboundMessage(
         channel=channel,
