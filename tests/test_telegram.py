@@ -17,13 +17,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from hotline.app import create_app
-from hotline.appkeys import NOTIFICATIONS, STORE, STT
+from hotline.appkeys import ATTACHMENTS, NOTIFICATIONS, STORE, STT
+from hotline.attachments import name_of
 from hotline.channels.telegram import SECRET_HEADER
 from hotline.notify import Reply
 from hotline.redis_server import EmbeddedRedis
 from tests.chat_support import FakeBotAPI, same_speech, tg_callback, tg_message, voice_file
 from tests.conftest import make_settings
 from tests.ivr_support import ko_stt
+from tests.test_attachments import JPEG
 
 BOT_TOKEN = "123456789:AAHtestTOKENtestTOKENtestTOKEN_abcd"
 SECRET = "webhook-secret_42"
@@ -186,6 +188,21 @@ async def test_cancel_and_photo(tg: TG) -> None:
     await tg.say("滨河路东段")
     case = await case_of(tg, await tg.say("确认"))
     assert case.address == "滨河路东段" and case.attachments == ["telegram:photo?file_id=BIGPHOTO"]
+
+
+async def test_photo_is_fetched_into_our_store_so_staff_can_open_it(tg: TG) -> None:
+    tg.api.files["CAMERA1"] = JPEG
+    tg.api.files["NOTIMAGE"] = b"#!/bin/sh\nrm -rf /"
+    await tg.say("", photo=[{"file_id": "CAMERA1", "file_unique_id": "c1", "width": 1280, "height": 960}])
+    await tg.say("", photo=[{"file_id": "NOTIMAGE", "file_unique_id": "c2", "width": 800, "height": 600}])
+    await tg.say("小区门口的井盖丢了，很危险")
+    await tg.say("建设路12号")
+    case = await case_of(tg, await tg.say("确认"))
+    # A real photo is kept by us; a file that is no photo stays a Telegram reference, and the case is filed.
+    assert case.attachments[0].startswith("upload:") and case.attachments[0].endswith(".jpg")
+    assert case.attachments[1] == "telegram:photo?file_id=NOTIMAGE"
+    stored = tg.app[ATTACHMENTS].path(name_of(case.attachments[0]))
+    assert stored is not None and stored.read_bytes() == JPEG
 
 
 async def test_replayed_and_reordered_updates(tg: TG) -> None:

@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from hotline.app import create_app
-from hotline.appkeys import NOTIFICATIONS, STORE, STT
+from hotline.appkeys import ATTACHMENTS, NOTIFICATIONS, STORE, STT
+from hotline.attachments import name_of
 from hotline.channels.wechat import WECHAT_DOOR
 from hotline.notify import Notification, Reply
 from hotline.redis_server import EmbeddedRedis
@@ -25,6 +26,7 @@ from hotline.status import Status
 from tests.chat_support import FakeWeChatAPI, WeChatPusher, cdata, same_speech, voice_file, wx_sign, wx_xml
 from tests.conftest import make_settings
 from tests.ivr_support import ko_stt
+from tests.test_attachments import JPEG
 
 TOKEN = "hotline_wx_token"
 APP_ID = "wx0123456789abcdef"
@@ -164,6 +166,20 @@ async def test_location_before_text_and_image_attachment(wx: WX) -> None:
     case = await case_of(wx, await wx.say("1"))
     assert case.location is not None and case.location.lat == pytest.approx(31.2304)
     assert len(case.attachments) == 1 and "MEDIA_IMG_1" in case.attachments[0] and "qpic.cn" in case.attachments[0]
+
+
+async def test_picture_is_fetched_by_media_id_into_our_store(wx: WX) -> None:
+    wx.api.media["IMG_REAL"] = JPEG
+    # The PicUrl of the push is never fetched (plain-mode bodies are not signed): only the media API is used.
+    await wx.post(wx_xml(OPENID, "image", msg_id=wx.next_id(), PicUrl="http://169.254.169.254/latest",
+                         MediaId="IMG_REAL"))
+    await wx.say("小区门口井盖丢了，很危险")
+    assert "回复 1 确认提交" in await wx.say("建设路12号")
+    case = await case_of(wx, await wx.say("1"))
+    assert wx.api.media_fetches == ["IMG_REAL"]
+    assert len(case.attachments) == 1 and case.attachments[0].startswith("upload:")
+    stored = wx.app[ATTACHMENTS].path(name_of(case.attachments[0]))
+    assert stored is not None and stored.read_bytes() == JPEG
 
 
 async def test_voice_uses_recognition_field(wx: WX) -> None:

@@ -56,7 +56,8 @@ from telegram.ext import (
 )
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
-from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.appkeys import ATTACHMENTS, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.attachments import AttachmentError
 from hotline.bodies import parse_json, read_limited
 from hotline.channels.conversation import (
     ASK_PLACE,
@@ -426,7 +427,7 @@ class TelegramDoor:
     async def _begin_photo(self, update: Update, context: Context) -> object:
         d = Dialogue()
         assert update.message is not None
-        add_image(d, self._photo_ref(update))
+        add_image(d, await self._photo_ref(update))
         await self._say(update, Outgoing("已收到图片。" + ASK_TEXT))
         return self._keep(context, d, DESCRIBE)
 
@@ -489,7 +490,7 @@ class TelegramDoor:
 
     async def _add_photo(self, update: Update, context: Context, d: Dialogue) -> object:
         state = d.state if d.state in (DESCRIBE, PLACE, CONFIRM) else DESCRIBE
-        if not add_image(d, self._photo_ref(update)):
+        if not add_image(d, await self._photo_ref(update)):
             await self._say(update, Outgoing(IMAGES_FULL))
             return self._keep(context, d, state)
         if state == CONFIRM:
@@ -684,12 +685,27 @@ class TelegramDoor:
         label = m.venue.title if m.venue else ""
         return Location(m.location.latitude, m.location.longitude, label[:200])
 
-    @staticmethod
-    def _photo_ref(update: Update) -> str:
+    async def _photo_ref(self, update: Update) -> str:
+        """The photo kept in our own store (staff and departments can open it), or Telegram's file id when
+        it cannot be fetched now (too large, Bot API unreachable): the case is filed either way."""
         m = update.message
         assert m is not None and m.photo
         biggest = max(m.photo, key=lambda p: p.width * p.height)
-        return f"telegram:photo?file_id={quote(biggest.file_id)}"
+        fallback = f"telegram:photo?file_id={quote(biggest.file_id)}"
+        files = self.app.get(ATTACHMENTS)
+        if files is None or (biggest.file_size or 0) > files.max_bytes:
+            return fallback
+        try:
+            file = await self.application.bot.get_file(biggest.file_id)
+            if not str(file.file_path or "").startswith(self.application.bot.base_file_url + "/"):
+                return fallback
+            if (file.file_size or 0) > files.max_bytes:
+                return fallback
+            data = bytes(await file.download_as_bytearray())
+            return await asyncio.to_thread(files.save, data)
+        except (TelegramError, AttachmentError):
+            log.warning("telegram photo not fetched", extra={"event": "tg_photo_failed"})
+        return fallback
 
     async def _transcribe(self, voice: Any) -> str:
         """OGG/Opus voice note → text through the speech engine; '' asks the citizen to type."""

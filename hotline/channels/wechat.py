@@ -36,7 +36,8 @@ from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.replies import TextReply
 from wechatpy.utils import check_signature
 
-from hotline.appkeys import INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.appkeys import ATTACHMENTS, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
+from hotline.attachments import AttachmentError
 from hotline.bodies import read_limited
 from hotline.channels.conversation import (
     Conversation,
@@ -350,8 +351,7 @@ class WeChatDoor:
         elif kind == "location":
             inc = self._location(msg, key)
         elif kind == "image":
-            ref = f"wechat:image?media_id={quote(str(msg.media_id or ''))}&pic_url={quote(str(msg.image or ''))}"
-            inc = Incoming(CHANNEL, openid, "image", attachment=ref, key=key)
+            inc = Incoming(CHANNEL, openid, "image", attachment=await self._image(msg), key=key)
         else:
             inc = Incoming(CHANNEL, openid, "unsupported", key=key)
         return await self.engine.handle(inc)
@@ -365,6 +365,20 @@ class WeChatDoor:
             return Incoming(CHANNEL, msg.source, "unsupported", key=key)
         loc = Location(lat, lon, str(msg.label or "")[:200])
         return Incoming(CHANNEL, msg.source, "location", location=loc, key=key)
+
+    async def _image(self, msg: Any) -> str:
+        """The picture fetched by its media id into our own store (WeChat keeps it 3 days); WeChat's own
+        reference when that fails, so the case is filed either way."""
+        media_id = str(msg.media_id or "")
+        fallback = f"wechat:image?media_id={quote(media_id)}&pic_url={quote(str(msg.image or ''))}"
+        files = self.app.get(ATTACHMENTS)
+        if files is None or not media_id or not self.api.configured:
+            return fallback
+        try:
+            return await asyncio.to_thread(files.save, await self.api.get_media(media_id))
+        except (WeChatAPIError, aiohttp.ClientError, TimeoutError, AttachmentError):
+            log.warning("wechat image not fetched", extra={"event": "wechat_image_failed"})
+        return fallback
 
     async def _voice(self, msg: Any, key: str) -> Incoming:
         media_id = str(msg.media_id or "")
