@@ -150,3 +150,16 @@ async def test_work_order_carries_signed_photo_links_the_department_can_open(
     media = app_client.app[DISPATCHER].media
     assert media is not None and media.valid(name, exp, sig, now=time.time())
     assert not media.valid(name, exp, sig, now=int(exp) + 1)  # expired
+
+
+async def test_unwritable_photo_store_files_nothing_and_says_try_again(client: TestClient) -> None:
+    root = client.app[SETTINGS].data_dir / "attachments"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.write_text("a file where the photo directory should be")  # every write below it fails
+    store = client.app[STORE]
+    before = await store.case_ids(offset=0, limit=100)
+    resp = await client.post("/submit", data=form("井盖丢了", ("a.png", png(), "image/png"), token="t-disk"))
+    assert resp.status == 503 and resp.headers["Retry-After"] == "30" and "稍后再试" in await resp.text()
+    assert await store.case_ids(offset=0, limit=100) == before
+    # Without a photo the complaint still goes through.
+    assert (await client.post("/submit", data=form("井盖丢了", token="t-disk2"))).status == 201

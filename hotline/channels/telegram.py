@@ -703,7 +703,7 @@ class TelegramDoor:
                 return fallback
             data = bytes(await file.download_as_bytearray())
             return await asyncio.to_thread(files.save, data)
-        except (TelegramError, AttachmentError):
+        except (TelegramError, AttachmentError, OSError):
             log.warning("telegram photo not fetched", extra={"event": "tg_photo_failed"})
         return fallback
 

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 from typing import Any
@@ -33,6 +34,7 @@ from hotline.status import LABELS_ZH
 from hotline.store import CaseNotFound
 
 dumps = functools.partial(json.dumps, ensure_ascii=False)
+log = logging.getLogger("hotline.web")
 
 CASE_ID_CHARS = set("0123456789-")
 def valid_case_id(case_id: str) -> bool:
@@ -238,7 +240,14 @@ async def submit_form(request: web.Request) -> web.Response:
         photos = _photos(form, photo_bytes)
         if len(photos) > max_photos:
             return again(422, f"最多上传 {max_photos} 张照片。")
-        msg.attachments = await _save_photos(request, photos)
+        try:
+            msg.attachments = await _save_photos(request, photos)
+        except OSError:
+            # Disk full or unwritable: nothing is filed, and the citizen is asked to try again shortly.
+            log.exception("photo not stored", extra={"event": "photo_store_failed"})
+            resp = again(503, "照片暂时无法保存，请稍后再试，或先不附照片提交。")
+            resp.headers["Retry-After"] = "30"
+            return resp
         result = await request.app[INTAKE].submit(msg)
     except AttachmentError as exc:
         return again(422, PHOTO_ERRORS.get(str(exc), "照片无法读取。").format(mb=photo_bytes // (1024 * 1024)))

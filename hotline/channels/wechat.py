@@ -376,7 +376,7 @@ class WeChatDoor:
             return fallback
         try:
             return await asyncio.to_thread(files.save, await self.api.get_media(media_id))
-        except (WeChatAPIError, aiohttp.ClientError, TimeoutError, AttachmentError):
+        except (WeChatAPIError, aiohttp.ClientError, TimeoutError, AttachmentError, OSError):
             log.warning("wechat image not fetched", extra={"event": "wechat_image_failed"})
         return fallback
 
