@@ -54,14 +54,15 @@ def test_span_text_reads_like_a_supervisor_speaks() -> None:
 async def test_supervisor_sees_what_to_chase_and_sends_a_dead_order_again(
         app_client: TestClient, receiver: Open311Receiver, artifacts: Path) -> None:
     now = time.time()
-    late = await dispatched(app_client, receiver, contact="13800138000", street="东华门街道")
-    soon = await dispatched(app_client, receiver)
-    far = await dispatched(app_client, receiver)
+    # Plain texts: an urgent one (停水, 井盖 …) would get a 2-hour limit and land in 即将超期 by itself.
+    late = await dispatched(app_client, receiver, "幸福小区广场舞音乐太吵", contact="13800138000", street="东华门街道")
+    soon = await dispatched(app_client, receiver, "建设路人行道上的共享单车乱停")
+    far = await dispatched(app_client, receiver, "和平巷的健身器材有一个坏了")
     await move_deadline(app_client, late, now - 5 * 3600)
     await move_deadline(app_client, soon, now + 3600)
-    back = await dispatched(app_client, receiver)
+    back = await dispatched(app_client, receiver, "光明小区门口有流动摊贩占道经营")
     assert (await post_event(app_client, event(back, "returned", reason="不属于本单位职责")))[0] == 200
-    dead_case = await new_case(app_client)
+    dead_case = await new_case(app_client, "东湖村的宣传栏破损了")
     receiver.plan = lambda key, n: "fail" if key.startswith(dead_case.id) and n <= 3 else "accept"
     await app_client.app[DISPATCHER].confirm(dead_case.id, CLASSIFICATION, "staff:a")
     await wait_for(lambda: _state(app_client, dead_case.id, "dead_letter"))
