@@ -70,6 +70,10 @@ class IntakeResult:
 CaseHook = Callable[[Case], Awaitable[None]]
 
 
+# Doors where a citizen may leave no way to be reached; chat and phone always know who sent it.
+ANONYMOUS_CHANNELS = frozenset({"web", "api", "open311"})
+
+
 def case_number_reply(case: Case, *, created: bool, merged_into: str = "") -> str:
     parts: list[str] = []
     if case.emergency:
@@ -83,7 +87,11 @@ def case_number_reply(case: Case, *, created: bool, merged_into: str = "") -> st
         )
     else:
         parts.append(f"您反映的问题已受理，案件编号：{case.id}。")
-    parts.append("请记好案件编号，可凭编号和手机号后四位查询办理进度。")
+    if case.contact or case.channel not in ANONYMOUS_CHANNELS:
+        parts.append("请记好案件编号，可凭编号和手机号后四位查询办理进度。")
+    else:
+        # The status page and the phone menu both check the phone's last four digits.
+        parts.append("您未留联系电话，办理结果无法通知您，也不能在网上查询；如需了解进度，请致电热线并提供案件编号。")
     return "".join(parts)
 
 

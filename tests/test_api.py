@@ -30,7 +30,7 @@ async def test_create_and_fetch(client: TestClient) -> None:
                                        "contact": "13812345678", "channel": "web"})
     assert status == 201
     assert body["status"] == "classified"
-    assert body["case_id"] in body["reply"]
+    assert body["case_id"] in body["reply"] and "手机号后四位" in body["reply"]
     assert {"category", "department", "type", "urgency", "needs_confirmation"} <= set(body["suggestion"])
     resp = await client.get(f"/api/v1/cases/{body['case_id']}?last4=5678")
     assert resp.status == 200
@@ -46,6 +46,13 @@ async def test_create_and_fetch(client: TestClient) -> None:
     for digits in ("1234", "567", "５６７８", "²²²²"):
         resp = await client.get(f"/api/v1/cases/{body['case_id']}", params={"last4": digits})
         assert_error(resp.status, await resp.json(), 404)
+
+
+async def test_a_citizen_without_a_phone_is_not_sent_to_the_status_page(client: TestClient) -> None:
+    status, body = await post(client, {"text": "人民公园的长椅坏了好几张"})
+    assert status == 201
+    # The status page checks the phone's last four digits: without a phone, only the hotline can answer.
+    assert "未留联系电话" in body["reply"] and "致电热线" in body["reply"] and "后四位" not in body["reply"]
 
 
 async def test_phone_numbers_inside_the_text_are_masked_when_shown(client: TestClient) -> None:
