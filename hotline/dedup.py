@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import re
 import time
 import tomllib
 from collections.abc import AsyncIterator
@@ -29,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from hotline import fingerprints
+from hotline.callers import caller_keys
 from hotline.errors import ApiError
 from hotline.hotspots import HotspotService
 from hotline.intake import DedupDecision
@@ -59,7 +58,6 @@ MAX_PRIORITY_BUMP = 3
 PLACE_KEY_WEIGHT = 12.0
 SUGGESTIONS_KEPT = 3
 PENDING_ENTRIES = 1000
-_DIGITS = re.compile(r"\D")
 
 
 class DedupError(ApiError):
@@ -141,21 +139,6 @@ def category_of(case: Case) -> str:
     if top and isinstance(top[0], dict) and isinstance(top[0].get("label"), str):
         return top[0]["label"]
     return ""
-
-
-def caller_keys(case: Case) -> list[str]:
-    """Hashes of who called: the phone number and the channel's own sender id.
-
-    Anonymous web senders (a hash of the client address) are left out: many citizens share one
-    address behind a NAT, and "same caller" is too strong a signal to hand out on that basis.
-    """
-    out = []
-    digits = _DIGITS.sub("", case.contact or "")
-    if len(digits) >= 5:
-        out.append(hashlib.sha256(f"tel:{digits}".encode()).hexdigest()[:16])
-    if case.sender and not case.sender.startswith("web:") and case.sender != "web":
-        out.append(hashlib.sha256(f"{case.channel}:{case.sender}".encode()).hexdigest()[:16])
-    return out
 
 
 class DedupService:

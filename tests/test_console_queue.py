@@ -303,3 +303,19 @@ async def test_emergency_banner_names_the_rule_in_chinese(client: TestClient) ->
     async with staff_login(client, "call_taker") as staff:
         frag = await (await staff.get(f"/console/queue/case/{case_id}")).text()
         assert "燃气泄漏" in frag and "gas_leak" not in frag and "119" in frag
+
+
+async def test_call_taker_sees_the_same_citizens_other_cases(client: TestClient) -> None:
+    first = await submit(client, "幸福小区3栋楼道灯不亮", contact="13700007777")
+    second = await submit(client, "幸福小区垃圾桶满了没人清", contact="137-0000-7777")  # same phone, other format
+    other = await submit(client, "和平路有井盖松动", contact="13900008888")
+    third = await submit(client, "幸福小区门口停车乱收费", contact="13700007777")
+    async with staff_login(client, "call_taker") as staff:
+        frag = await (await staff.get(f"/console/queue/case/{third}")).text()
+        assert "该市民的其他诉求（2）" in frag
+        assert frag.index(second) < frag.index(first) and other not in frag
+        data = await (await staff.get(f"/api/v1/console/cases/{third}")).json()
+        assert [h["id"] for h in data["caller_history"]] == [second, first]
+        assert "13700007777" not in json.dumps(data["caller_history"])
+        lone = await (await staff.get(f"/api/v1/console/cases/{other}")).json()
+        assert lone["caller_history"] == []

@@ -67,6 +67,11 @@ _EVENT = {"type": "object", "required": ["id", "ts", "actor", "action"],
                          "data": {"type": "string", "description": "the event's data as JSON text (masked)"},
                          "details": {"type": "string", "description": "the same data worded for staff"}}}
 
+_HISTORY = {"type": "object", "required": ["id", "status_label"],
+            "properties": {"id": {"type": "string"}, "created_at": {"type": "number"},
+                           "status_label": {"type": "string"}, "channel_label": {"type": "string"},
+                           "text": {"type": "string"}}}
+
 _QUEUE_ITEM = {"type": "object", "required": ["id", "status", "created_at"],
                "properties": {"id": {"type": "string"}, "channel": {"type": "string"}, "status": _STATUS,
                               "created_at": {"type": "number"}, "emergency": {"type": "boolean"},
@@ -131,7 +136,9 @@ PATHS: dict[str, Any] = {
                       **staff_errors()}}},
     "/api/v1/console/cases/{case_id}": _get(
         "consoleCase", "案件详情与全部处理记录", {**STAFF_CASE, "properties": {
-            **STAFF_CASE["properties"], "events": {"type": "array", "items": _EVENT}}}, 404,
+            **STAFF_CASE["properties"], "events": {"type": "array", "items": _EVENT},
+            "caller_history": {"type": "array", "description": "the same citizen's other cases, newest first",
+                               "items": _HISTORY}}}, 404,
         params=[CASE_ID_PARAM]),
     "/api/v1/console/cases/{case_id}/confirm": _decide("consoleConfirm", "确认或修正 AI 建议并派遣", _CONFIRM_IN, {
         **_DECIDED, "properties": {**_DECIDED["properties"], "classification": {"type": "object"},

@@ -10,7 +10,7 @@ from hotline.access import CALL_TAKER, FOLLOW_UP, SUPERVISOR, can_see_phone, req
 from hotline.appkeys import ATTACHMENTS, STORE
 from hotline.attachments import photo_headers
 from hotline.console.auth import render_console, staff_actor
-from hotline.console.views import case_view, check_case_id, event_view, json_response
+from hotline.console.views import case_view, check_case_id, event_view, history_rows, json_response
 from hotline.errors import ApiError
 from hotline.records import Case
 from hotline.store import CaseNotFound
@@ -30,7 +30,8 @@ async def _load(request: web.Request) -> tuple[Case, dict[str, Any]]:
         await store.add_event(case_id, actor=staff_actor(request), action="phone_viewed", data={})
     events = [event_view(e) for e in await store.events(case_id)]
     linked = [c for c in [case.duplicate_of] if c]
-    return case, {"case": case_view(case, user), "events": events, "linked": linked}
+    history = history_rows(await store.caller_history(case))
+    return case, {"case": case_view(case, user), "events": events, "linked": linked, "history": history}
 
 
 @requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)
@@ -53,4 +54,4 @@ async def attachment(request: web.Request) -> web.FileResponse:
 @requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)
 async def case_json(request: web.Request) -> web.Response:
     _case, ctx = await _load(request)
-    return json_response({**ctx["case"], "events": ctx["events"]})
+    return json_response({**ctx["case"], "events": ctx["events"], "caller_history": ctx["history"]})

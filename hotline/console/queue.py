@@ -18,7 +18,7 @@ from hotline.console.auth import render_console, staff_actor
 from hotline.console.catalog import Catalog, CatalogSource
 from hotline.console.event_text import HEAD_LABELS
 from hotline.console.kb_pages import answer_panel
-from hotline.console.views import case_view, check_case_id, heads_of, json_response, top_labels
+from hotline.console.views import case_view, check_case_id, heads_of, history_rows, json_response, top_labels
 from hotline.errors import ApiError
 from hotline.records import Case
 from hotline.status import IllegalTransition, Status
@@ -78,9 +78,10 @@ async def queue_case_fragment(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG].get()
     tops = top_labels(case)
     default_dep = tops["department"] or catalog.default_department.get(tops["category"], "")
+    history = history_rows(await request.app[STORE].caller_history(case))
     return render_console(request, "console/queue_case.html", case=view, candidates=candidates,
                           in_queue=case.status in CONFIRM_QUEUE_STATES, default_department=default_dep,
-                          answers=await answer_panel(request, case))
+                          answers=await answer_panel(request, case), history=history)
 
 
 @requires(CALL_TAKER, SUPERVISOR)

@@ -47,6 +47,13 @@ def attachment_views(refs: list[str]) -> list[dict[str, str]]:
     return out
 
 
+def history_rows(cases: list[Case]) -> list[dict[str, Any]]:
+    """The caller's other cases as the call-taker sees them: number, when, status, the first words."""
+    return [{"id": c.id, "created_at": c.created_at, "status_label": LABELS_ZH.get(c.status, str(c.status)),
+             "channel_label": CHANNEL_LABELS.get(c.channel, c.channel), "text": mask_pii(c.text)[:40]}
+            for c in cases]
+
+
 MATCH_REASONS = {"same_place": "同一地点", "near": "位置相近（300 米内）", "far": "位置相距较远",
                  "same_caller": "同一来电人"}
 

@@ -29,10 +29,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from hotline.callers import caller_keys
 from hotline.records import Case
 from hotline.status import Status, check_move
 
 FEED_MAXLEN = 100_000
+# A citizen's newest cases kept in the caller index (repeat callers are shown to call-takers).
+CASES_PER_CALLER = 200
 FEED_POLL_S = 0.1
 EVENTS_PER_CASE_MAX = 10_000
 # Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
@@ -119,10 +122,12 @@ return out
 
 # Creates a case with its events and index entries in one atomic step, unless one of the
 # idempotency keys is already taken (then the earlier case id is returned and nothing is written).
-# KEYS: case, events, all-cases, status index, confirm queue, feed, idem keys...
-# ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status
+# KEYS: case, events, all-cases, status index, confirm queue, feed, caller keys..., idem keys...
+# ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status,
+#       feed maxlen, number of caller keys, cases kept per caller
 _CREATE_LUA = """
-local n_fixed = 6
+local n_callers = tonumber(ARGV[9])
+local n_fixed = 6 + n_callers
 for i = n_fixed + 1, #KEYS do
   local existing = redis.call('GET', KEYS[i])
   if existing then return {0, existing} end
@@ -138,6 +143,10 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1]) end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'case', ARGV[1], 'action', 'created', 'status', ARGV[7])
+for i = 7, n_fixed do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[10]) - 1)
+end
 for i = n_fixed + 1, #KEYS do
   redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
 end
@@ -197,6 +206,9 @@ class Store:
     def k_status(self, status: Status | str) -> str:
         return f"{self.p}:status:{status}"
 
+    def k_caller(self, key: str) -> str:
+        return f"{self.p}:caller:{key}"
+
     def k_idem(self, key: str) -> str:
         return f"{self.p}:idem:{key}"
 
@@ -231,17 +243,36 @@ class Store:
     # cases ----------------------------------------------------------------
     async def create_case(self, case: Case, *, idempotency_keys: Iterable[str] = (),
                           events: Iterable[tuple[str, str, dict[str, Any]]] = ()) -> CreateResult:
-        """Store a new case atomically with its first events, unless an idempotency key matched."""
+        """Store a new case atomically with its first events and its caller index entries, unless an
+        idempotency key matched."""
         evs = [[f"{case.created_at:.6f}", actor, action, json.dumps(data, ensure_ascii=False)]
                for actor, action, data in events]
         score = queue_score(case)
+        callers = [self.k_caller(k) for k in caller_keys(case)]
         keys = [self.k_case(case.id), self.k_events(case.id), self.k_all, self.k_status(case.status),
-                self.k_confirm, self.k_feed, *(self.k_idem(k) for k in idempotency_keys)]
+                self.k_confirm, self.k_feed, *callers, *(self.k_idem(k) for k in idempotency_keys)]
         args = [case.id, json.dumps(case.to_dict(), ensure_ascii=False), f"{case.created_at:.6f}",
                 self.idem_ttl, json.dumps(evs, ensure_ascii=False), "" if score is None else f"{score:.6f}",
-                str(case.status), FEED_MAXLEN]
+                str(case.status), FEED_MAXLEN, len(callers), CASES_PER_CALLER]
         created, case_id = await self._create(keys=keys, args=args)
         return CreateResult(case_id=case_id, created=bool(int(created)))
+
+    async def caller_history(self, case: Case, limit: int = 10) -> list[Case]:
+        """The same citizen's other cases (by phone, or by chat/phone sender id), newest first."""
+        keys = [self.k_caller(k) for k in caller_keys(case)]
+        if not keys:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrange(key, 0, limit, withscores=True)
+            rows = await pipe.execute()
+        newest: dict[str, float] = {}
+        for row in rows:
+            for case_id, ts in row:
+                if case_id != case.id:
+                    newest[case_id] = max(ts, newest.get(case_id, 0.0))
+        ids = sorted(newest, key=lambda c: -newest[c])[:limit]
+        return await self.get_cases(ids)
 
     async def get_case(self, case_id: str) -> Case:
         raw = await self.r.get(self.k_case(case_id))

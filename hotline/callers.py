@@ -1,0 +1,25 @@
+"""Who reported a case, as hashes that link one citizen's cases without storing the number again."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from hotline.records import Case
+
+_DIGITS = re.compile(r"\D")
+
+
+def caller_keys(case: Case) -> list[str]:
+    """Hashes of who called: the phone number and the channel's own sender id.
+
+    Anonymous web senders (a hash of the client address) are left out: many citizens share one
+    address behind a NAT, and "same caller" is too strong a signal to hand out on that basis.
+    """
+    out = []
+    digits = _DIGITS.sub("", case.contact or "")
+    if len(digits) >= 5:
+        out.append(hashlib.sha256(f"tel:{digits}".encode()).hexdigest()[:16])
+    if case.sender and not case.sender.startswith("web:") and case.sender != "web":
+        out.append(hashlib.sha256(f"{case.channel}:{case.sender}".encode()).hexdigest()[:16])
+    return out
