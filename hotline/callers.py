@@ -10,6 +10,12 @@ from hotline.records import Case
 _DIGITS = re.compile(r"\D")
 
 
+def phone_key(number: str) -> str:
+    """The caller hash of a phone number in any notation (137-0000-7777, +86…); '' for no number."""
+    digits = _DIGITS.sub("", number or "")
+    return hashlib.sha256(f"tel:{digits}".encode()).hexdigest()[:16] if len(digits) >= 5 else ""
+
+
 def caller_keys(case: Case) -> list[str]:
     """Hashes of who called: the phone number and the channel's own sender id.
 
@@ -17,9 +23,9 @@ def caller_keys(case: Case) -> list[str]:
     address behind a NAT, and "same caller" is too strong a signal to hand out on that basis.
     """
     out = []
-    digits = _DIGITS.sub("", case.contact or "")
-    if len(digits) >= 5:
-        out.append(hashlib.sha256(f"tel:{digits}".encode()).hexdigest()[:16])
+    phone = phone_key(case.contact)
+    if phone:
+        out.append(phone)
     if case.sender and not case.sender.startswith("web:") and case.sender != "web":
         out.append(hashlib.sha256(f"{case.channel}:{case.sender}".encode()).hexdigest()[:16])
     return out

@@ -350,6 +350,31 @@ async def test_query_progress_by_keypad(aiohttp_client: Any, redis_server: Embed
     assert (await call_status(client, call_id))["action"] == "hangup"
 
 
+async def test_hash_alone_reads_the_callers_latest_case(aiohttp_client: Any, redis_server: EmbeddedRedis,
+                                                        tmp_path: Path, key_prefix: str) -> None:
+    app, client = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix)
+    voice = app[VOICE]
+    prompts = voice.prompts
+    for text in ("小区门口路灯坏了三天", "楼下餐馆油烟太大"):
+        resp = await client.post("/api/v1/complaints", json={"text": text, "contact": CALLER})
+        latest = await app[STORE].get_case((await resp.json())["case_id"])
+    call_id = str(uuid.uuid4())
+    await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
+    pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, call_id=call_id)
+    await pbx.connect()
+    try:
+        await pbx.wait_audio(10)
+        for key in "3#":
+            await pbx.press(key)
+        await pbx.wait_closed(40)
+    finally:
+        await pbx.drop()
+    told = prompts.sequence(["latest_case_is", *prompts.digits(latest.id), "status_is",
+                             f"status_{latest.status}"], 8000)
+    assert find_in(bytes(pbx.rx), told) >= 0
+    assert (await call_status(client, call_id))["action"] == "hangup"
+
+
 async def test_pbx_protocol_errors(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path,
                                    key_prefix: str) -> None:
     app, client = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hotline.answers import AnswerService, IvrOffer
+from hotline.callers import phone_key
 from hotline.intake import Intake, IntakeError
 from hotline.ivr.session import CallOutcome, CallSession, Input
 from hotline.records import InboundMessage, last4
@@ -352,9 +353,16 @@ class IvrFlow:
     async def _query(self, s: CallSession, st: CallState) -> State:
         await s.play(["query_enter"])
         got = await s.collect(speech=False, max_digits=self.cfg.case_number_digits, keys="0123456789",
-                              no_input_s=s.t.no_input_s + 4)
+                              no_input_s=s.t.no_input_s + 4, bare_terminator=True)
         if got.hung_up:
             return State.DONE
+        if not got.digits and got.stopped_by == "#" and s.caller:
+            # "#" alone: the latest case this phone reported, so nobody has to key in 14 digits.
+            latest = await self.store.cases_of_callers([phone_key(s.caller)], limit=1)
+            if latest and s.prompts.has(f"status_{latest[0].status}"):
+                await s.play(["latest_case_is", *s.prompts.digits(latest[0].id), "status_is",
+                              f"status_{latest[0].status}"], barge_in=False)
+                return State.GOODBYE
         m = _CASE_ID.match(got.digits)
         status = ""
         if m:

@@ -233,8 +233,12 @@ class CallSession:
                       terminator: str = "#", no_input_s: float | None = None, max_s: float | None = None,
                       end_silence_s: float | None = None, stop_on_endpoint: bool = False,
                       watch: Callable[[str], bool] | None = None, preroll: bool = True,
-                      keys: str = "0123456789*") -> Input:
-        """Wait for key presses (``keys``) and/or speech; digits end at ``max_digits`` or the terminator."""
+                      keys: str = "0123456789*", bare_terminator: bool = False) -> Input:
+        """Wait for key presses (``keys``) and/or speech; digits end at ``max_digits`` or the terminator.
+
+        A terminator before any digit or speech is ignored (a stray key), unless ``bare_terminator``: then it
+        is an answer of its own (``digits == ""``, ``stopped_by == "#"``).
+        """
         result = Input()
         if self.hung_up:
             # Keys pressed just before the hang-up still count (an answer given as the caller hangs up).
@@ -298,7 +302,7 @@ class CallSession:
                 if kind == "dtmf":
                     assert isinstance(value, str)
                     if value == terminator:
-                        if result.digits or result.speech:
+                        if result.digits or result.speech or bare_terminator:
                             result.stopped_by = "#"
                             break
                         continue

@@ -259,7 +259,11 @@ class Store:
 
     async def caller_history(self, case: Case, limit: int = 10) -> list[Case]:
         """The same citizen's other cases (by phone, or by chat/phone sender id), newest first."""
-        keys = [self.k_caller(k) for k in caller_keys(case)]
+        return await self.cases_of_callers(caller_keys(case), exclude=case.id, limit=limit)
+
+    async def cases_of_callers(self, callers: list[str], *, exclude: str = "", limit: int = 10) -> list[Case]:
+        """Cases filed under any of the caller hashes (hotline/callers.py), newest first."""
+        keys = [self.k_caller(k) for k in callers if k]
         if not keys:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
@@ -269,7 +273,7 @@ class Store:
         newest: dict[str, float] = {}
         for row in rows:
             for case_id, ts in row:
-                if case_id != case.id:
+                if case_id != exclude:
                     newest[case_id] = max(ts, newest.get(case_id, 0.0))
         ids = sorted(newest, key=lambda c: -newest[c])[:limit]
         return await self.get_cases(ids)
