@@ -326,6 +326,22 @@ async def test_without_a_model_calls_go_to_a_person(aiohttp_client: Any, redis_s
     assert (two["action"], two["reason"]) == ("transfer", "busy")
 
 
+async def keypad_call(client: Any, port: int, keys: str) -> tuple[str, FakeAudioSocketPBX]:
+    """A call from CALLER that presses ``keys`` once the menu plays and waits for the hang-up."""
+    call_id = str(uuid.uuid4())
+    await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
+    pbx = FakeAudioSocketPBX("127.0.0.1", port, call_id=call_id)
+    await pbx.connect()
+    try:
+        await pbx.wait_audio(10)
+        for key in keys:
+            await pbx.press(key)
+        await pbx.wait_closed(40)
+    finally:
+        await pbx.drop()
+    return call_id, pbx
+
+
 async def test_query_progress_by_keypad(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path,
                                         key_prefix: str) -> None:
     app, client = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix)
@@ -334,17 +350,7 @@ async def test_query_progress_by_keypad(aiohttp_client: Any, redis_server: Embed
     resp = await client.post("/api/v1/complaints", json={"text": "小区门口路灯坏了三天", "contact": CALLER})
     case_id = (await resp.json())["case_id"]
     case = await app[STORE].get_case(case_id)
-    call_id = str(uuid.uuid4())
-    await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
-    pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, call_id=call_id)
-    await pbx.connect()
-    try:
-        await pbx.wait_audio(10)
-        for key in "3" + case_id.replace("-", "") + "#":
-            await pbx.press(key)
-        await pbx.wait_closed(40)
-    finally:
-        await pbx.drop()
+    call_id, pbx = await keypad_call(client, voice.audiosocket_port, "3" + case_id.replace("-", "") + "#")
     status_prompt = prompts.sequence(["status_is", f"status_{case.status}"], 8000)
     assert find_in(bytes(pbx.rx), status_prompt) >= 0
     assert (await call_status(client, call_id))["action"] == "hangup"
@@ -358,17 +364,7 @@ async def test_hash_alone_reads_the_callers_latest_case(aiohttp_client: Any, red
     for text in ("小区门口路灯坏了三天", "楼下餐馆油烟太大"):
         resp = await client.post("/api/v1/complaints", json={"text": text, "contact": CALLER})
         latest = await app[STORE].get_case((await resp.json())["case_id"])
-    call_id = str(uuid.uuid4())
-    await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})
-    pbx = FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, call_id=call_id)
-    await pbx.connect()
-    try:
-        await pbx.wait_audio(10)
-        for key in "3#":
-            await pbx.press(key)
-        await pbx.wait_closed(40)
-    finally:
-        await pbx.drop()
+    call_id, pbx = await keypad_call(client, voice.audiosocket_port, "3#")
     told = prompts.sequence(["latest_case_is", *prompts.digits(latest.id), "status_is",
                              f"status_{latest.status}"], 8000)
     assert find_in(bytes(pbx.rx), told) >= 0
