@@ -28,7 +28,7 @@ TROUBLE = ["", " ", "²", "١٢٣٤", "①", "0" * 40, "9" * 400, "\x00", "\x1b[
            "-1", "NaN", "true", "null", "13800138000", "110101199003071234", "a" * 70_000, "😀" * 50]
 
 ROUTES: list[tuple[str, str, list[str]]] = [
-    ("POST", "/submit", ["text", "address", "contact", "name", "lat", "lon", "form_token", "website"]),
+    ("POST", "/submit", ["text", "address", "contact", "name", "lat", "lon", "form_token", "website", "photos"]),
     ("POST", "/status", ["case_id", "last4"]),
     ("GET", "/status", ["case_id", "last4"]),
     ("POST", "/answer/feedback", ["case_id", "token", "resolved"]),
@@ -38,6 +38,8 @@ ROUTES: list[tuple[str, str, list[str]]] = [
     ("GET", "/console/login", ["next", "expired"]),
     ("POST", "/console/login", ["name", "password", "csrf_token", "next"]),
     ("GET", "/open311/v2/services.json", ["jurisdiction_id"]),
+    ("GET", "/media/{v}", ["exp", "sig"]),
+    ("GET", "/console/attachments/{v}", []),
     ("GET", "/open311/v2/requests/{v}.json", ["last4", "jurisdiction_id"]),
     ("POST", "/open311/v2/requests.json", ["service_code", "description", "lat", "long", "address_string", "phone",
                                            "first_name", "last_name", "media_url", "device_id", "api_key"]),
