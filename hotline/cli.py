@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "hotline.commands.voice",
     "hotline.commands.users",
     "hotline.commands.dispatch",
+    "hotline.commands.cases",
 ]
 
 

@@ -30,11 +30,12 @@ ACTION_LABELS = {
     "answer_resolved": "市民确认答复已解决", "answer_not_resolved": "市民表示答复未解决",
     "hotspot_raised": "列入热点", "hotspot_closed": "热点结束", "open311_service": "Open311 服务类型",
     "voice_call": "来电记录", "ivr_answer_offered": "电话中提供答复", "ivr_answer_online": "答复留待网上查询",
-    "ivr_answer_requested": "市民要求短信答复",
+    "ivr_answer_requested": "市民要求短信答复", "personal_data_purged": "清除个人信息（超过保存期限）",
 }
 
 ACTOR_NAMES = {"voice:ivr": "电话 IVR", "voice:survey": "自动回访电话", "dispatch:forwarder": "工单投递",
-               "dispatch:recover": "派单系统（补记）", "open311:client": "Open311 应用"}
+               "dispatch:recover": "派单系统（补记）", "open311:client": "Open311 应用",
+               "system:retention": "系统（保存期限）"}
 ACTOR_KINDS = {"voice": "电话系统", "dispatch": "派单系统", "open311": "Open311 应用", "wechat": "微信",
                "telegram": "Telegram", "web": "网站", "api": "接口"}
 
@@ -54,7 +55,7 @@ KEY_LABELS = {
     "hung_up": "市民挂断", "audio_ref": "录音", "outcome": "结果", "answers": "按键回答", "state": "状态",
     "resolved": "问题已解决", "satisfaction": "满意度", "comment": "意见", "due_at": "计划时间",
     "recipients": "回访人数", "service_code": "服务代码", "choice": "市民选择", "by": "方式",
-    "call_back_at": "约定回拨时间",
+    "call_back_at": "约定回拨时间", "photos": "照片", "recording": "通话录音", "reports": "合并反映",
 }
 
 HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型"}

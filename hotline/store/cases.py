@@ -261,6 +261,14 @@ class Store:
         """The same citizen's other cases (by phone, or by chat/phone sender id), newest first."""
         return await self.cases_of_callers(caller_keys(case), exclude=case.id, limit=limit)
 
+    async def forget_callers(self, case_id: str, callers: list[str]) -> None:
+        """Take a case out of the caller index (its citizen's data was purged)."""
+        if callers:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for key in callers:
+                    pipe.zrem(self.k_caller(key), case_id)
+                await pipe.execute()
+
     async def cases_of_callers(self, callers: list[str], *, exclude: str = "", limit: int = 10) -> list[Case]:
         """Cases filed under any of the caller hashes (hotline/callers.py), newest first."""
         keys = [self.k_caller(k) for k in callers if k]
