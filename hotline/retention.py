@@ -3,7 +3,7 @@
 What a case keeps for statistics and the record of the city's work stays: the problem (with phone and ID
 numbers masked), the place, the category, the department, the dates and the audit trail. What identifies
 or records the citizen goes: phone, name, the channel's sender id, merged reporters' numbers, photos and the
-call recording, and the case's entries in the caller index.
+call recording, the case's entries in the caller index, and the numbers its satisfaction survey called.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hotline.callers import caller_keys
 from hotline.records import Case, mask_pii
 from hotline.status import Status
 from hotline.store import CaseNotFound, Store
+from hotline.store.surveys import Recipient, Survey, SurveyStore
 
 log = logging.getLogger("hotline.retention")
 
@@ -60,9 +61,19 @@ def scrub(case: Case) -> dict[str, Any]:
     return {"photos": len(photos), "recording": had_audio, "reports": len(case.reports)}
 
 
+def scrub_recipient(rec: Recipient, _survey: Survey) -> None:
+    """A survey recipient without the number to call: the answers stay for the 三率."""
+    rec.contact = rec.sender = ""
+    rec.comment = mask_pii(rec.comment)
+    for note in rec.notes:
+        if isinstance(note.get("note"), str):
+            note["note"] = mask_pii(note["note"])
+
+
 class Retention:
     def __init__(self, store: Store, data_dir: Path, attachments: AttachmentStore) -> None:
         self.store = store
+        self.surveys = SurveyStore(store)
         self.data_dir = Path(data_dir).resolve()
         self.attachments = attachments
 
@@ -93,6 +104,9 @@ class Retention:
         except CaseNotFound:
             return
         await self.store.forget_callers(case.id, callers)
+        survey = await self.surveys.get(case.id)
+        for rid in survey.recipients if survey else {}:
+            await self.surveys.update(case.id, rid, scrub_recipient)
         # Files go after the record stops naming them: a crash in between leaves a file, never a dangling name
         # that a later run could not find again (the log names what failed).
         for path in files:

@@ -15,6 +15,7 @@ from hotline.attachments import name_of
 from hotline.records import Case, InboundMessage
 from hotline.retention import Retention
 from hotline.status import Status
+from hotline.store.surveys import Recipient, Survey, SurveyStore
 from tests.test_attachments import form, png
 
 PHONE = "13812345678"
@@ -50,6 +51,10 @@ async def test_purge_removes_what_identifies_the_citizen_and_keeps_the_record(cl
         await close(client, case_id)
     photo_file = client.app[ATTACHMENTS].path(name_of(photo_case.attachments[0]))
     assert photo_file is not None
+    surveys = SurveyStore(store)
+    await surveys.create(Survey(photo_case.id, photo_case.created_at, recipients={"main": Recipient(
+        rid="main", channel="web", sender="web:abc", contact=PHONE, state="answered", resolved=True,
+        satisfaction="satisfied", comment=f"有事打{PHONE}", notes=[{"note": f"改打{PHONE}", "outcome": "answered"}])}))
 
     retention = Retention(store, data_dir, client.app[ATTACHMENTS])
     dry = await retention.purge(0, dry_run=True)
@@ -65,6 +70,9 @@ async def test_purge_removes_what_identifies_the_citizen_and_keeps_the_record(cl
     voice = await store.get_case(call.case.id)
     assert voice.audio_ref == "" and voice.sender == "" and not recording.exists()
     assert outside.read_bytes() == b"not ours"  # a record never makes the purge delete outside the data dir
+    surveyed = (await surveys.get(photo_case.id)).recipients["main"]
+    assert (surveyed.contact, surveyed.sender) == ("", "") and PHONE not in json.dumps(surveyed.notes)
+    assert PHONE not in surveyed.comment and (surveyed.resolved, surveyed.satisfaction) == (True, "satisfied")
     events = [e for e in await store.events(photo_case.id) if e.action == "personal_data_purged"]
     assert [e.actor for e in events] == ["system:retention"] and events[0].data["photos"] == 1
     # The open case keeps everything, and the caller index no longer leads to the purged cases.
