@@ -95,12 +95,8 @@ class Retention:
     async def _purge_one(self, case: Case, result: PurgeResult) -> None:
         callers = caller_keys(case)
         files = self._files(case)
-
-        def apply(c: Case) -> dict[str, Any]:
-            return scrub(c)
-
         try:
-            await self.store.update_case(case.id, apply, actor=ACTOR, action="personal_data_purged")
+            await self.store.update_case(case.id, scrub, actor=ACTOR, action="personal_data_purged")
         except CaseNotFound:
             return
         await self.store.forget_callers(case.id, callers)

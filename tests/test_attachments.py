@@ -106,7 +106,7 @@ async def test_bad_photos_are_refused_and_no_case_is_filed(client: TestClient) -
     before = await store.case_ids(offset=0, limit=100)
     cases = [
         (form("路灯坏了", ("x.jpg", b"<html><script>alert(1)</script></html>", "image/jpeg")), "JPEG、PNG 或 WebP"),
-        (form("路灯坏了", ("big.jpg", b"\xff\xd8\xff" + bytes(5000), "image/jpeg")), "不能超过"),
+        (form("路灯坏了", ("big.jpg", b"\xff\xd8\xff" + bytes(5000), "image/jpeg")), "不能超过 4 KB"),
         (form("路灯坏了", *[(f"{i}.png", png(shade=i), "image/png") for i in range(4)]), "最多上传 3 张"),
     ]
     for data, message in cases:

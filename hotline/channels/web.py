@@ -37,6 +37,8 @@ dumps = functools.partial(json.dumps, ensure_ascii=False)
 log = logging.getLogger("hotline.web")
 
 CASE_ID_CHARS = set("0123456789-")
+
+
 def valid_case_id(case_id: str) -> bool:
     return 8 <= len(case_id) <= 20 and set(case_id) <= CASE_ID_CHARS
 
@@ -191,7 +193,11 @@ async def index_page(request: web.Request) -> web.Response:
                   max_photos=int(request.app[SETTINGS]["intake"]["max_photos"]))
 
 
-PHOTO_ERRORS = {"too_large": "每张照片不能超过 {mb} MB。", "not_a_photo": "照片须为 JPEG、PNG 或 WebP 格式。"}
+PHOTO_ERRORS = {"too_large": "每张照片不能超过 {size}。", "not_a_photo": "照片须为 JPEG、PNG 或 WebP 格式。"}
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1048576:g} MB" if n >= 1048576 else f"{max(1, n // 1024)} KB"
 
 
 def _photos(form: Any, limit: int) -> list[bytes]:
@@ -250,7 +256,7 @@ async def submit_form(request: web.Request) -> web.Response:
             return resp
         result = await request.app[INTAKE].submit(msg)
     except AttachmentError as exc:
-        return again(422, PHOTO_ERRORS.get(str(exc), "照片无法读取。").format(mb=photo_bytes // (1024 * 1024)))
+        return again(422, PHOTO_ERRORS.get(str(exc), "照片无法读取。").format(size=size_text(photo_bytes)))
     except IntakeError as exc:
         if exc.status == 413:
             raise
