@@ -76,7 +76,8 @@ async def test_web_consultation_gets_a_sourced_answer_and_yes_keeps_it_answered(
     case = await app_client.app[STORE].get_case(case_id)
     assert case.status == Status.ANSWERED and case.answer["feedback"] == "resolved"
     assert case_id not in await app_client.app[STORE].confirm_queue()
-    actions = [e.action for e in await app_client.app[STORE].events(case_id)]
+    # The survey worker may write its own entry in between (survey_scheduled): only the answer's steps count.
+    actions = [e.action for e in await app_client.app[STORE].events(case_id) if e.action.startswith("answer")]
     assert actions[-2:] == ["answered", "answer_resolved"]
 
 
