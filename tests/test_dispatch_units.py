@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -45,6 +45,19 @@ def local(t: float) -> str:
 ])
 def test_working_day_deadlines(start: str, due: str) -> None:
     assert local(CAL.deadline(ts(start), ONE_DAY)) == due
+
+
+def test_calendar_says_which_coming_year_has_no_holidays() -> None:
+    # The shipped table holds 2026: 2027 is reported from warn_days_ahead (45) days before it starts.
+    assert CAL.warn_days == 45
+    assert CAL.missing_years(ts("2026-06-01 12:00")) == []
+    assert CAL.missing_years(ts("2026-11-16 12:00")) == []
+    assert CAL.missing_years(ts("2026-11-18 12:00")) == [2027]
+    assert CAL.missing_years(ts("2027-03-01 12:00")) == [2027]
+    assert CAL.missing_years(ts("2026-12-31 12:00"), 0) == []
+    assert CAL.missing_years(ts("2025-12-01 12:00"), 400) == [2025, 2027]
+    with_2027 = WorkCalendar(TZ, CAL.holidays | {date(2027, 1, 1)})
+    assert with_2027.missing_years(ts("2026-12-20 12:00")) == []
 
 
 def test_hour_and_day_limits() -> None:
@@ -103,6 +116,10 @@ def test_tables_refuse_bad_config(tmp_path: Path) -> None:
          '[category_limits]\n"x" = "nope"\n', "nope"),
         ('[time_limits.default]\namount = 1\nunit = "days"\n[time_limits.urgent]\namount = 2\nunit = "hours"\n'
          '[calendar]\nholidays = ["2026-13-01"]\n', "date"),
+        ('[time_limits.default]\namount = 1\nunit = "days"\n[time_limits.urgent]\namount = 2\nunit = "hours"\n'
+         '[calendar]\nwarn_days_ahead = -3\n', "warn_days_ahead"),
+        ('[time_limits.default]\namount = 1\nunit = "days"\n[time_limits.urgent]\namount = 2\nunit = "hours"\n'
+         '[calendar]\nwarn_days_ahead = "soon"\n', "warn_days_ahead"),
     ]:
         bad.write_text(text, encoding="utf-8")
         with pytest.raises(SettingsError, match=word):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ def test_span_text_reads_like_a_supervisor_speaks() -> None:
     assert span_text(2 * 3600) == "2 小时"
     assert span_text(3 * 86400 + 4 * 3600 + 59) == "3 天 4 小时"
     assert span_text(-5) == "0 分"
+
+
+async def test_supervision_page_says_when_the_holiday_table_misses_a_year(app_client: TestClient) -> None:
+    dispatcher = app_client.app[DISPATCHER]
+    year = datetime.now(dispatcher.calendar.tz).year
+    covered = {date(y, 1, 1) for y in range(year - 1, year + 3)}
+    async with staff_login(app_client, "supervisor") as sup:
+        dispatcher.calendar = dataclasses.replace(dispatcher.calendar, holidays=frozenset(covered))
+        assert 'id="calendar-missing"' not in await (await sup.page("/console/supervision")).text()
+        dispatcher.calendar = dataclasses.replace(dispatcher.calendar, holidays=frozenset({date(year - 1, 1, 1)}))
+        html = await (await sup.page("/console/supervision")).text()
+    banner = html.split('id="calendar-missing"', 1)[1].split("</p>", 1)[0]
+    assert f"缺少 {year}" in banner and "config/dispatch.toml" in banner
 
 
 async def test_supervisor_sees_what_to_chase_and_sends_a_dead_order_again(

@@ -59,7 +59,8 @@ async def overview(app: web.Application, due_soon_h: float) -> dict[str, Any]:
     returned = [returned_row(c) for c in await store.get_cases(returned_ids)]
     dispatcher = app.get(appkeys.DISPATCHER)
     if dispatcher is None:
-        return {"enabled": False, "overdue": [], "due_soon": [], "returned": returned, "dead": [], "dead_total": 0}
+        return {"enabled": False, "calendar_missing": [], "overdue": [], "due_soon": [], "returned": returned,
+                "dead": [], "dead_total": 0}
     now = time.time()
     labels = {name: (lim.label or name) for name, lim in dispatcher.tables.limits.items()}
     overdue = [order_row(c, now, labels) for c in await dispatcher.overdue(limit=ROWS)]
@@ -67,7 +68,8 @@ async def overview(app: web.Application, due_soon_h: float) -> dict[str, Any]:
     dead = [{"dead_id": d.dead_id, "case_id": d.case_id, "order_id": d.key, "attempts": d.attempts,
              "error": mask_pii(d.error)[:200], "failed_at": d.failed_at}
             for d in await dispatcher.outbox.dead_letters(ROWS)]
-    return {"enabled": True, "overdue": overdue, "due_soon": due, "returned": returned, "dead": dead,
+    return {"enabled": True, "calendar_missing": dispatcher.calendar.missing_years(now), "overdue": overdue,
+            "due_soon": due, "returned": returned, "dead": dead,
             "dead_total": await dispatcher.outbox.dead_count()}
 
 

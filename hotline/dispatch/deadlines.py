@@ -24,10 +24,12 @@ class WorkCalendar:
     holidays: frozenset[date] = frozenset()
     workdays: frozenset[date] = frozenset()
     day_start_hour: int = 9
+    warn_days: int = 45
 
     @classmethod
     def from_tables(cls, tables: DispatchTables, timezone: str) -> WorkCalendar:
-        return cls(ZoneInfo(timezone), tables.holidays, tables.workdays, tables.day_start_hour)
+        return cls(ZoneInfo(timezone), tables.holidays, tables.workdays, tables.day_start_hour,
+                   tables.calendar_warn_days)
 
     def is_working_day(self, d: date) -> bool:
         if d in self.workdays:
@@ -53,6 +55,18 @@ class WorkCalendar:
             if self.is_working_day(day):
                 counted += 1
         return datetime.combine(day, clock, tzinfo=self.tz).timestamp()
+
+    def missing_years(self, now: float, ahead_days: int | None = None) -> list[int]:
+        """Years from ``now`` to ``ahead_days`` later (default ``warn_days``) with no holiday in the table.
+
+        The holidays of a year are announced by the State Council late in the year before; until the table
+        has them, working days are only weekdays and a consultation can fall due on a holiday. Every year
+        has at least New Year's Day off, so a year without any listed holiday is a year not yet entered."""
+        first = datetime.fromtimestamp(now, self.tz).year
+        ahead = self.warn_days if ahead_days is None else ahead_days
+        last = datetime.fromtimestamp(now + ahead * 86400, self.tz).year
+        listed = {d.year for d in self.holidays}
+        return [year for year in range(first, last + 1) if year not in listed]
 
     def deadline(self, start: float, limit: TimeLimit) -> float:
         if limit.unit == "hours":

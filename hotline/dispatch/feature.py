@@ -55,8 +55,14 @@ def build_dispatcher(settings: Settings, store: Any, notifications: Any) -> Disp
     taxonomy = Taxonomy(settings.resolve_path("dispatch.taxonomy_file"))
     media = MediaLinks(settings["server"]["public_url"], service_secret(settings),
                        ttl_s=max(1.0, float(settings["dispatch"]["media_link_days"])) * 86400)
-    return Dispatcher(store, Outbox(store), notifications, tables, taxonomy, cfg,
-                      timezone=settings["intake"]["timezone"], media=media)
+    dispatcher = Dispatcher(store, Outbox(store), notifications, tables, taxonomy, cfg,
+                            timezone=settings["intake"]["timezone"], media=media)
+    missing = dispatcher.calendar.missing_years(time.time())
+    if missing:
+        log.warning("the holiday calendar has no dates for %s: working-day time limits count those holidays "
+                    "as working days until [calendar] in %s lists them", ", ".join(map(str, missing)),
+                    settings.resolve_path("dispatch.tables_file").name)
+    return dispatcher
 
 
 async def media_file(request: web.Request) -> web.FileResponse:

@@ -47,6 +47,7 @@ class DispatchTables:
     holidays: frozenset[date] = frozenset()
     workdays: frozenset[date] = frozenset()
     day_start_hour: int = 9
+    calendar_warn_days: int = 45
 
     def limit(self, name: str) -> TimeLimit:
         return self.limits.get(name) or self.limits[self.default_limit]
@@ -135,6 +136,9 @@ def load_tables(path: Path, extra_departments: Path | None = None) -> DispatchTa
     start = cal.get("day_start_hour", 9)
     if not isinstance(start, int) or not 0 <= start <= 23:
         raise SettingsError(f"{path.name}: calendar.day_start_hour must be 0..23")
+    warn_days = cal.get("warn_days_ahead", 45)
+    if not isinstance(warn_days, int) or isinstance(warn_days, bool) or not 0 <= warn_days <= 366:
+        raise SettingsError(f"{path.name}: calendar.warn_days_ahead must be a whole number of days, 0..366")
     open311 = data.get("open311") or {}
     return DispatchTables(
         limits=limits, default_limit=default, urgent_limit=urgent,
@@ -145,7 +149,7 @@ def load_tables(path: Path, extra_departments: Path | None = None) -> DispatchTa
         default_service_code=str(open311.get("default_service_code", "other")),
         holidays=_dates(cal.get("holidays", []), f"{path.name}: calendar.holidays"),
         workdays=_dates(cal.get("workdays", []), f"{path.name}: calendar.workdays"),
-        day_start_hour=start,
+        day_start_hour=start, calendar_warn_days=warn_days,
     )
 
 
