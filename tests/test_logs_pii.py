@@ -6,6 +6,7 @@ redis, asyncio) is formatted with the production JsonFormatter and the lines are
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from hotline.app import create_app
-from hotline.logs import AccessLogger, JsonFormatter
+from hotline.logs import AccessLogger, JsonFormatter, setup_logging
 
 PHONES = ["13812345678", "15900001111", "18677772222", "13544443333", "17755556666"]
 IDS = ["110101199003071234", "44030619851231002X", "320102197712120017"]
@@ -133,3 +134,31 @@ async def test_no_pii_in_logs_of_a_full_run(aiohttp_client: Any, settings: Any, 
     assert events.count("http") >= 20 and "case_created" in events, events
     bad = [line for line in lines if leaks(line)]
     assert bad == [], "\n".join(bad[:10])
+
+
+async def test_a_malformed_request_is_one_warning_without_its_text(aiohttp_client: Any, settings: Any) -> None:
+    """A request line too long to parse: 400 for the client, one warning line for the operator, and
+    neither the traceback nor the query string (which here carries a phone number) in the log."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    setup_logging("INFO", stream)
+    try:
+        server = TestServer(create_app(settings))
+        await server.start_server(access_log_class=AccessLogger)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(f"GET /status?phone={PHONES[0]}&q={'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        await server.close()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert status_line.split()[1] == b"400"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    bad = [r for r in lines if r.get("event") == "bad_request"]
+    assert len(bad) == 1 and bad[0]["level"] == "warning" and bad[0]["error"] == "LineTooLong", lines
+    assert not [r for r in lines if r["level"] == "error"], lines
+    text = stream.getvalue()
+    assert "Traceback" not in text and "aaaa" not in text and not leaks(text)
