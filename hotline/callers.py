@@ -8,6 +8,9 @@ import re
 from hotline.records import Case
 
 _DIGITS = re.compile(r"\D")
+# Sender ids that name nobody: a web form, a call without caller id. Linking on them would make every
+# anonymous caller "the same caller".
+_NOBODY = frozenset({"", "web", "unknown"})
 
 
 def phone_key(number: str) -> str:
@@ -26,6 +29,6 @@ def caller_keys(case: Case) -> list[str]:
     phone = phone_key(case.contact)
     if phone:
         out.append(phone)
-    if case.sender and not case.sender.startswith("web:") and case.sender != "web":
+    if case.sender not in _NOBODY and not case.sender.startswith("web:"):
         out.append(hashlib.sha256(f"{case.channel}:{case.sender}".encode()).hexdigest()[:16])
     return out

@@ -180,16 +180,19 @@ class DedupService:
         return keys
 
     # the Deduplicator protocol --------------------------------------------
-    async def check(self, case: Case) -> DedupDecision:
+    async def check(self, case: Case, *, remember: bool = True) -> DedupDecision:
+        """Open cases this one repeats. ``remember=False`` for a case that will not be stored as it is (a
+        call-taker's preview)."""
         if not self.config.enabled:
             return DedupDecision(action="new")
         fp = self.fingerprint(case)
         rare = rare_keys(fp, self.idf, max(self.config.index_keys, 4))
         me = self.entry(case, fp, rare)
-        # The intake hook files the case under the same entry once it is stored: no second fingerprint.
-        self._entries[case.id] = me
-        while len(self._entries) > PENDING_ENTRIES:
-            self._entries.pop(next(iter(self._entries)))
+        if remember:
+            # The intake hook files the case under the same entry once it is stored: no second fingerprint.
+            self._entries[case.id] = me
+            while len(self._entries) > PENDING_ENTRIES:
+                self._entries.pop(next(iter(self._entries)))
         now = case.created_at
         cands = await self.index.candidates(self._query_keys(fp, rare), now=now, asking=case.id,
                                             max_window_s=self.config.max_window_s, limit=self.config.max_candidates)

@@ -49,7 +49,7 @@ class DedupDecision:
 
 
 class Deduplicator(Protocol):
-    async def check(self, case: Case) -> DedupDecision: ...
+    async def check(self, case: Case, *, remember: bool = True) -> DedupDecision: ...
 
     async def merge_target(self, into: str) -> str: ...
 
@@ -140,36 +140,16 @@ class Intake:
         if earlier:
             return await self._existing(case_id)
 
-        suggestion = self.classifier.suggest(norm)
-        urgency = suggestion.get("urgency") or {}
-        case = Case(
-            id=case_id,
-            channel=msg.channel,
-            sender=msg.sender[:200],
-            status=Status.CLASSIFIED,
-            created_at=now,
-            updated_at=now,
-            text=text,
-            normalized_text=norm,
-            contact=sanitize(msg.contact),
-            name=sanitize(msg.name),
-            address=normalize(msg.address),
-            location=Location(msg.location.lat, msg.location.lon, msg.location.label[:200])
-            if msg.location else None,
-            audio_ref=msg.audio_ref,
-            transcript=msg.transcript,
-            attachments=list(msg.attachments),
-            suggestion=suggestion,
-            needs_confirmation=bool(suggestion.get("needs_confirmation", True)),
-            emergency=urgency.get("level") == "emergency",
-            priority=1 if urgency.get("level") == "urgent" else 0,
-        )
+        case = self._draft(msg, text, norm, case_id, now)
         decision = await self.dedup.check(case) if self.dedup else None
         if decision is not None and decision.action == "suggest":
             case.duplicate_candidates = decision.candidates
+        # A complaint typed in by a call-taker during the call (人工受理) is received by that staff member.
+        who = f"staff:{msg.taken_by}" if msg.taken_by else f"{msg.channel}:citizen"
+        taken = {"taken_by": msg.taken_by} if msg.taken_by else {}
         events = [
-            (f"{msg.channel}:citizen", "received", {"channel": msg.channel, "received_at": msg.received_at}),
-            ("system", "classified", {"model": suggestion.get("model", ""),
+            (who, "received", {"channel": msg.channel, "received_at": msg.received_at, **taken}),
+            ("system", "classified", {"model": case.suggestion.get("model", ""),
                                       "needs_confirmation": case.needs_confirmation}),
         ]
         master_id = await self._merge_target(decision)
@@ -203,6 +183,42 @@ class Intake:
         return IntakeResult(case=case, created=True,
                             reply=case_number_reply(case, created=True, merged_into=merged_into),
                             merged_into=merged_into)
+
+    def _draft(self, msg: InboundMessage, text: str, norm: str, case_id: str, now: float) -> Case:
+        """The case a validated message becomes: classified, not yet deduplicated or stored."""
+        suggestion = self.classifier.suggest(norm)
+        urgency = suggestion.get("urgency") or {}
+        case = Case(
+            id=case_id,
+            channel=msg.channel,
+            sender=msg.sender[:200],
+            status=Status.CLASSIFIED,
+            created_at=now,
+            updated_at=now,
+            text=text,
+            normalized_text=norm,
+            contact=sanitize(msg.contact),
+            name=sanitize(msg.name),
+            address=normalize(msg.address),
+            location=Location(msg.location.lat, msg.location.lon, msg.location.label[:200])
+            if msg.location else None,
+            audio_ref=msg.audio_ref,
+            transcript=msg.transcript,
+            attachments=list(msg.attachments),
+            suggestion=suggestion,
+            needs_confirmation=bool(suggestion.get("needs_confirmation", True)),
+            emergency=urgency.get("level") == "emergency",
+            priority=1 if urgency.get("level") == "urgent" else 0,
+        )
+        return case
+
+    async def preview(self, msg: InboundMessage) -> tuple[Case, DedupDecision | None]:
+        """What submitting ``msg`` now would give: the classification and the duplicate check, with nothing
+        stored. A call-taker sees it while still typing (人工受理)."""
+        text, norm = self.validate(msg)
+        case = self._draft(msg, text, norm, "", time.time())
+        decision = await self.dedup.check(case, remember=False) if self.dedup else None
+        return case, decision
 
     async def _merge_target(self, decision: DedupDecision | None) -> str:
         if decision is None or decision.action != "merge" or self.dedup is None:

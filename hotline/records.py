@@ -35,6 +35,7 @@ class InboundMessage:
     attachments: list[str] = field(default_factory=list)
     idempotency_key: str = ""  # Idempotency-Key header, WeChat MsgId, Telegram update_id …
     meta: dict[str, Any] = field(default_factory=dict)
+    taken_by: str = ""  # the call-taker who typed the complaint in during the call (人工受理)
 
 
 @dataclass

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hotline"
 # Case audit actions as the code writes them: store calls name the actor first, helpers take (case, action).
 STORE_CALL = re.compile(r'actor=[^,]+,\s*action="([a-z_]+)"')
 HELPER_CALL = re.compile(r'(?:_case_event|self\._event|self\._audit)\([^,]+, "([a-z_]+)"')
-INTAKE_EVENT = re.compile(r'\(f?"[^"]*", "([a-z_]+)", \{')
+INTAKE_EVENT = re.compile(r'\((?:f?"[^"]*"|[a-z_]+), "([a-z_]+)", \{')
 
 
 def written_actions() -> set[str]:

@@ -118,7 +118,40 @@ def _decide(op_id: str, summary: str, body: dict[str, Any] | None, out: dict[str
     return {"post": op}
 
 
+_INTAKE_IN = {"type": "object", "required": ["text"], "properties": {
+    "phone": {"type": "string", "description": "来电号码（无来电显示时留空）"}, "name": {"type": "string"},
+    "address": {"type": "string"}, "text": {"type": "string", "description": "诉求内容"}}}
+_PREVIEW = {"type": "object", "required": ["ready"], "properties": {
+    "ready": {"type": "boolean", "description": "false: the text is still too short to classify"},
+    "emergency": {"type": "boolean"}, "advice": {"type": "string", "description": "110/119/120 advice"},
+    "urgency": {"type": "object"}, "category_path": {"type": "array", "items": {"type": "string"}},
+    "heads": {"type": "object", "additionalProperties": _TOP},
+    "duplicates": {"type": "array", "items": {"type": "object", "properties": {
+        "case_id": {"type": "string"}, "score": {"type": "number"}, "reason_text": {"type": "string"},
+        "status_label": {"type": "string"}, "created_at": {"type": "number"}, "reporter_count": {"type": "integer"},
+        "text": {"type": "string"}, "merge": {"type": "boolean"}}}},
+    "history": {"type": "array", "items": _HISTORY}}}
+_REGISTERED = {"type": "object", "required": ["case_id", "status", "created", "reply"], "properties": {
+    "case_id": {"type": "string"}, "status": _STATUS, "created": {"type": "boolean"},
+    "merged_into": {"type": "string"}, "reply": {"type": "string"}, "emergency": {"type": "boolean"},
+    "needs_confirmation": {"type": "boolean"}, "suggestion": {"type": "object"},
+    "case_url": {"type": "string"}, "queue_url": {"type": "string"}}}
+
+
+def _intake_post(op_id: str, summary: str, out: dict[str, Any], *statuses: int) -> dict[str, Any]:
+    params = [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}]
+    return {"post": {"operationId": op_id, "summary": summary, "tags": ["console"], "security": STAFF_WRITE,
+                     "parameters": params if op_id == "consoleIntake" else [],
+                     "requestBody": json_body(_INTAKE_IN),
+                     "responses": {**{k: v for st in statuses for k, v in ok("ok", out, st).items()},
+                                   **staff_errors(400, 413, 415, 422)}}}
+
+
 PATHS: dict[str, Any] = {
+    "/api/v1/console/intake/preview": _intake_post(
+        "consoleIntakePreview", "人工受理：登记前预览分类、紧急程度、疑似重复和来电人历史（不保存）", _PREVIEW, 200),
+    "/api/v1/console/intake": _intake_post(
+        "consoleIntake", "人工受理：坐席为来电人登记诉求（电话渠道）", _REGISTERED, 201, 200),
     "/api/v1/console/me": _get("consoleMe", "当前登录的工作人员与 CSRF 令牌", {
         "type": "object", "required": ["name", "role", "csrf_token"],
         "properties": {"name": {"type": "string"}, "role": {"type": "string"}, "role_label": {"type": "string"},

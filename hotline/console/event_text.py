@@ -40,7 +40,8 @@ ACTOR_KINDS = {"voice": "电话系统", "dispatch": "派单系统", "open311": "
                "telegram": "Telegram", "web": "网站", "api": "接口"}
 
 KEY_LABELS = {
-    "channel": "渠道", "received_at": "收到时间", "model": "模型", "needs_confirmation": "需人工确认",
+    "channel": "渠道", "received_at": "收到时间", "taken_by": "登记人", "model": "模型",
+    "needs_confirmation": "需人工确认",
     "from": "原状态", "to": "新状态", "status": "状态", "into": "并入案件", "score": "相似度",
     "merged_by": "合并方式", "report_id": "反映记录", "reporters": "反映人数", "repeat": "同一市民重复反映",
     "candidate": "疑似重复案件", "from_case": "原案件", "reason": "原因", "order_id": "工单号",

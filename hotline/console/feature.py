@@ -8,7 +8,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from hotline.appkeys import SETTINGS
-from hotline.console import auth, callbacks_pages, cases, kb_pages, live, metrics, queue, search, supervision
+from hotline.console import (
+    auth,
+    callbacks_pages,
+    cases,
+    kb_pages,
+    live,
+    metrics,
+    queue,
+    registration,
+    search,
+    supervision,
+)
 from hotline.console.catalog import CatalogSource
 
 API = "/api/v1/console"
@@ -37,6 +48,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/supervision", supervision.supervision_page)
     callbacks_pages.setup(app)
     kb_pages.setup(app)
+    registration.setup(app, API)
     r.add_get(f"{API}/me", auth.me)
     r.add_get(f"{API}/queue", queue.queue_json)
     r.add_get(f"{API}/catalog", queue.catalog_json)

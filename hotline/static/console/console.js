@@ -11,8 +11,9 @@
     window.location.assign("/console/login?expired=1&next=" + encodeURIComponent(location.pathname));
   }
 
-  async function api(method, url, body) {
-    const opts = { method, headers: { "X-CSRF-Token": csrf, Accept: "application/json" }, credentials: "same-origin" };
+  async function api(method, url, body, headers) {
+    const opts = { method, headers: Object.assign({ "X-CSRF-Token": csrf, Accept: "application/json" }, headers || {}),
+                   credentials: "same-origin" };
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -363,7 +364,9 @@
     }
 
     loadCatalog().catch(() => {});
-    const first = items()[0];
+    // ?case=ID (from 人工受理) opens that case when it waits in the queue; otherwise the first one.
+    const wanted = new URLSearchParams(location.search).get("case");
+    const first = items().find((li) => li.dataset.caseId === wanted) || items()[0];
     select(first ? first.dataset.caseId : null);
     connect();
     document.body.dataset.ready = "1";
