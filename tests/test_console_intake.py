@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from hotline.appkeys import STORE
 from hotline.status import Status
+from tests.answers_support import BABY_Q, add_entries, answers_client, staff_headers
 from tests.browser import chromium
 from tests.console_support import DEFAULT_PASSWORD, add_user, staff_login
 from tests.test_dedup import BBQ_1, BBQ_2, LIFT
@@ -172,3 +173,17 @@ async def test_call_taker_registers_a_call_in_chromium(client: TestClient, artif
         await page.wait_for_selector(f"article.case-detail[data-case-id='{second}']")
     master = await client.app[STORE].get_case(earlier["case_id"])
     assert [r.report_id for r in master.reports] == [number]
+
+
+async def test_preview_offers_knowledge_base_answers_to_a_question(aiohttp_client: Any, redis_server: Any,
+                                                                  tmp_path: Path, key_prefix: str) -> None:
+    client = await answers_client(aiohttp_client, redis_server.url, tmp_path, key_prefix)
+    await add_entries(client, await staff_headers(client, "kb-editor", "supervisor"))
+    async with staff_login(client, "call_taker") as staff:
+        data = await (await staff.post_json(PREVIEW, {"phone": CALLER, "text": BABY_Q})).json()
+        other = await (await staff.post_json(PREVIEW, {"text": "幸福路12号门口的井盖丢了，晚上很危险"})).json()
+    assert data["consultation"] is True
+    assert data["answers"][0]["answer"].startswith("新生儿凭出生医学证明") and data["answers"][0]["confident"]
+    assert data["answers"][0]["department"] == "医疗保障局"
+    assert other["consultation"] is False
+    assert all(not a["answer"].startswith("新生儿") for a in other["answers"])

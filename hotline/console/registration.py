@@ -2,10 +2,10 @@
 
 Most calls to a 12345 centre are taken by people, not by the phone menu. While the call-taker types, the
 page shows what the pipeline would do with the words so far (category, unit, urgency, open cases it
-repeats, the caller's earlier cases), so the caller can be told at once "this is already case …" or "call
-110 now". Registering hands the complaint to the one intake pipeline as a phone complaint
-(channel ``voice``), with the call-taker in the audit trail. The PBX or CTI screen-pop opens
-``/console/intake?phone=<caller number>``.
+repeats, the caller's earlier cases, knowledge-base answers to a question), so the caller can be told at
+once "this is already case …", "call 110 now" or the answer itself. Registering hands the complaint to
+the one intake pipeline as a phone complaint (channel ``voice``), with the call-taker in the audit trail.
+The PBX or CTI screen-pop opens ``/console/intake?phone=<caller number>``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hotline.access import CALL_TAKER, SUPERVISOR, requires
 from hotline.appkeys import INTAKE, STORE
 from hotline.channels.web import api_case_body, read_json_object
 from hotline.console.auth import current_user, render_console
+from hotline.console.kb_pages import answer_panel
 from hotline.console.views import case_view, history_rows, json_response, match_reasons
 from hotline.intake import EMERGENCY_ADVICE, IntakeError
 from hotline.records import InboundMessage, mask_pii
@@ -29,6 +30,7 @@ NO_CALLER_ID = "unknown"  # the sender of a call without caller id, as the phone
 FIELDS = ("phone", "name", "address", "text")
 _PHONE = re.compile(r"^\+?[\d\s\-()]{5,24}$")
 DUPLICATES_SHOWN = 3
+ANSWERS_SHOWN = 2
 
 
 def _fields(body: dict[str, Any]) -> dict[str, str]:
@@ -87,10 +89,15 @@ async def preview(request: web.Request) -> web.Response:
                            "merge": decision is not None and decision.action == "merge"
                            and d["case_id"] == decision.case_id})
     history = history_rows(await request.app[STORE].caller_history(case)) if msg.contact else []
+    # A consultation is mostly answered on the call from the knowledge base (直接答复).
+    panel = await answer_panel(request, case)
+    answers = [{k: a[k] for k in ("entry_id", "question", "answer", "department", "date", "score", "confident")}
+               for a in (panel or {}).get("answers", [])[:ANSWERS_SHOWN]]
     return json_response({
         "ready": True, "emergency": case.emergency, "advice": EMERGENCY_ADVICE if case.emergency else "",
         "urgency": view["urgency"], "heads": view["heads"], "category_path": view["category_path"],
         "duplicates": duplicates, "history": history,
+        "consultation": bool(panel and panel["consultation"]), "answers": answers,
     })
 
 

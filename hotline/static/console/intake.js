@@ -88,6 +88,17 @@
       li.appendChild(why);
       return li;
     }));
+    $("as-consultation").hidden = !data.consultation;
+    fillList("as-answers", (data.answers || []).map((a) => {
+      const li = item([[a.answer]]);
+      li.dataset.entryId = a.entry_id;
+      const meta = document.createElement("div");
+      meta.className = "hint";
+      meta.textContent = (a.department || "（未注明单位）") + " · " + (a.date || "（无日期）") + " · 匹配度 " +
+        Math.round(a.score * 100) + "% · 原问题：" + a.question;
+      li.appendChild(meta);
+      return li;
+    }));
     fillList("as-history", (data.history || []).map((h) => {
       const li = item([[h.id, "/console/cases/" + encodeURIComponent(h.id)],
         [" " + when(h.created_at) + " · " + h.channel_label + " · " + h.status_label + " · " + h.text]]);
