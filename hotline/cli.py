@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "hotline.commands.users",
     "hotline.commands.dispatch",
     "hotline.commands.cases",
+    "hotline.commands.check",
 ]
 
 
