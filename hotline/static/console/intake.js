@@ -130,6 +130,7 @@
 
   async function register(event) {
     event.preventDefault();
+    if (submit.disabled) return; // registered already, or on its way
     if (!form.elements.text.value.trim()) { window.HotlineConsole.toast("请填写诉求内容。", true); return; }
     submit.disabled = true;
     try {
