@@ -209,6 +209,7 @@ class Intake:
             needs_confirmation=bool(suggestion.get("needs_confirmation", True)),
             emergency=urgency.get("level") == "emergency",
             priority=1 if urgency.get("level") == "urgent" else 0,
+            confidential=bool(msg.confidential),
         )
         return case
 

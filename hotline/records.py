@@ -36,6 +36,7 @@ class InboundMessage:
     idempotency_key: str = ""  # Idempotency-Key header, WeChat MsgId, Telegram update_id …
     meta: dict[str, Any] = field(default_factory=dict)
     taken_by: str = ""  # the call-taker who typed the complaint in during the call (人工受理)
+    confidential: bool = False  # 保密: the citizen's identity is kept from the handling units
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Case:
     deadline_at: float = 0.0
     survey: dict[str, Any] = field(default_factory=dict)
     answer: dict[str, Any] = field(default_factory=dict)
+    # 保密: the citizen asked that the handling units not learn who they are. The hotline keeps the contact
+    # for its own callbacks; work orders carry neither name, number nor recording.
+    confidential: bool = False
 
     @property
     def reporter_count(self) -> int:

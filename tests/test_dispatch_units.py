@@ -4,6 +4,7 @@ event parsing — and the `hotline dispatch` command against the real store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -150,6 +151,22 @@ def test_work_order_carries_everything() -> None:
     assert order["deadline"] == "2026-03-16T16:00:00+08:00"
     assert order["citizen"] == {"name": "李四", "contact": "13800001111"}
     assert order["previous_returns"] == [{"department": "园林局", "reason": "非本单位"}]
+    assert order["confidential"] is False and order["description"] == case.text
+
+
+def test_confidential_work_order_does_not_say_who_complained() -> None:
+    """保密: the unit gets the problem, not the person; the hotline keeps the number for its callbacks."""
+    case = _case(contact="13800001111", name="李四", attachments=["att-1"], audio_ref="audio/1.wav",
+                 text="邻居王某（电话13912345678）在楼道私拉电线，我是302的李四", transcript="电话13912345678",
+                 confidential=True, classification={"category": "城乡建设", "department": "城管局"},
+                 dispatch={"round": 1, "order_id": "20260314-000001-R1", "time_limit": "default"})
+    order = build_work_order(case, TZ)
+    assert order["confidential"] is True and order["citizen"] == {"name": "", "contact": ""}
+    assert order["attachments"] == ["att-1"]  # photos of the problem go; the caller's voice does not
+    assert "13912345678" not in json.dumps(order, ensure_ascii=False)
+    assert "13800001111" not in json.dumps(order, ensure_ascii=False)
+    assert "私拉电线" in order["description"]
+    assert case.contact == "13800001111"
 
 
 def test_classification_validation() -> None:

@@ -36,6 +36,7 @@ _COMPLAINT_IN = {
         "contact": {"type": ["string", "null"], "description": "联系电话（可为空）",
                     "pattern": r"^(\+?[\d\s\-()]{5,24})?$"},
         "name": {"type": ["string", "null"], "maxLength": 50},
+        "confidential": {"type": "boolean", "description": "保密：派单时不向承办单位提供姓名、电话", "default": False},
         "channel": {"type": ["string", "null"], "enum": ["web", "api", None]},
         "location": {
             "type": ["object", "null"],

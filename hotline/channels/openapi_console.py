@@ -120,7 +120,8 @@ def _decide(op_id: str, summary: str, body: dict[str, Any] | None, out: dict[str
 
 _INTAKE_IN = {"type": "object", "required": ["text"], "properties": {
     "phone": {"type": "string", "description": "来电号码（无来电显示时留空）"}, "name": {"type": "string"},
-    "address": {"type": "string"}, "text": {"type": "string", "description": "诉求内容"}}}
+    "address": {"type": "string"}, "text": {"type": "string", "description": "诉求内容"},
+    "confidential": {"type": "boolean", "description": "来电人要求保密：派单不带姓名、电话和录音"}}}
 _PREVIEW = {"type": "object", "required": ["ready"], "properties": {
     "ready": {"type": "boolean", "description": "false: the text is still too short to classify"},
     "emergency": {"type": "boolean"}, "advice": {"type": "string", "description": "110/119/120 advice"},

@@ -123,6 +123,9 @@ async def post_complaint(request: web.Request) -> web.Response:
         # Stored photos are named by the service when they arrive through the form, never by a client.
         raise IntakeError("bad_attachments", "attachments 不能引用本服务保存的照片。")
     contact = _field(body, "contact")
+    confidential = body.get("confidential", False)
+    if not isinstance(confidential, bool):
+        raise IntakeError("bad_field", "字段 confidential 必须是 true 或 false。")
     msg = InboundMessage(
         channel=channel,
         sender=client_sender(request, contact),
@@ -133,6 +136,7 @@ async def post_complaint(request: web.Request) -> web.Response:
         location=_location(body),
         attachments=attachments,
         idempotency_key=request.headers.get("Idempotency-Key", ""),
+        confidential=confidential,
     )
     result = await request.app[INTAKE].submit(msg)
     body = api_case_body(result)
@@ -226,6 +230,7 @@ async def submit_form(request: web.Request) -> web.Response:
     # Photos make this one form larger than any other body the service accepts.
     form = await read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
     values = {k: str(form.get(k, "")) for k in ("text", "address", "contact", "name")}
+    values["confidential"] = "1" if str(form.get("confidential", "")) == "1" else ""
     token = str(form.get("form_token", ""))
 
     def again(status: int, error: str) -> web.Response:
@@ -240,6 +245,7 @@ async def submit_form(request: web.Request) -> web.Response:
         name=values["name"],
         address=values["address"],
         idempotency_key=token[:100],
+        confidential=values["confidential"] == "1",
     )
     try:
         request.app[INTAKE].validate(msg)  # nothing is written for a complaint that would be refused

@@ -47,11 +47,14 @@ def _fields(body: dict[str, Any]) -> dict[str, str]:
 
 def _message(request: web.Request, body: dict[str, Any]) -> InboundMessage:
     f = _fields(body)
+    confidential = body.get("confidential", False)
+    if not isinstance(confidential, bool):
+        raise IntakeError("bad_field", "字段 confidential 必须是 true 或 false。")
     user = current_user(request)
     return InboundMessage(channel=CHANNEL, sender=f["phone"] or NO_CALLER_ID, contact=f["phone"], name=f["name"],
                           address=f["address"], text=f["text"],
                           idempotency_key=request.headers.get("Idempotency-Key", ""),
-                          taken_by=user.name if user is not None else "")
+                          taken_by=user.name if user is not None else "", confidential=confidential)
 
 
 @requires(CALL_TAKER, SUPERVISOR)

@@ -111,7 +111,7 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
         "contact": contact_for(user, case), "name": mask_name(case.name), "address": case.address,
         "location": {"lat": case.location.lat, "lon": case.location.lon, "label": case.location.label}
         if case.location else None,
-        "emergency": case.emergency, "priority": case.priority,
+        "emergency": case.emergency, "priority": case.priority, "confidential": case.confidential,
         "urgency": {"level": str(urgency.get("level") or "normal"),
                     "label": URGENCY_LABELS.get(str(urgency.get("level") or "normal"), ""),
                     # Cases filed before the rules had labels show the raw reasons.

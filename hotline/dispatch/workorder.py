@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hotline.records import Case
+from hotline.records import Case, mask_pii
 
 ORDER_VERSION = 1
 
@@ -29,8 +29,12 @@ def iso(ts: float, tz: ZoneInfo) -> str:
 
 
 def build_work_order(case: Case, tz: ZoneInfo, link: Callable[[str], str] = str) -> dict[str, Any]:
-    """The order for ``case``; ``link`` turns a stored photo's reference into a URL the department can open."""
+    """The order for ``case``; ``link`` turns a stored photo's reference into a URL the department can open.
+
+    A confidential case (保密) goes out without the citizen's name, number and voice recording, with phone
+    and ID numbers in the text masked: the unit contacts the citizen through the hotline."""
     cls = case.classification
+    secret = case.confidential
     d = case.dispatch
     lead = str(cls.get("department") or "")
     co = [str(x) for x in cls.get("co_departments") or []]
@@ -57,15 +61,17 @@ def build_work_order(case: Case, tz: ZoneInfo, link: Callable[[str], str] = str)
         "time_limit": str(d.get("time_limit") or ""),
         "deadline_at": case.deadline_at,
         "deadline": iso(case.deadline_at, tz) if case.deadline_at else "",
-        "description": case.text,
-        "transcript": case.transcript,
+        "description": mask_pii(case.text) if secret else case.text,
+        "transcript": mask_pii(case.transcript) if secret else case.transcript,
         "address": case.address,
         "location": {"lat": case.location.lat, "lon": case.location.lon, "label": case.location.label}
         if case.location else None,
         "reporters": case.reporter_count,
-        "attachments": [link(a) for a in case.attachments] + ([case.audio_ref] if case.audio_ref else []),
+        "attachments": [link(a) for a in case.attachments] + ([case.audio_ref] if case.audio_ref and not secret
+                                                               else []),
         "channel": case.channel,
-        "citizen": {"name": case.name, "contact": case.contact},
+        "confidential": secret,
+        "citizen": {"name": "", "contact": ""} if secret else {"name": case.name, "contact": case.contact},
         "received_at": iso(case.created_at, tz),
         "dispatched_at": iso(float(d.get("confirmed_at") or case.updated_at), tz),
         "previous_returns": [{"department": r.get("department", ""), "reason": r.get("reason", "")}

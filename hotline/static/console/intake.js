@@ -22,6 +22,7 @@
   function fields() {
     const out = {};
     for (const name of ["phone", "name", "address", "text"]) out[name] = form.elements[name].value;
+    out.confidential = form.elements.confidential.checked;
     return out;
   }
 
