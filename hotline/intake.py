@@ -28,7 +28,7 @@ MAX_ADDRESS_CHARS = 500
 MAX_NAME_CHARS = 50
 MAX_ATTACHMENTS = 20
 MAX_KEY_CHARS = 200
-_PHONE_OK = re.compile(r"^\+?[\d\s\-()]{5,24}$")
+PHONE_PATTERN = re.compile(r"^\+?[\d\s\-()]{5,24}$")
 RESUBMIT_WINDOW_S = 24 * 3600
 
 EMERGENCY_ADVICE = (
@@ -117,7 +117,7 @@ class Intake:
         norm = normalize(text)
         if len(norm) < self.min_text_chars:
             raise IntakeError("empty_text", "请描述您要反映的问题。")
-        if msg.contact and not _PHONE_OK.match(msg.contact):
+        if msg.contact and not PHONE_PATTERN.match(msg.contact):
             raise IntakeError("bad_contact", "联系电话格式不正确。")
         if len(msg.address) > MAX_ADDRESS_CHARS:
             raise IntakeError("bad_address", f"地址过长（上限 {MAX_ADDRESS_CHARS} 字）。")

@@ -7,6 +7,7 @@ real Chromium.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ async def test_preview_shows_the_pipelines_view_and_stores_nothing(client: TestC
     # The caller's own earlier case, found by the number on the line; the number itself is not echoed.
     assert [h["id"] for h in data["history"]] == [mine["case_id"]]
     assert CALLER not in json.dumps(data, ensure_ascii=False)
+    assert data["phone_ok"] is True
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d")
+    assert all(stamp.fullmatch(row["created"]) for row in data["duplicates"] + data["history"])
+    # A number still being typed: everything but the caller's history is there, and the number is flagged.
+    async with staff_login(client, "call_taker") as staff:
+        typing = await (await staff.post_json(PREVIEW, {"phone": "139", "text": BBQ_2})).json()
+    assert typing["ready"] and typing["phone_ok"] is False and typing["history"] == []
+    assert [d["case_id"] for d in typing["duplicates"]][:1] == [earlier["case_id"]]
     assert await case_count(client) == before
 
 

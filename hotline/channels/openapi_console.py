@@ -124,6 +124,7 @@ _INTAKE_IN = {"type": "object", "required": ["text"], "properties": {
     "confidential": {"type": "boolean", "description": "来电人要求保密：派单不带姓名、电话和录音"}}}
 _PREVIEW = {"type": "object", "required": ["ready"], "properties": {
     "ready": {"type": "boolean", "description": "false: the text is still too short to classify"},
+    "phone_ok": {"type": "boolean", "description": "false: the number is malformed; previewed without it"},
     "emergency": {"type": "boolean"}, "advice": {"type": "string", "description": "110/119/120 advice"},
     "urgency": {"type": "object"}, "category_path": {"type": "array", "items": {"type": "string"}},
     "heads": {"type": "object", "additionalProperties": _TOP},

@@ -84,12 +84,10 @@ def check_speech(settings: Settings) -> Finding:
 
 def check_calendar(settings: Settings) -> Finding:
     from hotline.dispatch.deadlines import WorkCalendar
-    from hotline.dispatch.tables import load_tables
+    from hotline.dispatch.feature import site_tables
 
-    departments = settings.resolve_path("dispatch.departments_file") if settings["dispatch"].get(
-        "departments_file") else None
     try:
-        tables = load_tables(settings.resolve_path("dispatch.tables_file"), departments)
+        tables = site_tables(settings)
     except (SettingsError, OSError) as exc:
         return Finding(ERROR, "dispatch tables", f"{exc}: `hotline serve` would stop at start-up")
     calendar = WorkCalendar.from_tables(tables, settings["intake"]["timezone"])

@@ -10,7 +10,6 @@ The PBX or CTI screen-pop opens ``/console/intake?phone=<caller number>``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -21,14 +20,14 @@ from hotline.channels.web import api_case_body, read_json_object
 from hotline.console.auth import current_user, render_console
 from hotline.console.kb_pages import answer_panel
 from hotline.console.views import case_view, history_rows, json_response, match_reasons
-from hotline.intake import EMERGENCY_ADVICE, IntakeError
+from hotline.intake import EMERGENCY_ADVICE, PHONE_PATTERN, IntakeError
+from hotline.pages import format_ts
 from hotline.records import InboundMessage, mask_pii
 from hotline.status import LABELS_ZH
 
 CHANNEL = "voice"
 NO_CALLER_ID = "unknown"  # the sender of a call without caller id, as the phone menu records it
 FIELDS = ("phone", "name", "address", "text")
-_PHONE = re.compile(r"^\+?[\d\s\-()]{5,24}$")
 DUPLICATES_SHOWN = 3
 ANSWERS_SHOWN = 2
 
@@ -61,15 +60,19 @@ def _message(request: web.Request, body: dict[str, Any]) -> InboundMessage:
 async def intake_page(request: web.Request) -> web.Response:
     phone = request.query.get("phone", "").strip()
     # A screen-pop passes the caller's number; anything else in the link is dropped, not echoed.
-    return render_console(request, "console/intake.html", phone=phone if _PHONE.match(phone) else "")
+    return render_console(request, "console/intake.html", phone=phone if PHONE_PATTERN.match(phone) else "")
 
 
 @requires(CALL_TAKER, SUPERVISOR)
 async def preview(request: web.Request) -> web.Response:
     """What registering these words now would give; nothing is stored. ``ready: false`` while the text is
-    still too short to say anything."""
+    still too short to say anything. A number still being typed does not hold the rest back: the preview
+    runs without it (no caller history) and says so with ``phone_ok: false``."""
     body = await read_json_object(request)
     msg = _message(request, body)
+    phone_ok = not msg.contact or bool(PHONE_PATTERN.match(msg.contact))
+    if not phone_ok:
+        msg.contact, msg.sender = "", NO_CALLER_ID
     try:
         case, decision = await request.app[INTAKE].preview(msg)
     except IntakeError as exc:
@@ -87,17 +90,20 @@ async def preview(request: web.Request) -> web.Response:
             continue
         duplicates.append({"case_id": other.id, "score": d["score"], "reason_text": match_reasons(d["reasons"]),
                            "status_label": LABELS_ZH.get(other.status, str(other.status)),
-                           "created_at": other.created_at, "reporter_count": other.reporter_count,
+                           "created_at": other.created_at, "created": format_ts(other.created_at),
+                           "reporter_count": other.reporter_count,
                            "text": mask_pii(other.text)[:80],
                            "merge": decision is not None and decision.action == "merge"
                            and d["case_id"] == decision.case_id})
-    history = history_rows(await request.app[STORE].caller_history(case)) if msg.contact else []
+    history = [{**h, "created": format_ts(h["created_at"])}
+               for h in history_rows(await request.app[STORE].caller_history(case))] if msg.contact else []
     # A consultation is mostly answered on the call from the knowledge base (直接答复).
     panel = await answer_panel(request, case)
     answers = [{k: a[k] for k in ("entry_id", "question", "answer", "department", "date", "score", "confident")}
                for a in (panel or {}).get("answers", [])[:ANSWERS_SHOWN]]
     return json_response({
-        "ready": True, "emergency": case.emergency, "advice": EMERGENCY_ADVICE if case.emergency else "",
+        "ready": True, "phone_ok": phone_ok, "emergency": case.emergency,
+        "advice": EMERGENCY_ADVICE if case.emergency else "",
         "urgency": view["urgency"], "heads": view["heads"], "category_path": view["category_path"],
         "duplicates": duplicates, "history": history,
         "consultation": bool(panel and panel["consultation"]), "answers": answers,
@@ -107,10 +113,7 @@ async def preview(request: web.Request) -> web.Response:
 @requires(CALL_TAKER, SUPERVISOR)
 async def register(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    msg = _message(request, body)
-    if msg.contact and not _PHONE.match(msg.contact):
-        raise IntakeError("bad_contact", "来电号码格式不正确。")
-    result = await request.app[INTAKE].submit(msg)
+    result = await request.app[INTAKE].submit(_message(request, body))
     out = api_case_body(result)
     out["case_url"] = f"/console/cases/{result.case.id}"
     out["queue_url"] = f"/console/queue?case={result.case.id}"

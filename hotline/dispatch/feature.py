@@ -30,7 +30,7 @@ from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
 from hotline.dispatch.poller import poll_forever
 from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
-from hotline.dispatch.tables import Taxonomy, load_tables
+from hotline.dispatch.tables import DispatchTables, Taxonomy, load_tables
 from hotline.numbers import ascii_digits
 from hotline.records import Case, mask_name, mask_phone
 from hotline.secret import service_secret
@@ -47,11 +47,16 @@ MAX_LIST = 200
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("dispatch_forwarder", Forwarder)
 
 
-def build_dispatcher(settings: Settings, store: Any, notifications: Any) -> Dispatcher:
-    cfg = DispatchConfig.from_section(settings["dispatch"])
+def site_tables(settings: Settings) -> DispatchTables:
+    """The dispatch tables of this site, with its extra department table when it has one."""
     departments = settings.resolve_path("dispatch.departments_file") if settings["dispatch"].get(
         "departments_file") else None
-    tables = load_tables(settings.resolve_path("dispatch.tables_file"), departments)
+    return load_tables(settings.resolve_path("dispatch.tables_file"), departments)
+
+
+def build_dispatcher(settings: Settings, store: Any, notifications: Any) -> Dispatcher:
+    cfg = DispatchConfig.from_section(settings["dispatch"])
+    tables = site_tables(settings)
     taxonomy = Taxonomy(settings.resolve_path("dispatch.taxonomy_file"))
     media = MediaLinks(settings["server"]["public_url"], service_secret(settings),
                        ttl_s=max(1.0, float(settings["dispatch"]["media_link_days"])) * 86400)

@@ -35,6 +35,7 @@ def build_work_order(case: Case, tz: ZoneInfo, link: Callable[[str], str] = str)
     and ID numbers in the text masked: the unit contacts the citizen through the hotline."""
     cls = case.classification
     secret = case.confidential
+    recording = [case.audio_ref] if case.audio_ref and not secret else []
     d = case.dispatch
     lead = str(cls.get("department") or "")
     co = [str(x) for x in cls.get("co_departments") or []]
@@ -67,8 +68,7 @@ def build_work_order(case: Case, tz: ZoneInfo, link: Callable[[str], str] = str)
         "location": {"lat": case.location.lat, "lon": case.location.lon, "label": case.location.label}
         if case.location else None,
         "reporters": case.reporter_count,
-        "attachments": [link(a) for a in case.attachments] + ([case.audio_ref] if case.audio_ref and not secret
-                                                               else []),
+        "attachments": [link(a) for a in case.attachments] + recording,
         "channel": case.channel,
         "confidential": secret,
         "citizen": {"name": "", "contact": ""} if secret else {"name": case.name, "contact": case.contact},

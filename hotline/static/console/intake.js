@@ -45,12 +45,6 @@
     box.hidden = rows.length === 0;
   }
 
-  function when(ts) {
-    const d = new Date(ts * 1000);
-    const pad = (n) => String(n).padStart(2, "0");
-    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + pad(d.getHours()) + ":" + pad(d.getMinutes());
-  }
-
   function show(data) {
     $("as-error").hidden = true;
     $("as-idle").hidden = !!data.ready;
@@ -79,9 +73,13 @@
       }
     }
     heads.hidden = !heads.childElementCount;
+    if (data.ready && data.phone_ok === false) {
+      $("as-error").hidden = false;
+      $("as-error").textContent = "来电号码格式不正确，登记前请核对。";
+    }
     fillList("as-dups", (data.duplicates || []).map((d) => {
       const li = item([[d.case_id, "/console/cases/" + encodeURIComponent(d.case_id)],
-        ["（" + d.status_label + "，" + d.reporter_count + " 人反映，" + when(d.created_at) + "）" + d.text]]);
+        ["（" + d.status_label + "，" + d.reporter_count + " 人反映，" + d.created + "）" + d.text]]);
       li.dataset.caseId = d.case_id;
       const why = document.createElement("div");
       why.className = "hint";
@@ -102,7 +100,7 @@
     }));
     fillList("as-history", (data.history || []).map((h) => {
       const li = item([[h.id, "/console/cases/" + encodeURIComponent(h.id)],
-        [" " + when(h.created_at) + " · " + h.channel_label + " · " + h.status_label + " · " + h.text]]);
+        [" " + h.created + " · " + h.channel_label + " · " + h.status_label + " · " + h.text]]);
       li.dataset.caseId = h.id;
       return li;
     }));
