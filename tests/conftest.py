@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,23 @@ from hotline.store import Store
 from tests.dispatch_support import Open311Receiver
 
 ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault tests' counts (lost, duplicated, ...) in CI's output; see tests/faults/conftest.py."""
+    lines = []
+    for outcome in ("passed", "failed"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            for key, value in getattr(rep, "user_properties", ()):
+                if key == "fault_report" and rep.when == "call":
+                    figures = json.loads(value)
+                    lines.append(f"{outcome.upper()} {rep.nodeid}: lost = {figures.get('lost')}, "
+                                 f"duplicated = {figures.get('duplicated')}")
+                    lines.append(f"  {value}")
+    if lines:
+        terminalreporter.write_sep("-", "fault tests")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

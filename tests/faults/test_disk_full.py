@@ -208,7 +208,8 @@ async def verify(redis_url: str, out: Outcome, n: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("appendfsync", ["always", "everysec"])
-async def test_disk_full_during_intake(small_disk: Path, tmp_path: Path, appendfsync: str) -> None:
+async def test_disk_full_during_intake(small_disk: Path, tmp_path: Path, appendfsync: str,
+                                       fault_report: Any) -> None:
     bench = bench_intake()
     http_port = free_port()
     data_dir = small_disk / "data"
@@ -246,8 +247,7 @@ async def test_disk_full_during_intake(small_disk: Path, tmp_path: Path, appendf
         "valkey_exited": serve_log.count('"redis_exited"'), "valkey_restarted": serve_log.count('"redis_restarted"'),
         **{k: v for k, v in result.items() if k != "incomplete"}, "incomplete": result["incomplete"][:5],
     }
-    print(f"\nlost={result['lost']} duplicated={result['duplicated']}")
-    print(json.dumps(report, ensure_ascii=False))
+    fault_report(report)
     assert result["lost"] == 0, report
     assert result["duplicated"] == 0, report
     assert not result["incomplete"], report

@@ -14,7 +14,6 @@ outbox drained (nothing pending or waiting for a retry) and every case shows its
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -71,7 +70,8 @@ def min_time_to_give_up(base_s: float, max_s: float, attempts: int) -> float:
 
 
 async def test_backend_down_for_a_minute_every_order_delivered_once(
-        aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str) -> None:
+        aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
+        fault_report: Any) -> None:
     defaults = load_settings(env={})["dispatch"]
     outage_s = REFUSED_S + FAILING_S
     # The longest an order can be refused is the whole outage: it must not run out of attempts before.
@@ -158,8 +158,7 @@ async def test_backend_down_for_a_minute_every_order_delivered_once(
         "outbox": stats, "dispatch_states": dict(states), "lost": lost, "duplicated": duplicated,
         "backoff": {"base_s": defaults["backoff_base_s"], "max_s": BACKOFF_MAX_S, "max_attempts": MAX_ATTEMPTS},
     }
-    print(f"\nlost={lost} duplicated={duplicated}")
-    print(json.dumps(report))
+    fault_report(report)
     assert lost == 0, report
     assert duplicated == 0, report
     assert not unexpected, (sorted(unexpected)[:5], report)

