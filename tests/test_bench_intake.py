@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
+
+from aiohttp import web
 
 from tests.process_support import bench_intake
 
@@ -31,3 +34,32 @@ def test_cpu_snapshot_reads_the_process_tree() -> None:
     assert first[os.getpid()][0] is False
     assert second[os.getpid()][1] - first[os.getpid()][1] >= 0.15
     assert second[0][1] - first[0][1] >= 0.15
+
+
+async def test_drive_posts_over_keep_alive_and_counts_refusals(aiohttp_server: Any) -> None:
+    """The benchmark's own HTTP client against a real aiohttp server: bodies and keys arrive intact,
+    201s are acknowledged ids, anything else is an error, and a server closing the connection is
+    followed by a new one."""
+    bench = bench_intake()
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def complaints(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.headers["Idempotency-Key"], body))
+        n = len(seen)
+        if "拒绝" in body["text"]:
+            return web.json_response({"error": {"code": "bad_text"}}, status=422)
+        headers = {"Connection": "close"} if n % 3 == 0 else None
+        return web.json_response({"case_id": f"20261124-{n:06d}"}, status=201, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/complaints", complaints)
+    server = await aiohttp_server(app)
+    texts = [f"路灯不亮（第{i}号反映）" for i in range(10)] + ["拒绝这条"]
+    latencies, acked, errors, elapsed = await bench.drive(str(server.make_url("")), texts, 3, "t")
+    assert errors == 1
+    assert len(acked) == 10 and len(set(acked)) == 10
+    assert len(latencies) == 11 and elapsed > 0
+    assert sorted(key for key, _ in seen) == sorted(f"bench-t-{i}" for i in range(11))
+    assert {b["text"] for _, b in seen} == set(texts)
+    assert all(b["channel"] == "api" and b["contact"].startswith("139") for _, b in seen)
