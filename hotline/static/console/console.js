@@ -93,7 +93,8 @@
       for (const li of items()) {
         const on = li.dataset.caseId === selected;
         li.classList.toggle("selected", on);
-        li.setAttribute("aria-selected", on ? "true" : "false");
+        // aria-current, not aria-selected: a plain list item has no selected state for screen readers.
+        if (on) li.setAttribute("aria-current", "true"); else li.removeAttribute("aria-current");
         if (on) li.scrollIntoView({ block: "nearest" });
       }
     }
