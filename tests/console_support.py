@@ -111,3 +111,12 @@ async def staff_login(client: TestClient, role: str = "call_taker", *, name: str
         assert me.status == 200
         staff.csrf = (await me.json())["csrf_token"]
         yield staff
+
+
+async def sign_in(page: Any, base: str, name: str, password: str = DEFAULT_PASSWORD) -> None:
+    """Log a staff member in through the real login page of a Playwright ``page``."""
+    await page.goto(f"{base}/console/login")
+    await page.fill("#name", name)
+    await page.fill("#password", password)
+    await page.click("#login")
+    await page.wait_for_url(lambda url: "/console/login" not in url)

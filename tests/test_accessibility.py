@@ -22,7 +22,7 @@ from hotline.redis_server import EmbeddedRedis
 from hotline.store.surveys import MAIN
 from tests.browser import chromium
 from tests.conftest import make_settings
-from tests.console_support import DEFAULT_PASSWORD, add_user
+from tests.console_support import add_user, sign_in
 from tests.dispatch_support import SECRET, Open311Receiver
 from tests.test_callbacks_e2e import dispatch_and_resolve, survey_due
 
@@ -119,11 +119,7 @@ async def test_console_pages_pass_wcag_aa(aiohttp_client: Any, redis_server: Emb
     found: list[str] = []
     async with chromium() as browser:
         page = await browser.new_page()
-        await page.goto(f"{base}/console/login")
-        await page.fill("#name", "banzhang")
-        await page.fill("#password", DEFAULT_PASSWORD)
-        await page.click("#login")
-        await page.wait_for_url(lambda url: "/console/login" not in url)
+        await sign_in(page, base, "banzhang")
         for path in (*CONSOLE_PAGES, f"/console/queue?case={case_id}", f"/console/cases/{case_id}"):
             await page.goto(f"{base}{path}")
             await page.wait_for_load_state("load")

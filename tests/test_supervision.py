@@ -18,7 +18,7 @@ from hotline.console.supervision import span_text
 from hotline.records import Case
 from hotline.redis_server import EmbeddedRedis
 from tests.browser import chromium
-from tests.console_support import DEFAULT_PASSWORD, add_user, staff_login
+from tests.console_support import add_user, sign_in, staff_login
 from tests.dispatch_support import CLASSIFICATION, Open311Receiver, new_case, post_event, wait_for
 from tests.test_dispatch_app import _state, dispatch_settings, dispatched, event
 
@@ -99,10 +99,7 @@ async def test_supervisor_sees_what_to_chase_and_sends_a_dead_order_again(
     base = str(app_client.make_url("")).rstrip("/")
     async with chromium() as browser:
         page = await browser.new_page()
-        await page.goto(f"{base}/console/login")
-        await page.fill("#name", "banzhang")
-        await page.fill("#password", DEFAULT_PASSWORD)
-        await page.click("#login")
+        await sign_in(page, base, "banzhang")
         await page.click("#nav-supervision")
         await page.wait_for_selector("body[data-ready='1']")
         assert await page.inner_text("#dead-count") == "1"
