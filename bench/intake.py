@@ -71,7 +71,7 @@ async def wait_ready(url: str, timeout: float = 90.0) -> None:
 class Connection:
     """One keep-alive HTTP/1.1 connection speaking just what the benchmark needs (a POST with a JSON body
     and a Content-Length response). A load generator sharing two cores with the service should spend as
-    little of them as it can: this costs a third of the CPU per request that aiohttp's client does."""
+    little of them as it can: this costs about half the CPU per request that aiohttp's client does."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port

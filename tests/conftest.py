@@ -21,17 +21,8 @@ from tests.dispatch_support import Open311Receiver
 ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
-# Phone calls played at real-time pace, and the fault tests that load the machine on purpose, run one at a
-# time on one test process (--dist loadgroup): side by side on two cores they starve each other's speech
-# decoding, and a caller's audio would fall behind the IVR's wall-clock limits.
-REAL_TIME = ("tests/test_ivr_calls.py", "tests/test_ivr_answers.py", "tests/test_survey_calls.py", "tests/faults/")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.startswith(REAL_TIME):
-            item.add_marker(pytest.mark.xdist_group("real_time"))
+# The key under which a fault test records its counts (tests/faults/conftest.py), shown in the summary.
+FAULT_REPORT = "fault_report"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -40,7 +31,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for outcome in ("passed", "failed"):
         for rep in terminalreporter.stats.get(outcome, []):
             for key, value in getattr(rep, "user_properties", ()):
-                if key == "fault_report" and rep.when == "call":
+                if key == FAULT_REPORT and rep.when == "call":
                     figures = json.loads(value)
                     lines.append(f"{outcome.upper()} {rep.nodeid}: lost = {figures.get('lost')}, "
                                  f"duplicated = {figures.get('duplicated')}")

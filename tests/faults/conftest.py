@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-REPORT_KEY = "fault_report"
+from tests.conftest import FAULT_REPORT
 
 
 @pytest.fixture
 def fault_report(record_property: Callable[[str, object], None]) -> Callable[[dict[str, Any]], None]:
     def report(figures: dict[str, Any]) -> None:
-        record_property(REPORT_KEY, json.dumps(figures, ensure_ascii=False, default=str))
+        record_property(FAULT_REPORT, json.dumps(figures, ensure_ascii=False, default=str))
 
     return report
