@@ -360,8 +360,9 @@ class DedupService:
         return current
 
     # index upkeep ------------------------------------------------------------
-    async def opened(self, case: Case) -> None:
-        """An open case joins the candidate index (and may raise a hotspot)."""
+    async def opened(self, case: Case, *, fresh: bool = False) -> None:
+        """An open case joins the candidate index (and may raise a hotspot). ``fresh``: intake has just
+        created it."""
         if case.status not in OPEN_STATES or case.duplicate_of:
             return
         entry = self._entries.pop(case.id, None)
@@ -369,7 +370,7 @@ class DedupService:
             entry = self.entry(case)
         await self.index.add(entry)
         if self.hotspots is not None and entry.places:
-            await self.hotspots.opened_later(entry)
+            await self.hotspots.opened_later(entry, fresh=fresh)
 
     async def forget(self, case_id: str) -> None:
         entry = await self.index.get(case_id)
@@ -383,7 +384,7 @@ class DedupService:
         """Intake hook: runs after the case is stored (and merged, when it was)."""
         if case.status not in OPEN_STATES or case.duplicate_of:
             self._entries.pop(case.id, None)
-        await self.opened(case)
+        await self.opened(case, fresh=True)
 
     async def on_change(self, case_id: str, status: str) -> None:
         """Change-feed entry: keep the index to open cases."""

@@ -40,8 +40,9 @@ class HotspotService:
         self.window_s = window_s
         self.similarity = similarity
         # Raising a hotspot is a supervisor's signal, not part of the citizen's answer: while ``run`` is
-        # working, intake only schedules the evaluation. Pending seeds by case id ("opened" or "changed").
-        self._pending: dict[str, tuple[str, IndexEntry]] = {}
+        # working, intake only schedules the evaluation. Pending seeds by case id, with whether the seed is
+        # a case that intake has just created (no merged reports yet, in no hotspot yet).
+        self._pending: dict[str, tuple[bool, IndexEntry]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -50,23 +51,21 @@ class HotspotService:
         # the places alone are looked up.
         self.query_keys: Callable[[Fingerprint], dict[str, float]] | None = None
 
-    async def opened_later(self, entry: IndexEntry) -> None:
-        """A case joined the open index: evaluate its place's hotspot, in the background."""
-        await self._schedule("opened", entry)
+    async def opened_later(self, entry: IndexEntry, *, fresh: bool = False) -> None:
+        """A case joined the open index: evaluate its place's hotspot, in the background. ``fresh``: the
+        case was created a moment ago (not reopened or unmerged)."""
+        await self._schedule(fresh, entry)
 
     async def changed_later(self, entry: IndexEntry) -> None:
         """A case gained a merged reporter: evaluate its hotspot, in the background."""
-        await self._schedule("changed", entry)
+        await self._schedule(False, entry)
 
-    async def _schedule(self, kind: str, entry: IndexEntry) -> None:
+    async def _schedule(self, fresh: bool, entry: IndexEntry) -> None:
         if not self._running:
-            if kind == "opened":
-                await self.case_opened(entry)
-            else:
-                await self.evaluate(entry)
+            await self.evaluate(entry, fresh=fresh)
             return
         earlier = self._pending.get(entry.case_id)
-        self._pending[entry.case_id] = ("opened" if earlier and earlier[0] == "opened" else kind, entry)
+        self._pending[entry.case_id] = (fresh and (earlier is None or earlier[0]), entry)
         self._idle.clear()
         self._wake.set()
 
@@ -84,14 +83,11 @@ class HotspotService:
                 self._wake.clear()
                 while self._pending:
                     batch, self._pending = self._pending, {}
-                    for kind, entry in batch.values():
+                    for fresh, entry in batch.values():
                         if stop.is_set():
                             return
                         try:
-                            if kind == "opened":
-                                await self.case_opened(entry)
-                            else:
-                                await self.evaluate(entry)
+                            await self.evaluate(entry, fresh=fresh)
                         except asyncio.CancelledError:
                             raise
                         except Exception:
@@ -106,7 +102,7 @@ class HotspotService:
     async def case_opened(self, entry: IndexEntry, now: float | None = None) -> Hotspot | None:
         return await self.evaluate(entry, now)
 
-    async def evaluate(self, seed: IndexEntry, now: float | None = None) -> Hotspot | None:
+    async def evaluate(self, seed: IndexEntry, now: float | None = None, *, fresh: bool = False) -> Hotspot | None:
         """Raise or refresh the hotspot of the seed case: similar open cases at the places it names.
 
         The similar cases come from the duplicate matcher's candidate index (the seed's distinctive
@@ -134,6 +130,10 @@ class HotspotService:
                 for core in shared:
                     at_place[core].add(entry.case_id)
         members: set[str] = set().union(*at_place.values())
+        if fresh and len(members) == 1 and self.min_reporters > 1:
+            # A case created a moment ago with nothing similar at its places: one reporter, no hotspot to
+            # join or refresh. Nothing is read.
+            return None
         best_place, best_n = "", 0
         for core in seed.places:
             if len(at_place[core]) > best_n:

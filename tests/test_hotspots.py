@@ -109,6 +109,36 @@ async def test_merged_reporters_count_towards_a_hotspot(aiohttp_client: Any, red
     assert hot["reporters"] == 3 and hot["case_ids"] == [first["case_id"]]
 
 
+async def test_a_new_case_with_nothing_similar_at_its_place_reads_no_hotspot_or_case(hs_client: Any,
+                                                                                     monkeypatch: Any) -> None:
+    service = hs_client.app[HOTSPOTS]
+    looked_up: list[list[str]] = []
+    of_cases = service.hs.of_cases
+
+    async def counting(case_ids: list[str]) -> Any:
+        looked_up.append(list(case_ids))
+        return await of_cases(case_ids)
+
+    monkeypatch.setattr(service.hs, "of_cases", counting)
+    await _post(hs_client, UNRELATED, "13800000301")
+    assert await _hotspots(hs_client) == [] and looked_up == []
+    first = (await _post(hs_client, SIMILAR[0], "13800000302"))["case_id"]
+    assert await _hotspots(hs_client) == [] and looked_up == []
+    # The next similar report at that place has a neighbour: the cluster's hotspots and records are read.
+    second = (await _post(hs_client, SIMILAR[1], "13800000303"))["case_id"]
+    assert await _hotspots(hs_client) == []
+    assert looked_up == [sorted([first, second])]
+
+
+async def test_one_reporter_raises_a_hotspot_when_the_threshold_is_one(aiohttp_client: Any, redis_server: Any,
+                                                                      tmp_path: Path, key_prefix: str) -> None:
+    settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 1})
+    client = await aiohttp_client(create_app(settings))
+    case_id = (await _post(client, SIMILAR[0], "13800000401"))["case_id"]
+    (hot,) = await _hotspots(client)
+    assert hot["reporters"] == 1 and hot["case_ids"] == [case_id]
+
+
 async def test_hotspots_api_rejects_bad_queries(client: Any) -> None:
     # "²" and "①" pass str.isdigit() but int() refuses them.
     for query in ("status=nope", "limit=0", "limit=abc", "limit=100000", "limit=%C2%B2", "limit=%E2%91%A0"):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import operator
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hotline.nlp.places import distance_m, place_cores, shared_places
+from hotline.nlp.text import nfkc
 
 # Logistic model over FEATURES; fitted on dedup_pairs_dev.jsonl by ``hotline nlp fit-dedup``.
 FEATURES = ("cos", "cont", "head", "place", "title")
@@ -61,7 +61,7 @@ _CLAUSE_END = re.compile(r"[。！？!?\n；;]")
 
 def clean_text(text: str) -> str:
     """Lower-case runs of CJK letters and digits separated by single spaces; masks and punctuation gone."""
-    text = unicodedata.normalize("NFKC", text or "")[: MAX_CHARS * 2]
+    text = nfkc(text or "")[: MAX_CHARS * 2]
     text = _MASK.sub(" ", text)
     text = _ADMIN.sub("", text)
     return " ".join(_KEEP.findall(text.lower()))[:MAX_CHARS]

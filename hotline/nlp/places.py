@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
+
+from hotline.nlp.text import nfkc
 
 # Generic suffixes that end a place name; longer ones first so 小区 wins over 区.
 SUFFIXES = (
@@ -19,7 +20,10 @@ SUFFIXES = (
 )
 _SUFFIX_RE = "|".join(sorted(SUFFIXES, key=len, reverse=True))
 # 2-6 name characters followed by a suffix; the name part is trimmed of leading function words below.
-_PLACE = re.compile(rf"([\u4e00-\u9fa5A-Za-z0-9]{{2,8}}?)(?:{_SUFFIX_RE})")
+# The lookahead on the suffixes' first characters is only a shortcut: most positions fail there at once
+# instead of trying every suffix.
+_SUFFIX_FIRST = "".join(sorted({s[0] for s in SUFFIXES}))
+_PLACE = re.compile(rf"([\u4e00-\u9fa5A-Za-z0-9]{{2,8}}?)(?=[{_SUFFIX_FIRST}])(?:{_SUFFIX_RE})")
 _MASK = re.compile(r"[*＊]{2,}|0{4,}|[xX×]{2,}|某某")
 # Anonymised administrative names of the open data (A市, A3区) and plain admin words carry no place.
 _ADMIN = re.compile(r"[A-Z]\d{0,2}[市区县镇]")
@@ -73,7 +77,7 @@ _COMMON_WORDS = frozenset({
 
 
 def _clean(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text or "")
+    text = nfkc(text or "")
     text = _MASK.sub(" ", text)
     return _ADMIN.sub("", text)
 
