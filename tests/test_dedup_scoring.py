@@ -6,15 +6,19 @@ import io
 import json
 import math
 import random
+import re
 from collections import Counter
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotline.cli import main as cli_main
 from hotline.commands.nlp_dedup import side
+from hotline.nlp import places
 from hotline.nlp.dedup import (
     BIAS,
     FEATURES,
@@ -281,3 +285,13 @@ def test_shipped_weights_are_the_fit_on_the_dev_pairs() -> None:
     assert result["n"] == 189
     assert result["weights"] == pytest.approx(WEIGHTS, abs=0.011)
     assert result["bias"] == pytest.approx(BIAS, abs=0.011)
+
+
+PLACE_PIECES = [*"阳光花园小区路街村店站湾苑府郡我在的和A1 0*，。", "有限公司", "幼儿园", "人民", "政府"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PLACE_PIECES), max_size=40).map("".join))
+def test_place_pattern_shortcut_finds_what_the_plain_pattern_finds(text: str) -> None:
+    plain = re.compile(rf"([\u4e00-\u9fa5A-Za-z0-9]{{2,8}}?)(?:{places._SUFFIX_RE})")
+    assert [m.span() for m in places._PLACE.finditer(text)] == [m.span() for m in plain.finditer(text)]
