@@ -99,9 +99,6 @@ class HotspotService:
             self._running = False
             self._idle.set()
 
-    async def case_opened(self, entry: IndexEntry, now: float | None = None) -> Hotspot | None:
-        return await self.evaluate(entry, now)
-
     async def evaluate(self, seed: IndexEntry, now: float | None = None, *, fresh: bool = False) -> Hotspot | None:
         """Raise or refresh the hotspot of the seed case: similar open cases at the places it names.
 
