@@ -27,6 +27,7 @@ from hotline.rates_cases import RateSettings, rate_row
 from hotline.records import mask_phone
 from hotline.secret import service_secret
 from hotline.store import CaseNotFound
+from hotline.store.cases import FEED_BATCH_S
 from hotline.store.surveys import MAIN
 from hotline.surveys import KIND, SATISFACTIONS, CallbackSettings, SurveyError, SurveyService
 from hotline.tasks import stop_tasks
@@ -36,6 +37,7 @@ log = logging.getLogger("hotline.callbacks")
 RATE_GROUPINGS = ("department", "street", "category", "week")
 MAX_RATE_CASES = 200_000
 FEED_POLL_S = 0.5
+FEED_BATCH = 100
 
 
 def staff_user(request: web.Request) -> tuple[str, str]:
@@ -56,7 +58,7 @@ async def _feed_worker(app: web.Application, service: SurveyService, consumer: s
     await surveys.ensure_feed_group()
     while True:
         try:
-            entries = await surveys.read_feed(consumer)
+            entries = await surveys.read_feed(consumer, FEED_BATCH)
             if not entries:
                 await asyncio.sleep(FEED_POLL_S)
                 continue
@@ -69,6 +71,8 @@ async def _feed_worker(app: web.Application, service: SurveyService, consumer: s
                     continue
                 await service.schedule(case)
             await surveys.ack_feed([eid for eid, _ in entries])
+            if len(entries) < FEED_BATCH:
+                await asyncio.sleep(FEED_BATCH_S)
         except asyncio.CancelledError:
             raise
         except Exception:

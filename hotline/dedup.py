@@ -46,6 +46,7 @@ from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 from hotline.status import OPEN_STATES, Status
 from hotline.store import CaseNotFound, Store
+from hotline.store.cases import FEED_BATCH_S
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.tasks import stop_tasks
 
@@ -58,6 +59,7 @@ MAX_PRIORITY_BUMP = 3
 PLACE_KEY_WEIGHT = 12.0
 SUGGESTIONS_KEPT = 3
 PENDING_ENTRIES = 1000
+FEED_BATCH = 200
 
 
 class DedupError(ApiError):
@@ -290,9 +292,7 @@ class DedupService:
         log.info("report merged", extra={"event": "report_merged", "case_id": master_id, "report": report.id,
                                          "score": round(score, 4), "actor": actor, "ts": now})
         if self.hotspots is not None:
-            entry = await self.index.get(master.id)
-            if entry is not None:
-                await self.hotspots.changed_later(entry)
+            await self.hotspots.changed_later(master.id)
         return report
 
     async def confirm_merge(self, case_id: str, into: str, actor: str) -> Case:
@@ -416,11 +416,13 @@ class DedupService:
         next_prune = 0.0
         while not stop.is_set():
             try:
-                entries = await self.store.feed(last, block_ms=block_ms, count=200)
+                entries = await self.store.feed(last, block_ms=block_ms, count=FEED_BATCH)
                 for eid, fields in entries:
                     last = eid
                     if fields.get("action") != "created":
                         await self.on_change(fields.get("case", ""), fields.get("status", ""))
+                if entries and len(entries) < FEED_BATCH:
+                    await asyncio.sleep(FEED_BATCH_S)
                 if time.monotonic() >= next_prune:
                     await self.prune()
                     next_prune = time.monotonic() + 3600

@@ -41,8 +41,9 @@ class HotspotService:
         self.similarity = similarity
         # Raising a hotspot is a supervisor's signal, not part of the citizen's answer: while ``run`` is
         # working, intake only schedules the evaluation. Pending seeds by case id, with whether the seed is
-        # a case that intake has just created (no merged reports yet, in no hotspot yet).
-        self._pending: dict[str, tuple[bool, IndexEntry]] = {}
+        # a case that intake has just created (no merged reports yet, in no hotspot yet), and its index
+        # entry, or None when the entry is read from the index at evaluation time.
+        self._pending: dict[str, tuple[bool, IndexEntry | None]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -54,20 +55,31 @@ class HotspotService:
     async def opened_later(self, entry: IndexEntry, *, fresh: bool = False) -> None:
         """A case joined the open index: evaluate its place's hotspot, in the background. ``fresh``: the
         case was created a moment ago (not reopened or unmerged)."""
-        await self._schedule(fresh, entry)
+        await self._schedule(entry.case_id, fresh, entry)
 
-    async def changed_later(self, entry: IndexEntry) -> None:
-        """A case gained a merged reporter: evaluate its hotspot, in the background."""
-        await self._schedule(False, entry)
+    async def changed_later(self, case_id: str) -> None:
+        """A case gained a merged reporter: evaluate its hotspot, in the background. Its index entry is
+        read then, so the citizen whose report was merged does not wait for it."""
+        await self._schedule(case_id, False, None)
 
-    async def _schedule(self, fresh: bool, entry: IndexEntry) -> None:
+    async def _schedule(self, case_id: str, fresh: bool, entry: IndexEntry | None) -> None:
         if not self._running:
-            await self.evaluate(entry, fresh=fresh)
+            await self._evaluate_seed(case_id, fresh, entry)
             return
-        earlier = self._pending.get(entry.case_id)
-        self._pending[entry.case_id] = (fresh and (earlier is None or earlier[0]), entry)
+        earlier = self._pending.get(case_id)
+        if earlier is not None:
+            fresh = fresh and earlier[0]
+            entry = entry or earlier[1]
+        self._pending[case_id] = (fresh, entry)
         self._idle.clear()
         self._wake.set()
+
+    async def _evaluate_seed(self, case_id: str, fresh: bool, entry: IndexEntry | None) -> None:
+        if entry is None:
+            entry = await self.index.get(case_id)
+            if entry is None:  # left the open index meanwhile
+                return
+        await self.evaluate(entry, fresh=fresh)
 
     async def settled(self) -> None:
         """Wait until every scheduled evaluation has run (tests, orderly shutdown)."""
@@ -83,17 +95,17 @@ class HotspotService:
                 self._wake.clear()
                 while self._pending:
                     batch, self._pending = self._pending, {}
-                    for fresh, entry in batch.values():
+                    for case_id, (fresh, entry) in batch.items():
                         if stop.is_set():
                             return
                         try:
-                            await self.evaluate(entry, fresh=fresh)
+                            await self._evaluate_seed(case_id, fresh, entry)
                         except asyncio.CancelledError:
                             raise
                         except Exception:
                             # A Redis hiccup loses one evaluation; the place's next report evaluates again.
                             log.exception("hotspot evaluation failed",
-                                          extra={"event": "hotspot_failed", "case_id": entry.case_id})
+                                          extra={"event": "hotspot_failed", "case_id": case_id})
                 self._idle.set()
         finally:
             self._running = False

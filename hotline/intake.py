@@ -51,8 +51,6 @@ class DedupDecision:
 class Deduplicator(Protocol):
     async def check(self, case: Case, *, remember: bool = True) -> DedupDecision: ...
 
-    async def merge_target(self, into: str) -> str: ...
-
     def mark_report(self, c: Case, master_id: str, score: float, actor: str) -> dict[str, Any]: ...
 
     async def attach(self, report: Case, master_id: str, score: float, actor: str, *,
@@ -152,7 +150,10 @@ class Intake:
             ("system", "classified", {"model": case.suggestion.get("model", ""),
                                       "needs_confirmation": case.needs_confirmation}),
         ]
-        master_id = await self._merge_target(decision)
+        # ``check`` has just read the best candidate's status: it is open, so it is no one's linked report and
+        # the report joins it directly. If it closes or is merged in the meantime, ``attach`` refuses and the
+        # report becomes a case of its own.
+        master_id = decision.case_id if decision is not None and decision.action == "merge" else ""
         if master_id and self.dedup is not None and decision is not None:
             # A repeat is stored already merged: one write for the report, then one for the open case.
             data = self.dedup.mark_report(case, master_id, decision.score, "system")
@@ -220,14 +221,6 @@ class Intake:
         case = self._draft(msg, text, norm, "", time.time())
         decision = await self.dedup.check(case, remember=False) if self.dedup else None
         return case, decision
-
-    async def _merge_target(self, decision: DedupDecision | None) -> str:
-        if decision is None or decision.action != "merge" or self.dedup is None:
-            return ""
-        try:
-            return await self.dedup.merge_target(decision.case_id)
-        except ApiError:  # the open case is gone: this report is a new case
-            return ""
 
     async def _existing(self, case_id: str) -> IntakeResult:
         case = await self.store.get_case(case_id)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hotline.app import create_app
-from hotline.appkeys import DEDUP, STORE
+from hotline.appkeys import DEDUP, HOTSPOTS, STORE
 from hotline.cli import main as cli_main
 from hotline.dedup import DedupConfig, DedupError, DedupService, load_idf
 from hotline.nlp.dedup import Idf, Thresholds, decide, fingerprint, pair_score, split_headline
@@ -194,6 +194,44 @@ async def test_reworded_repeat_via_two_channels_is_one_case_with_two_reporters(c
     # The report keeps its own contact; the open case keeps its own.
     full = await store.get_case(first["case_id"])
     assert full.reports[0].contact == "13900000002" and full.contact == "13800000001"
+
+
+async def test_a_repeat_joins_the_checked_case_without_reading_its_record_or_index_entry(client: Any,
+                                                                                       monkeypatch: Any) -> None:
+    first = await _post(client, BBQ_1, "13800000081")
+    store, service, hotspots = client.app[STORE], client.app[DEDUP], client.app[HOTSPOTS]
+    await hotspots.settled()
+    reads: list[str] = []
+    get_case, changed_later = store.get_case, hotspots.changed_later
+    index_get = {id(service.index): service.index.get, id(hotspots.index): hotspots.index.get}
+
+    async def spy_case(case_id: str) -> Any:
+        reads.append(f"case:{case_id}")
+        return await get_case(case_id)
+
+    def spy_entry(index: Any) -> Any:
+        async def get(case_id: str) -> Any:
+            reads.append(f"entry:{case_id}")
+            return await index_get[id(index)](case_id)
+        return get
+
+    held: list[str] = []
+
+    async def hold(case_id: str) -> None:
+        held.append(case_id)
+
+    monkeypatch.setattr(store, "get_case", spy_case)
+    for index in (service.index, hotspots.index):
+        monkeypatch.setattr(index, "get", spy_entry(index))
+    monkeypatch.setattr(hotspots, "changed_later", hold)
+    second = await _post(client, BBQ_2, "13900000082")
+    assert second["merged_into"] == first["case_id"]
+    # The check has just seen the open case's status: the report joins it with no read of its record, and
+    # the hotspot re-evaluation of the case (held here) reads its index entry after the answer.
+    assert reads == [] and held == [first["case_id"]]
+    await changed_later(first["case_id"])
+    await hotspots.settled()
+    assert reads == [f"entry:{first['case_id']}"]
 
 
 async def test_unrelated_complaint_at_same_place_stays_separate(client: Any) -> None:

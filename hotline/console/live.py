@@ -19,12 +19,14 @@ from aiohttp import web
 from hotline.access import CALL_TAKER, SUPERVISOR, requires
 from hotline.appkeys import STORE
 from hotline.store import Store
+from hotline.store.cases import FEED_BATCH_S
 from hotline.tasks import stop_tasks
 
 log = logging.getLogger("hotline.console")
 
 HEARTBEAT_S = 15.0
 QUEUE_MAX = 256
+FEED_BATCH = 200
 RESYNC = {"action": "resync"}
 
 
@@ -63,12 +65,14 @@ class LiveHub:
         last = await self.store.feed_last_id()
         while not self.closed.is_set():
             try:
-                entries = await self.store.feed(last, block_ms=self.block_ms, count=200)
+                entries = await self.store.feed(last, block_ms=self.block_ms, count=FEED_BATCH)
                 for eid, fields in entries:
                     last = eid
                     if self.subscribers:
                         self.publish({"id": eid, "case": fields.get("case", ""),
                                       "action": fields.get("action", ""), "status": fields.get("status", "")})
+                if entries and len(entries) < FEED_BATCH:
+                    await asyncio.sleep(FEED_BATCH_S)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -37,6 +37,10 @@ FEED_MAXLEN = 100_000
 # A citizen's newest cases kept in the caller index (repeat callers are shown to call-takers).
 CASES_PER_CALLER = 200
 FEED_POLL_S = 0.1
+# A follower whose read found fewer entries than it asked for waits this long before the next read. Under
+# load each read then takes the entries of a moment instead of one or two: a read per entry per follower
+# would cost the service as much as a case's own writes. Followers react within this delay.
+FEED_BATCH_S = 0.05
 EVENTS_PER_CASE_MAX = 10_000
 # Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
 PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
