@@ -114,17 +114,25 @@ class HotspotService:
     async def evaluate(self, seed: IndexEntry, now: float | None = None, *, fresh: bool = False) -> Hotspot | None:
         """Raise or refresh the hotspot of the seed case: similar open cases at the places it names.
 
-        The similar cases come from the duplicate matcher's candidate index (the seed's distinctive
-        bigrams and its places, newest first within the hotspot window): a bounded read and at most
+        The similar cases come from the duplicate matcher's candidate index within the hotspot window: the
+        postings of the seed's places, or, at a place with more than ``SIMILAR_SCAN`` cases, the cases
+        sharing most of the seed's distinctive bigrams and places. A bounded read and at most
         ``SIMILAR_SCAN`` pair scores however many cases a popular place has.
         """
         now = time.time() if now is None else now
         since = now - self.window_s
         if not seed.places:
             return None
-        seed_fp = fingerprints.query(seed, self.idf)
-        keys = self.query_keys(seed_fp) if self.query_keys else {f"@{p}": 1.0 for p in seed.places}
-        cands = await self.index.candidates(keys, now=now, max_window_s=self.window_s, limit=SIMILAR_SCAN)
+        # A hotspot's cases all name one of the seed's places, so the place postings are read first: a
+        # small read that holds every such case unless the place is busy. Only a busy place needs the
+        # seed's distinctive bigrams too, to bring its most similar cases to the top.
+        cands, cut = await self.index.lookup({f"@{p}": 1.0 for p in seed.places}, now=now,
+                                             max_window_s=self.window_s, limit=SIMILAR_SCAN + 1)
+        seed_fp: Fingerprint | None = None
+        if cut:
+            seed_fp = fingerprints.query(seed, self.idf)
+            keys = self.query_keys(seed_fp) if self.query_keys else {f"@{p}": 1.0 for p in seed.places}
+            cands = await self.index.candidates(keys, now=now, max_window_s=self.window_s, limit=SIMILAR_SCAN)
         at_place: dict[str, set[str]] = {core: {seed.case_id} for core in seed.places}
         near: list[tuple[IndexEntry, list[str]]] = []
         for entry in cands:
@@ -133,11 +141,13 @@ class HotspotService:
             shared = [core for core in seed.places if core in entry.places]
             if shared:
                 near.append((entry, shared))
-        scores = pair_scores(seed_fp, [fingerprints.candidate(e, self.idf) for e, _s in near], self.idf)
-        for (entry, shared), s in zip(near, scores, strict=True):
-            if s.score >= self.similarity:
-                for core in shared:
-                    at_place[core].add(entry.case_id)
+        if near:
+            seed_fp = seed_fp or fingerprints.query(seed, self.idf)
+            scores = pair_scores(seed_fp, [fingerprints.candidate(e, self.idf) for e, _s in near], self.idf)
+            for (entry, shared), s in zip(near, scores, strict=True):
+                if s.score >= self.similarity:
+                    for core in shared:
+                        at_place[core].add(entry.case_id)
         members: set[str] = set().union(*at_place.values())
         if fresh and len(members) == 1 and self.min_reporters > 1:
             # A case created a moment ago with nothing similar at its places: one reporter, no hotspot to

@@ -147,3 +147,63 @@ async def test_hotspots_api_rejects_bad_queries(client: Any) -> None:
         body = await resp.json()
         assert body["error"]["code"] in ("bad_status", "bad_limit")
     assert (await client.get("/api/v1/hotspots")).status == 200
+
+
+# Other problems at the same place, each scoring below the hotspot similarity against the rest.
+OTHER_PROBLEMS = ["电梯经常坏，已经停运一个星期了，老人上下楼很不方便，维保公司一直推脱",
+                  "路灯一直不亮，晚上回家黑灯瞎火，上周已经有老人摔倒骨折",
+                  "垃圾桶满了没人清运，臭味很大招苍蝇，夏天根本不敢开窗",
+                  "停车位被外来车辆长期占用，业主下班回家没地方停车只能停马路上",
+                  "楼道里堆满纸箱和旧家具，存在严重的火灾隐患，物业不管",
+                  "物业私自上调物业费，没有召开业主大会也没有公示收支账目",
+                  "绿化带被个别住户毁掉种菜，还浇粪水，气味难闻",
+                  "门禁系统坏了半个月，陌生人随便进出，业主担心失窃",
+                  "儿童游乐区的滑梯螺丝松动，孩子玩耍很危险，希望尽快维修",
+                  "外墙瓷砖脱落，砸坏了楼下停的汽车，幸好没有砸到人",
+                  "有人在楼顶私搭鸽棚，鸽子粪便污染太阳能热水器",
+                  "快递柜占用消防通道，消防车根本进不来",
+                  "供暖温度不达标，室内只有十四度，家里老人孩子冻得感冒",
+                  "二次供水水箱多年未清洗，自来水发黄有异味",
+                  "装修公司周末也在电钻施工，严重影响休息",
+                  "化粪池堵塞污水外溢，流到单元门口"]
+
+
+def _spy_lookups(monkeypatch: Any, service: Any) -> tuple[list[bool], list[int]]:
+    """Record each place lookup's cut flag and each bigram lookup of the hotspot evaluations."""
+    cuts: list[bool] = []
+    full: list[int] = []
+    lookup, candidates = service.index.lookup, service.index.candidates
+
+    async def spy_lookup(keys: dict[str, float], **kwargs: Any) -> Any:
+        found, cut = await lookup(keys, **kwargs)
+        if all(k.startswith("@") for k in keys):
+            cuts.append(cut)
+        return found, cut
+
+    async def spy_candidates(keys: dict[str, float], **kwargs: Any) -> Any:
+        full.append(len(keys))
+        return await candidates(keys, **kwargs)
+
+    monkeypatch.setattr(service.index, "lookup", spy_lookup)
+    monkeypatch.setattr(service.index, "candidates", spy_candidates)
+    return cuts, full
+
+
+async def test_at_a_quiet_place_only_the_place_postings_are_read(hs_client: Any, monkeypatch: Any) -> None:
+    cuts, full = _spy_lookups(monkeypatch, hs_client.app[HOTSPOTS])
+    ids = [(await _post(hs_client, text, f"1380000050{i}"))["case_id"] for i, text in enumerate(SIMILAR)]
+    (hot,) = await _hotspots(hs_client)
+    assert sorted(hot["case_ids"]) == sorted(ids)
+    assert cuts and not any(cuts) and full == []
+
+
+async def test_a_busy_place_finds_its_hotspot_by_the_seeds_distinctive_bigrams(hs_client: Any,
+                                                                               monkeypatch: Any) -> None:
+    for i, problem in enumerate(OTHER_PROBLEMS):  # more cases at the place than one evaluation scores
+        await _post(hs_client, f"阳光花园小区{problem}。", f"138000006{i:02d}")
+    assert await _hotspots(hs_client) == []
+    cuts, full = _spy_lookups(monkeypatch, hs_client.app[HOTSPOTS])
+    ids = [(await _post(hs_client, text, f"1380000070{i}"))["case_id"] for i, text in enumerate(SIMILAR)]
+    (hot,) = await _hotspots(hs_client)
+    assert sorted(hot["case_ids"]) == sorted(ids) and hot["reporters"] == 3
+    assert cuts and all(cuts) and len(full) == len(cuts) and min(full) > 1

@@ -38,8 +38,9 @@ _LOOKUP_FIELDS = ("at", "cat", "win", "text", "head", "places", "callers", "loc"
 
 # KEYS: the asking case's rejection set, then the posting zsets. ARGV: oldest created_at, entries read per
 # posting, how many to return, the meta hash key's prefix and suffix, then the fields to read, then one
-# weight per posting. Returns {id, weight, field values} by falling weight (ties by id), leaving out the
-# cases a call-taker said are not duplicates of the asking case. The meta hashes are read here too, by
+# weight per posting. Returns how many cases the postings named, and {id, weight, field values} of the best
+# by falling weight (ties by id), leaving out the cases a call-taker said are not duplicates of the asking
+# case. The meta hashes are read here too, by
 # name (this index lives on one Redis node): one round trip for the whole lookup.
 _RANK_LUA = """
 local since, per, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -70,7 +71,7 @@ for i = 1, math.min(limit, #ids) do
     out[#out + 1] = {id, tostring(weight[id]), redis.call('HMGET', meta, unpack(fields))}
   end
 end
-return out
+return {#ids, out}
 """
 
 
@@ -199,14 +200,19 @@ class DedupIndex:
                          limit: int, asking: str = "") -> list[IndexEntry]:
         """Open cases sharing the most key weight with the query, each inside its own category window;
         never one that a call-taker said is not a duplicate of the ``asking`` case."""
+        return (await self.lookup(keys, now=now, max_window_s=max_window_s, limit=limit, asking=asking))[0]
+
+    async def lookup(self, keys: dict[str, float], *, now: float, max_window_s: float,
+                     limit: int, asking: str = "") -> tuple[list[IndexEntry], bool]:
+        """``candidates``, and whether the ranking was cut at ``limit`` (more cases share a key)."""
         names = list(keys)
         if not names:
-            return []
+            return [], False
         # The posting scan, the weighting and reading the best entries run inside the server.
         pre, _, post = self.k_meta("\x00").partition("\x00")
         args = [f"{now - max_window_s:.6f}", POSTING_READ, limit, pre, post, len(_LOOKUP_FIELDS),
                 *_LOOKUP_FIELDS, *(repr(keys[k]) for k in names)]
-        rows = await self._rank(keys=[self.k_no(asking), *(self.k_key(k) for k in names)], args=args)
+        found, rows = await self._rank(keys=[self.k_no(asking), *(self.k_key(k) for k in names)], args=args)
         out = []
         for case_id, hits, values in rows:
             entry = IndexEntry.from_fields(case_id, values)
@@ -215,7 +221,7 @@ class DedupIndex:
             entry.hits = float(hits)
             out.append(entry)
         out.sort(key=lambda e: -e.hits)
-        return out[:limit]
+        return out[:limit], int(found) > limit
 
     async def expired(self, before: float, count: int = 500) -> list[str]:
         return await self.r.zrangebyscore(self.k_open, "-inf", before, start=0, num=count)
