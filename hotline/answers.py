@@ -173,6 +173,9 @@ class AnswerService:
     # retrieval ------------------------------------------------------------
     async def suggest_text(self, text: str, *, now: float | None = None) -> Decision:
         """Suggestions for a question, checked against the stored entries (retired ones dropped)."""
+        if not self.index.entries:
+            # No knowledge base yet: nothing to search, and no worker thread to wait for.
+            return decide([], self.cfg)
         k = self.cfg.suggestions * 2  # room for candidates dropped by the check below
         matches = await asyncio.to_thread(self.index.search, text, cfg=self.cfg, now=now, k=k)
         return decide(await self._verified(matches), self.cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,19 @@ async def test_web_complaint_or_weak_match_is_a_normal_case(app_client: TestClie
     assert status == 201 and "是否解决了您的问题" not in html
 
 
-async def test_empty_kb_consultation_is_a_normal_case(app_client: TestClient, ct: Headers, sup: Headers) -> None:
+async def test_empty_kb_consultation_is_a_normal_case(app_client: TestClient, ct: Headers, sup: Headers,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        threads.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
     status, html = await submit_web(app_client, BABY_Q)
+    # An empty knowledge base is not searched: the consultation costs no worker thread.
+    assert [f for f in threads if getattr(f, "__name__", "") == "search"] == []
     assert status == 201 and "您的诉求已受理" in html
     case_id = html.split('id="case-id">')[1].split("<")[0]
     body = await (await app_client.get(f"/api/v1/cases/{case_id}/answers", headers=ct)).json()
