@@ -5,6 +5,7 @@ import dataclasses
 import json
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -143,6 +144,52 @@ async def test_concurrent_updates_are_not_lost(store: Store) -> None:
     await asyncio.gather(*(store.update_case(case.id, add_attachment(n), actor="t", action="note")
                            for n in range(30)))
     assert sorted((await store.get_case(case.id)).attachments) == sorted(f"a{n}" for n in range(30))
+
+
+async def test_updates_from_two_processes_are_not_lost(store: Store, redis_server: Any, key_prefix: str) -> None:
+    """Two stores (two serving processes: separate connections, no shared lock) racing on one case: a write
+    computed from a record that changed meanwhile is refused and redone, never applied over the other."""
+    other = Store.from_url(redis_server.url, prefix=key_prefix)
+    case = new_case(await store.allocate_id())
+    await store.create_case(case)
+    redone: list[str] = []
+
+    def add_attachment(name: str):
+        def mutate(c: Case) -> dict:
+            redone.append(name)
+            c.attachments.append(name)
+            return {"added": name}
+        return mutate
+
+    try:
+        await asyncio.gather(*(s.update_case(case.id, add_attachment(f"{tag}{n}"), actor="t", action="note")
+                               for n in range(20) for tag, s in (("a", store), ("b", other))))
+    finally:
+        await other.close()
+    final = await store.get_case(case.id)
+    assert sorted(final.attachments) == sorted(f"{t}{n}" for n in range(20) for t in "ab")
+    assert len(redone) > 40  # some writes did meet a changed record and were computed again
+    events = [e for e in await store.events(case.id) if e.action == "note"]
+    assert sorted(e.data["added"] for e in events) == sorted(final.attachments)  # one event per write
+
+
+async def test_update_of_a_case_deleted_meanwhile_is_not_found(store: Store, monkeypatch: Any) -> None:
+    case = new_case(await store.allocate_id())
+    await store.create_case(case)
+
+    get = store.r.get
+
+    async def get_then_delete(key: str) -> Any:
+        raw = await get(key)
+        await store.r.delete(key)  # purged between the read and the write
+        return raw
+
+    monkeypatch.setattr(store.r, "get", get_then_delete)
+    with pytest.raises(CaseNotFound):
+        await store.update_case(case.id, lambda c: None, actor="x", action="y")
+    monkeypatch.undo()
+    assert await store.r.exists(store.k_case(case.id)) == 0
+    assert await store.events(case.id) == []
 
 
 async def test_unknown_case(store: Store) -> None:

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hotline.callers import caller_keys
@@ -157,6 +157,32 @@ end
 return {1, ARGV[1]}
 """
 
+# Writes an updated case with its event, index moves and feed entry, if the stored record is still the one
+# the update was computed from: the check and the write in one round trip, where WATCH/GET/MULTI/EXEC took
+# three. KEYS: case, events, status index before, status index after, confirm queue, feed.
+# ARGV: record read, new record, case id, created ts, queue score ('' = not queued), event ts, actor,
+#       action, event data json, events maxlen, new status, feed maxlen.
+# Returns 1 written, 0 the record changed meanwhile (read it again), -1 no such case.
+_UPDATE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if KEYS[3] ~= KEYS[4] then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+end
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[5], ARGV[3])
+else
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'ts', ARGV[6], 'actor', ARGV[7], 'action', ARGV[8],
+           'data', ARGV[9])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[12], '*', 'case', ARGV[3], 'action', ARGV[8], 'status', ARGV[11])
+return 1
+"""
+
 
 def queue_score(case: Case) -> float | None:
     """Position in the confirmation queue (lower first), or None when the case does not wait there."""
@@ -178,7 +204,8 @@ class Store:
         self._next_seq = self.r.register_script(_NEXT_SEQ_LUA)
         self._statuses = self.r.register_script(_STATUSES_LUA)
         self._claim = self.r.register_script(_CLAIM_LUA)
-        # Concurrent updates of one case in this process queue here instead of racing under WATCH:
+        self._update = self.r.register_script(_UPDATE_LUA)
+        # Concurrent updates of one case in this process queue here instead of racing for the same record:
         # a burst of 200 reports merged into one case would otherwise retry O(n²) times.
         self._case_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -320,55 +347,43 @@ class Store:
 
     async def update_case(self, case_id: str, mutate: Callable[[Case], dict[str, Any] | None], *,
                           actor: str, action: str, target: Status | None = None) -> Case:
-        """Read-modify-write one case under WATCH, with its event, indexes and feed entry.
+        """Read-modify-write one case, with its event, indexes and feed entry.
 
         ``mutate`` changes the case in place and returns the event's data. A ``target`` status is
-        checked against the status machine before anything is written.
+        checked against the status machine before anything is written. The write happens only if the
+        record is still the one read (optimistic concurrency); otherwise the case is read and changed again.
         """
         key = self.k_case(case_id)
         lock = self._case_locks.get(case_id)
         if lock is None:
             lock = self._case_locks[case_id] = asyncio.Lock()
-        async with lock, self.r.pipeline(transaction=True) as pipe:
+        async with lock:
             while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        raise CaseNotFound(case_id)
-                    case = Case.from_dict(json.loads(raw))
-                    before = case.status
-                    if target is not None:
-                        check_move(case.status, target)
-                        case.status = target
-                    data = mutate(case) or {}
-                    now = time.time()
-                    case.updated_at = now
-                    if case.status != before:
-                        data = {"from": str(before), "to": str(case.status), **data}
-                    pipe.multi()
-                    self._write_case(pipe, case, before)
-                    pipe.xadd(self.k_events(case_id),
-                              {"ts": f"{now:.6f}", "actor": actor, "action": action,
-                               "data": json.dumps(data, ensure_ascii=False)},
-                              maxlen=EVENTS_PER_CASE_MAX, approximate=True)
-                    pipe.xadd(self.k_feed, {"case": case_id, "action": action, "status": str(case.status)},
-                              maxlen=FEED_MAXLEN, approximate=True)
-                    await pipe.execute()
+                raw = await self.r.get(key)
+                if raw is None:
+                    raise CaseNotFound(case_id)
+                case = Case.from_dict(json.loads(raw))
+                before = case.status
+                if target is not None:
+                    check_move(case.status, target)
+                    case.status = target
+                data = mutate(case) or {}
+                now = time.time()
+                case.updated_at = now
+                if case.status != before:
+                    data = {"from": str(before), "to": str(case.status), **data}
+                score = queue_score(case)
+                written = await self._update(
+                    keys=[key, self.k_events(case_id), self.k_status(before), self.k_status(case.status),
+                          self.k_confirm, self.k_feed],
+                    args=[raw, json.dumps(case.to_dict(), ensure_ascii=False), case_id, f"{case.created_at:.6f}",
+                          "" if score is None else f"{score:.6f}", f"{now:.6f}", actor, action,
+                          json.dumps(data, ensure_ascii=False), EVENTS_PER_CASE_MAX, str(case.status),
+                          FEED_MAXLEN])
+                if int(written) == 1:
                     return case
-                except WatchError:
-                    continue
-
-    def _write_case(self, pipe: Any, case: Case, before: Status) -> None:
-        pipe.set(self.k_case(case.id), json.dumps(case.to_dict(), ensure_ascii=False))
-        if case.status != before:
-            pipe.zrem(self.k_status(before), case.id)
-            pipe.zadd(self.k_status(case.status), {case.id: case.created_at})
-        score = queue_score(case)
-        if score is None:
-            pipe.zrem(self.k_confirm, case.id)
-        else:
-            pipe.zadd(self.k_confirm, {case.id: score})
+                if int(written) == -1:
+                    raise CaseNotFound(case_id)
 
     async def add_event(self, case_id: str, *, actor: str, action: str, data: dict[str, Any]) -> str:
         """An audit entry that does not change the case (a view, a note, a notification sent)."""
