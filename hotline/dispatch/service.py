@@ -454,7 +454,7 @@ class Dispatcher:
         raise DispatchError("bad_type", f"未知的事件类型：{ev.type[:40]}")
 
     def _apply(self, case: Case, ev: StatusEvent, read_at: float) -> dict[str, Any]:
-        """Mutate the case for an applied event (inside the store's WATCH). The decision was taken on the
+        """Mutate the case for an applied event (inside the store's read-modify-write). The decision was taken on the
         version last updated at ``read_at``; any write since then means deciding again."""
         if case.updated_at != read_at:
             raise _Duplicate()
