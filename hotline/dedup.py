@@ -48,6 +48,7 @@ from hotline.status import OPEN_STATES, Status
 from hotline.store import CaseNotFound, Store
 from hotline.store.cases import FEED_BATCH_S
 from hotline.store.dedup import DedupIndex, IndexEntry
+from hotline.store.filing import Filing
 from hotline.tasks import stop_tasks
 
 log = logging.getLogger("hotline.dedup")
@@ -153,6 +154,8 @@ class DedupService:
         self.hotspots = hotspots
         # Entries computed by ``check`` for cases about to be stored, by case id (insertion order = age).
         self._entries: dict[str, IndexEntry] = {}
+        # Entries that intake wrote together with their new case (``filing``): the hook need not file them.
+        self._filed: dict[str, IndexEntry] = {}
 
     # fingerprints ----------------------------------------------------------
     def fingerprint(self, case: Case) -> Fingerprint:
@@ -218,6 +221,17 @@ class DedupService:
         action = decide(best_score, self.config.thresholds, anchored=anchored)
         return DedupDecision(action=action, case_id=best.case_id,
                              score=round(best_score, 4), candidates=candidates)
+
+    def filing(self, case: Case) -> Filing | None:
+        """The index entry of a new case that ``check`` has seen, for intake to write with the case; None
+        when there is none (the intake hook files the case then)."""
+        entry = self._entries.pop(case.id, None)
+        if entry is None or entry.created_at != case.created_at or case.status not in OPEN_STATES:
+            return None
+        self._filed[case.id] = entry
+        while len(self._filed) > PENDING_ENTRIES:
+            self._filed.pop(next(iter(self._filed)))
+        return self.index.filing(entry)
 
     async def _still_open(self, case_ids: list[str]) -> set[str]:
         live = set()
@@ -365,10 +379,12 @@ class DedupService:
         created it."""
         if case.status not in OPEN_STATES or case.duplicate_of:
             return
-        entry = self._entries.pop(case.id, None)
+        entry = self._filed.pop(case.id, None)
         if entry is None or entry.created_at != case.created_at:
-            entry = self.entry(case)
-        await self.index.add(entry)
+            entry = self._entries.pop(case.id, None)
+            if entry is None or entry.created_at != case.created_at:
+                entry = self.entry(case)
+            await self.index.add(entry)
         if self.hotspots is not None and entry.places:
             await self.hotspots.opened_later(entry, fresh=fresh)
 
@@ -384,6 +400,7 @@ class DedupService:
         """Intake hook: runs after the case is stored (and merged, when it was)."""
         if case.status not in OPEN_STATES or case.duplicate_of:
             self._entries.pop(case.id, None)
+            self._filed.pop(case.id, None)
         await self.opened(case, fresh=True)
 
     async def on_change(self, case_id: str, status: str) -> None:

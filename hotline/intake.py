@@ -20,6 +20,7 @@ from hotline.nlp.text import normalize, sanitize
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
 from hotline.store import Store
+from hotline.store.filing import Filing
 
 log = logging.getLogger("hotline.intake")
 
@@ -52,6 +53,8 @@ class Deduplicator(Protocol):
     async def check(self, case: Case, *, remember: bool = True) -> DedupDecision: ...
 
     def mark_report(self, c: Case, master_id: str, score: float, actor: str) -> dict[str, Any]: ...
+
+    def filing(self, case: Case) -> Filing | None: ...
 
     async def attach(self, report: Case, master_id: str, score: float, actor: str, *,
                      indexed: bool = True) -> Case: ...
@@ -159,7 +162,9 @@ class Intake:
             data = self.dedup.mark_report(case, master_id, decision.score, "system")
             case.status = Status.MERGED
             events.append(("system", "merged", {"from": str(Status.CLASSIFIED), "to": str(Status.MERGED), **data}))
-        result = await self.store.create_case(case, idempotency_keys=keys, events=events)
+        # A new open case goes into the duplicate index in the same write (one round trip, not two).
+        filing = self.dedup.filing(case) if self.dedup is not None and not master_id else None
+        result = await self.store.create_case(case, idempotency_keys=keys, events=events, filing=filing)
         if not result.created:
             return await self._existing(result.case_id)
 

@@ -148,6 +148,24 @@ async def test_window_expiry_uses_case_timestamps(store: Any, settings: Any) -> 
     assert await service.index.size() == 0
 
 
+async def test_a_case_and_its_index_entry_are_written_together_or_not_at_all(store: Any, settings: Any) -> None:
+    service = DedupService(store, DedupConfig.from_settings(settings), load_idf(settings))
+    now = time.time()
+    first = _case("20250103-000001", BBQ_1, now)
+    assert (await service.check(first)).action == "new"
+    filing = service.filing(first)
+    assert filing is not None
+    assert (await store.create_case(first, idempotency_keys=["k1"], filing=filing)).created
+    assert await service.index.contains(first.id)
+    assert (await service.check(_case("20250103-000002", BBQ_2, now + 1))).case_id == first.id
+    # An idempotency key already taken: the script writes nothing, neither the case nor its entry.
+    other = _case("20250103-000003", LIFT, now + 2)
+    await service.check(other)
+    result = await store.create_case(other, idempotency_keys=["k1"], filing=service.filing(other))
+    assert not result.created and result.case_id == first.id
+    assert not await store.case_exists(other.id) and not await service.index.contains(other.id)
+
+
 async def test_category_windows_come_from_the_table(settings: Any) -> None:
     config = DedupConfig.from_settings(settings)
     assert config.window_for("环境保护") == 14 * DAY
@@ -232,6 +250,22 @@ async def test_a_repeat_joins_the_checked_case_without_reading_its_record_or_ind
     await changed_later(first["case_id"])
     await hotspots.settled()
     assert reads == [f"entry:{first['case_id']}"]
+
+
+async def test_a_new_case_is_filed_in_the_index_by_its_create(client: Any, monkeypatch: Any) -> None:
+    service = client.app[DEDUP]
+    adds: list[str] = []
+    add = service.index.add
+
+    async def counting(entry: Any) -> None:
+        adds.append(entry.case_id)
+        await add(entry)
+
+    monkeypatch.setattr(service.index, "add", counting)
+    first = await _post(client, BBQ_1, "13800000091")
+    assert await service.index.contains(first["case_id"]) and adds == []
+    second = await _post(client, BBQ_2, "13900000092")
+    assert second["merged_into"] == first["case_id"]  # found through the entry its create wrote
 
 
 async def test_unrelated_complaint_at_same_place_stays_separate(client: Any) -> None:

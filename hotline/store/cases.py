@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from hotline.callers import caller_keys
 from hotline.records import Case
 from hotline.status import Status, check_move
+from hotline.store.filing import FILE_ENTRY_LUA, Filing
 
 FEED_MAXLEN = 100_000
 # A citizen's newest cases kept in the caller index (repeat callers are shown to call-takers).
@@ -125,14 +126,19 @@ return out
 """
 
 # Creates a case with its events and index entries in one atomic step, unless one of the
-# idempotency keys is already taken (then the earlier case id is returned and nothing is written).
-# KEYS: case, events, all-cases, status index, confirm queue, feed, caller keys..., idem keys...
+# idempotency keys is already taken (then the earlier case id is returned and nothing is written). With a
+# filing, the case's entry in the candidate index (hotline/store/filing.py) is written in the same step.
+# KEYS: case, events, all-cases, status index, confirm queue, feed, caller keys..., idem keys...,
+#       filing keys...
 # ARGV: case id, case json, created ts, idem ttl, events json, queue score ('' = not queued), status,
-#       feed maxlen, number of caller keys, cases kept per caller
-_CREATE_LUA = """
+#       feed maxlen, number of caller keys, cases kept per caller, number of filing keys (0: none),
+#       posting cap, the filing's field/value pairs...
+_CREATE_LUA = FILE_ENTRY_LUA + """
 local n_callers = tonumber(ARGV[9])
 local n_fixed = 6 + n_callers
-for i = n_fixed + 1, #KEYS do
+local n_file = tonumber(ARGV[11])
+local last_idem = #KEYS - n_file
+for i = n_fixed + 1, last_idem do
   local existing = redis.call('GET', KEYS[i])
   if existing then return {0, existing} end
 end
@@ -151,9 +157,10 @@ for i = 7, n_fixed do
   redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
   redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[10]) - 1)
 end
-for i = n_fixed + 1, #KEYS do
+for i = n_fixed + 1, last_idem do
   redis.call('SET', KEYS[i], ARGV[1], 'EX', ARGV[4])
 end
+if n_file > 0 then file_entry(last_idem + 1, ARGV[1], ARGV[3], tonumber(ARGV[12]), 13) end
 return {1, ARGV[1]}
 """
 
@@ -273,9 +280,10 @@ class Store:
 
     # cases ----------------------------------------------------------------
     async def create_case(self, case: Case, *, idempotency_keys: Iterable[str] = (),
-                          events: Iterable[tuple[str, str, dict[str, Any]]] = ()) -> CreateResult:
+                          events: Iterable[tuple[str, str, dict[str, Any]]] = (),
+                          filing: Filing | None = None) -> CreateResult:
         """Store a new case atomically with its first events and its caller index entries, unless an
-        idempotency key matched."""
+        idempotency key matched; with ``filing``, its candidate index entry too."""
         evs = [[f"{case.created_at:.6f}", actor, action, json.dumps(data, ensure_ascii=False)]
                for actor, action, data in events]
         score = queue_score(case)
@@ -285,6 +293,11 @@ class Store:
         args = [case.id, json.dumps(case.to_dict(), ensure_ascii=False), f"{case.created_at:.6f}",
                 self.idem_ttl, json.dumps(evs, ensure_ascii=False), "" if score is None else f"{score:.6f}",
                 str(case.status), FEED_MAXLEN, len(callers), CASES_PER_CALLER]
+        if filing is None:
+            args.append(0)
+        else:
+            keys.extend(filing.keys)
+            args.extend([len(filing.keys), filing.posting_cap, *filing.fields])
         created, case_id = await self._create(keys=keys, args=args)
         return CreateResult(case_id=case_id, created=bool(int(created)))
 

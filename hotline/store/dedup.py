@@ -17,19 +17,13 @@ import json
 from dataclasses import dataclass, field
 
 from hotline.store.cases import Store
+from hotline.store.filing import FILE_ENTRY_LUA, Filing
 
 POSTING_READ = 25  # newest entries read per key and lookup
 
 # KEYS: meta hash, open zset, posting zsets. ARGV: case id, created_at, posting cap, hash field/value pairs.
-_ADD_LUA = """
-local id, at, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[2], at, id)
-for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], at, id)
-  -- Keep the newest only: a key shared by thousands of cases says little about any one.
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -cap - 1)
-end
+_ADD_LUA = FILE_ENTRY_LUA + """
+file_entry(1, ARGV[1], ARGV[2], tonumber(ARGV[3]), 4)
 return #KEYS - 2
 """
 
@@ -145,13 +139,17 @@ class DedupIndex:
     async def add(self, entry: IndexEntry) -> None:
         await self.add_many([entry])
 
+    def filing(self, entry: IndexEntry) -> Filing:
+        """``entry`` as input of a script that files it (this index's own, or the one creating its case)."""
+        return Filing(keys=[self.k_meta(entry.case_id), self.k_open, *(self.k_key(k) for k in entry.keys)],
+                      posting_cap=self.posting_cap, fields=[x for kv in entry.to_hash().items() for x in kv])
+
     async def add_many(self, entries: list[IndexEntry]) -> None:
         # One script call per case: a pipeline of 50 ZADD/ZREMRANGEBYRANK costs more to build and parse
         # in the client than the server spends running them.
         def call(entry: IndexEntry) -> tuple[list[str], list[object]]:
-            fields = [x for kv in entry.to_hash().items() for x in kv]
-            keys = [self.k_meta(entry.case_id), self.k_open, *(self.k_key(k) for k in entry.keys)]
-            return keys, [entry.case_id, f"{entry.created_at:.6f}", self.posting_cap, *fields]
+            f = self.filing(entry)
+            return f.keys, [entry.case_id, f"{entry.created_at:.6f}", f.posting_cap, *f.fields]
 
         if len(entries) == 1:  # the live path: a pipeline would first ask SCRIPT EXISTS, a second round trip
             keys, args = call(entries[0])
