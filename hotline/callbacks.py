@@ -27,7 +27,7 @@ from hotline.rates_cases import RateSettings, rate_row
 from hotline.records import mask_phone
 from hotline.secret import service_secret
 from hotline.store import CaseNotFound
-from hotline.store.cases import FEED_BATCH_S
+from hotline.store.cases import FEED_BATCH, FEED_BATCH_S
 from hotline.store.surveys import MAIN
 from hotline.surveys import KIND, SATISFACTIONS, CallbackSettings, SurveyError, SurveyService
 from hotline.tasks import stop_tasks
@@ -37,7 +37,6 @@ log = logging.getLogger("hotline.callbacks")
 RATE_GROUPINGS = ("department", "street", "category", "week")
 MAX_RATE_CASES = 200_000
 FEED_POLL_S = 0.5
-FEED_BATCH = 100
 
 
 def staff_user(request: web.Request) -> tuple[str, str]:

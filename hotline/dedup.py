@@ -46,7 +46,7 @@ from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 from hotline.status import OPEN_STATES, Status
 from hotline.store import CaseNotFound, Store
-from hotline.store.cases import FEED_BATCH_S
+from hotline.store.cases import FEED_BATCH, FEED_BATCH_S
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.store.filing import Filing
 from hotline.tasks import stop_tasks
@@ -60,7 +60,6 @@ MAX_PRIORITY_BUMP = 3
 PLACE_KEY_WEIGHT = 12.0
 SUGGESTIONS_KEPT = 3
 PENDING_ENTRIES = 1000
-FEED_BATCH = 200
 
 
 class DedupError(ApiError):

@@ -129,10 +129,12 @@ class HotspotService:
         cands, cut = await self.index.lookup({f"@{p}": 1.0 for p in seed.places}, now=now,
                                              max_window_s=self.window_s, limit=SIMILAR_SCAN + 1)
         seed_fp: Fingerprint | None = None
-        if cut:
+        if cut and self.query_keys is not None:
             seed_fp = fingerprints.query(seed, self.idf)
-            keys = self.query_keys(seed_fp) if self.query_keys else {f"@{p}": 1.0 for p in seed.places}
-            cands = await self.index.candidates(keys, now=now, max_window_s=self.window_s, limit=SIMILAR_SCAN)
+            cands = await self.index.candidates(self.query_keys(seed_fp), now=now, max_window_s=self.window_s,
+                                                limit=SIMILAR_SCAN)
+        else:
+            cands = cands[:SIMILAR_SCAN]
         at_place: dict[str, set[str]] = {core: {seed.case_id} for core in seed.places}
         near: list[tuple[IndexEntry, list[str]]] = []
         for entry in cands:

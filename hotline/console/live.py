@@ -19,14 +19,13 @@ from aiohttp import web
 from hotline.access import CALL_TAKER, SUPERVISOR, requires
 from hotline.appkeys import STORE
 from hotline.store import Store
-from hotline.store.cases import FEED_BATCH_S
+from hotline.store.cases import FEED_BATCH, FEED_BATCH_S
 from hotline.tasks import stop_tasks
 
 log = logging.getLogger("hotline.console")
 
 HEARTBEAT_S = 15.0
 QUEUE_MAX = 256
-FEED_BATCH = 200
 RESYNC = {"action": "resync"}
 
 

@@ -42,6 +42,7 @@ FEED_POLL_S = 0.1
 # load each read then takes the entries of a moment instead of one or two: a read per entry per follower
 # would cost the service as much as a case's own writes. Followers react within this delay.
 FEED_BATCH_S = 0.05
+FEED_BATCH = 200  # entries a follower asks for per read
 EVENTS_PER_CASE_MAX = 10_000
 # Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
 PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
