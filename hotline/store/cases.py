@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from hotline.callers import caller_keys
 from hotline.records import Case
 from hotline.status import Status, check_move
+from hotline.store.connection import connection_pool
 from hotline.store.filing import FILE_ENTRY_LUA, Filing
 
 FEED_MAXLEN = 100_000
@@ -220,7 +221,7 @@ class Store:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Store:
         # A bounded pool that waits for a free connection: bursts queue instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = connection_pool(
             url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
             health_check_interval=30, max_connections=64, timeout=5,
         )
