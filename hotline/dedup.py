@@ -150,6 +150,7 @@ class DedupService:
         self.config = config
         self.idf = idf
         self.index = DedupIndex(store, posting_cap=config.posting_cap)
+        self.counts = fingerprints.CandidateCounts(idf)
         self.hotspots = hotspots
         # Entries computed by ``check`` for cases about to be stored, by case id (insertion order = age).
         self._entries: dict[str, IndexEntry] = {}
@@ -195,6 +196,7 @@ class DedupService:
         if remember:
             # The intake hook files the case under the same entry once it is stored: no second fingerprint.
             self._entries[case.id] = me
+            self.counts.remember(case.id, fp)
             while len(self._entries) > PENDING_ENTRIES:
                 self._entries.pop(next(iter(self._entries)))
         now = case.created_at
@@ -203,7 +205,7 @@ class DedupService:
         loc = (case.location.lat, case.location.lon) if case.location else None
         cands = [c for c in cands if c.case_id != case.id]
         mine = set(me.callers)
-        scores = pair_scores(fp, [fingerprints.candidate(c, self.idf) for c in cands], self.idf,
+        scores = pair_scores(fp, self.counts.candidates(cands), self.idf,
                              same_caller=[bool(mine.intersection(c.callers)) for c in cands],
                              distances=[location_distance(loc, c.location) for c in cands])
         scored = [(s.score, c, s.reasons, s.anchored) for s, c in zip(scores, cands, strict=True)

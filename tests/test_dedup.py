@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hotline import fingerprints
 from hotline.app import create_app
 from hotline.appkeys import DEDUP, HOTSPOTS, STORE
 from hotline.cli import main as cli_main
@@ -164,6 +165,41 @@ async def test_a_case_and_its_index_entry_are_written_together_or_not_at_all(sto
     result = await store.create_case(other, idempotency_keys=["k1"], filing=service.filing(other))
     assert not result.created and result.case_id == first.id
     assert not await store.case_exists(other.id) and not await service.index.contains(other.id)
+
+
+async def test_a_checked_cases_bigram_counts_serve_the_lookups_that_find_it(store: Any, settings: Any,
+                                                                            monkeypatch: Any) -> None:
+    service = DedupService(store, DedupConfig.from_settings(settings), load_idf(settings))
+    counted: list[str] = []
+    real = fingerprints.with_counts
+
+    def spy(others: list[Any], idf: Idf) -> list[Any]:
+        counted.extend(o.text for o in others if o.counted is None)
+        return real(others, idf)
+
+    monkeypatch.setattr(fingerprints, "with_counts", spy)
+    now = time.time()
+    first = _case("20250104-000001", BBQ_1, now)
+    await service.check(first)
+    assert (await store.create_case(first, filing=service.filing(first))).created
+    assert (await service.check(_case("20250104-000002", BBQ_2, now + 1))).case_id == first.id
+    assert counted == []  # counted once, when it was checked itself
+    # A process that did not check it counts it once, then keeps the counts.
+    other = DedupService(store, DedupConfig.from_settings(settings), load_idf(settings))
+    for n in (3, 4):
+        assert (await other.check(_case(f"20250104-00000{n}", BBQ_2, now + n))).case_id == first.id
+    assert len(counted) == 1
+    # Counts are kept with the text they were counted from: a changed entry is counted again.
+    entry = await service.index.get(first.id)
+    assert entry is not None
+    entry.text = entry.text + "又有新情况"
+    assert other.counts.candidates([entry])[0].counted is not None and len(counted) == 2
+    # ... and kept with the new text: the next lookup uses them.
+    assert other.counts.candidates([entry])[0].counted is not None and len(counted) == 2
+    small = fingerprints.CandidateCounts(load_idf(settings), size=2)
+    for n in range(3):
+        small.remember(f"c{n}", fingerprint("", f"第{n}号楼漏水", small.idf))
+    assert len(small) == 2
 
 
 async def test_category_windows_come_from_the_table(settings: Any) -> None:

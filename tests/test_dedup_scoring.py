@@ -9,6 +9,7 @@ import random
 import re
 from collections import Counter
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hotline.nlp.dedup import (
     WEIGHTS,
     Candidate,
     Fingerprint,
+    Grams,
     Idf,
     bigrams,
     features,
@@ -33,6 +35,7 @@ from hotline.nlp.dedup import (
     pair_scores,
     rare_keys,
     split_headline,
+    with_counts,
 )
 from hotline.nlp.places import place_cores, shared_places
 
@@ -155,7 +158,10 @@ def test_vectorised_features_equal_their_definitions(idf: Idf) -> None:
     for a in fps[:40] + fps[-6:]:
         others = [*rnd.sample(fps, 12), a]
         batch = pair_scores(a, [Candidate.of(b) for b in others], idf)
-        for b, scored in zip(others, batch, strict=True):
+        # Candidates as the index gives them, without bigram counts: counted for the batch, same scores.
+        bare = pair_scores(a, [replace(Candidate.of(b), counted=None) for b in others], idf)
+        for b, scored, counted in zip(others, batch, bare, strict=True):
+            assert counted.features == pytest.approx(scored.features, abs=1e-12)
             want = reference_features(a, b, idf)
             for name, value in want.items():
                 assert scored.features[name] == pytest.approx(value, abs=1e-9), name
@@ -164,6 +170,23 @@ def test_vectorised_features_equal_their_definitions(idf: Idf) -> None:
         assert a.body_norm == pytest.approx(math.sqrt(sum((n * idf(g)) ** 2 for g, n in bigrams(a.text).items())))
         plain = sorted(bigrams(a.text), key=lambda g: (-idf(g), g))[:24]
         assert rare_keys(a, idf, 24) == plain
+
+
+def test_batch_counts_are_each_texts_own(idf: Idf) -> None:
+    texts = ["", "灯", "路灯坏了 路灯", "𠀋𠀌小区3栋漏水😀😀", "噪音扰民噪音扰民", " ", "ab ab", "路灯坏了 路灯"]
+    bare = [Candidate(t, t[:2], [], 1.0, 1.0, 1.0) for t in texts]
+    counted = with_counts(bare, idf)
+    for t, c in zip(texts, counted, strict=True):
+        assert c.counted is not None
+        head, body = Grams.of(t[:2], idf), Grams.of(t, idf)
+        assert c.counted.head.codes.tolist() == head.codes.tolist()
+        assert c.counted.head.counts.tolist() == head.counts.tolist()
+        assert c.counted.head.weights.tolist() == head.weights.tolist()
+        assert c.counted.codes.tolist() == body.codes.tolist()
+        assert c.counted.counts.tolist() == body.counts.tolist()
+    # Counts already known are used as they are, not counted again.
+    known = with_counts([counted[2], bare[3]], idf)
+    assert known[0] is counted[2] and known[1].counted is not None
 
 
 def test_scoring_nothing_and_empty_texts_is_no_error(idf: Idf) -> None:

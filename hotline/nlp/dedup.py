@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -258,10 +259,60 @@ class Candidate:
     head_norm: float
     body_norm: float
     body_mass: float
+    # The bigram counts when already known: a case is the candidate of many lookups, and counting its
+    # text was a third of scoring it.
+    counted: Counted | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, fp: Fingerprint) -> Candidate:
-        return cls(fp.text, fp.headline, fp.places, fp.head_norm, fp.body_norm, fp.body_mass)
+        return cls(fp.text, fp.headline, fp.places, fp.head_norm, fp.body_norm, fp.body_mass, Counted.of(fp))
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What scoring needs of a candidate's bigrams: its headline's ``Grams`` and its text's distinct codes
+    with their counts (the text's weights only ever come from the query's side)."""
+
+    head: Grams
+    codes: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, fp: Fingerprint) -> Counted:
+        return cls(fp.head, fp.body.codes, fp.body.counts)
+
+
+def _distinct_many(texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each cleaned text's distinct bigram codes (sorted) and counts, as ``Grams.of`` counts them."""
+    codes, owner = _text_codes(texts)
+    # Keys ordered by text, then code. The codes of one text arrive text by text, so a stable sort (a
+    # merge of runs) is about twice as fast as the default one.
+    key = np.sort((owner << _OWNER_SHIFT) | codes, kind="stable")
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if key.size else key
+    counts = np.diff(np.append(starts, key.size)).astype(np.float64)
+    key = key[starts]
+    bounds = np.searchsorted(key >> _OWNER_SHIFT, np.arange(len(texts) + 1)).tolist()
+    key &= (1 << _OWNER_SHIFT) - 1
+    return [(key[a:b], counts[a:b]) for a, b in pairwise(bounds)]
+
+
+def with_counts(others: list[Candidate], idf: Idf) -> list[Candidate]:
+    """``others`` with their bigram counts, counting only those not known yet (all at once)."""
+    missing = [o for o in others if o.counted is None]
+    if not missing:
+        return others
+    n = len(missing)
+    found = _distinct_many([o.headline for o in missing] + [o.text for o in missing])
+    head_weights = idf.weights(np.concatenate([c for c, _n in found[:n]]))
+    at = 0
+    done: dict[int, Candidate] = {}
+    for j, o in enumerate(missing):
+        (hc, hn), (bc, bn) = found[j], found[n + j]
+        head = Grams(hc, hn, head_weights[at : at + hc.size])
+        at += hc.size
+        done[id(o)] = Candidate(o.text, o.headline, o.places, o.head_norm, o.body_norm, o.body_mass,
+                                Counted(head, bc, bn))
+    return [done.get(id(o), o) for o in others]
 
 
 @dataclass
@@ -296,42 +347,40 @@ class _QueryTable:
         return pos[hit], hit
 
 
-def _per_text_distinct(owner: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each (text, key) pair once: the text index and the index of its first occurrence."""
-    pair = (owner << _OWNER_SHIFT) | keys
-    _uniq, first = np.unique(pair, return_index=True)
-    return owner[first], first
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Several texts' distinct codes and counts end to end, with the index of the text of each."""
+    owner = np.repeat(np.arange(len(parts), dtype=np.int64), [c.size for c, _n in parts])
+    return np.concatenate([c for c, _n in parts]), np.concatenate([n for _c, n in parts]), owner
 
 
 def features_many(a: Fingerprint, others: list[Candidate], idf: Idf) -> list[dict[str, float]]:
     """The pair features of ``a`` against each of ``others``, computed for all of them at once.
 
-    Every sum runs over the bigrams two texts share: each occurrence of a bigram in the other text that
-    the query also holds adds count × weight² to the cosine; each distinct one adds its weight to the
-    containment and title shares."""
+    Every sum runs over the distinct bigrams two texts share: each adds the product of its counts in the
+    two texts × weight² to the cosine, and its weight to the containment and title shares."""
     n = len(others)
     if not n:
         return []
     q = a.table()
-    # The other texts: cosine and containment against the query's text; the query's title inside them.
-    codes, owner = _text_codes([o.text for o in others])
+    counted = [o.counted for o in with_counts(others, idf) if o.counted is not None]
+    heads = [c.head for c in counted]
+    # The other texts' distinct bigrams: cosine and containment against the query's text, and the
+    # query's title inside them.
+    codes, counts, owner = _concat([(c.codes, c.counts) for c in counted])
     pos, hit = q.lookup(codes)
     own = owner[hit]
-    cos_num = np.bincount(own, weights=q.body_cw2[pos], minlength=n)
-    d_own, d_first = _per_text_distinct(own, pos)
-    d_pos = pos[d_first]
-    shared = np.bincount(d_own, weights=q.body_w[d_pos], minlength=n)
-    a_title = np.bincount(d_own, weights=q.head_w[d_pos], minlength=n)
+    cos_num = np.bincount(own, weights=counts[hit] * q.body_cw2[pos], minlength=n)
+    shared = np.bincount(own, weights=q.body_w[pos], minlength=n)
+    a_title = np.bincount(own, weights=q.head_w[pos], minlength=n)
     # Their headlines: cosine with the query's headline, and how much of each the query's text repeats.
-    hcodes, howner = _text_codes([o.headline for o in others])
+    hcodes, hcounts, howner = _concat([(h.codes, h.counts) for h in heads])
+    h_w = np.concatenate([h.weights for h in heads])
     hpos, hhit = q.lookup(hcodes)
-    head_num = np.bincount(howner[hhit], weights=q.head_cw2[hpos], minlength=n)
-    h_own, h_first = _per_text_distinct(howner, hcodes)
-    h_w = idf.weights(hcodes[h_first])
-    b_head_mass = np.bincount(h_own, weights=h_w, minlength=n)
+    head_num = np.bincount(howner[hhit], weights=hcounts[hhit] * q.head_cw2[hpos], minlength=n)
+    b_head_mass = np.bincount(howner, weights=h_w, minlength=n)
     in_a_body = np.zeros(hcodes.size)
     in_a_body[np.flatnonzero(hhit)] = q.body_w[hpos] > 0
-    b_title = np.bincount(h_own, weights=h_w * in_a_body[h_first], minlength=n)
+    b_title = np.bincount(howner, weights=h_w * in_a_body, minlength=n)
 
     out = []
     for i, b in enumerate(others):
