@@ -6,10 +6,8 @@ The adapter only turns HTTP into an InboundMessage and the pipeline's answer bac
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
-import json
 import logging
 import math
 import secrets
@@ -26,6 +24,7 @@ from hotline.bodies import read_form
 from hotline.channels.openapi import openapi_document
 from hotline.errors import decode_json_object
 from hotline.intake import IntakeError, IntakeResult
+from hotline.jsontext import dumps
 from hotline.numbers import ascii_digits
 from hotline.pages import render
 from hotline.progress import PUBLIC_EVENTS, citizen_progress
@@ -33,7 +32,6 @@ from hotline.records import Case, InboundMessage, Location, last4, mask_pii
 from hotline.status import LABELS_ZH
 from hotline.store import CaseNotFound
 
-dumps = functools.partial(json.dumps, ensure_ascii=False)
 log = logging.getLogger("hotline.web")
 
 CASE_ID_CHARS = set("0123456789-")

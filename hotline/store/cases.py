@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hotline.callers import caller_keys
+from hotline.jsontext import dumps
 from hotline.records import Case
 from hotline.status import Status, check_move
 from hotline.store.connection import connection_pool
@@ -286,14 +287,14 @@ class Store:
                           filing: Filing | None = None) -> CreateResult:
         """Store a new case atomically with its first events and its caller index entries, unless an
         idempotency key matched; with ``filing``, its candidate index entry too."""
-        evs = [[f"{case.created_at:.6f}", actor, action, json.dumps(data, ensure_ascii=False)]
+        evs = [[f"{case.created_at:.6f}", actor, action, dumps(data)]
                for actor, action, data in events]
         score = queue_score(case)
         callers = [self.k_caller(k) for k in caller_keys(case)]
         keys = [self.k_case(case.id), self.k_events(case.id), self.k_all, self.k_status(case.status),
                 self.k_confirm, self.k_feed, *callers, *(self.k_idem(k) for k in idempotency_keys)]
-        args = [case.id, json.dumps(case.to_dict(), ensure_ascii=False), f"{case.created_at:.6f}",
-                self.idem_ttl, json.dumps(evs, ensure_ascii=False), "" if score is None else f"{score:.6f}",
+        args = [case.id, dumps(case.to_dict()), f"{case.created_at:.6f}",
+                self.idem_ttl, dumps(evs), "" if score is None else f"{score:.6f}",
                 str(case.status), FEED_MAXLEN, len(callers), CASES_PER_CALLER]
         if filing is None:
             args.append(0)
@@ -391,9 +392,9 @@ class Store:
                 written = await self._update(
                     keys=[key, self.k_events(case_id), self.k_status(before), self.k_status(case.status),
                           self.k_confirm, self.k_feed],
-                    args=[raw, json.dumps(case.to_dict(), ensure_ascii=False), case_id, f"{case.created_at:.6f}",
+                    args=[raw, dumps(case.to_dict()), case_id, f"{case.created_at:.6f}",
                           "" if score is None else f"{score:.6f}", f"{now:.6f}", actor, action,
-                          json.dumps(data, ensure_ascii=False), EVENTS_PER_CASE_MAX, str(case.status),
+                          dumps(data), EVENTS_PER_CASE_MAX, str(case.status),
                           FEED_MAXLEN])
                 if int(written) == 1:
                     return case
@@ -406,7 +407,7 @@ class Store:
             raise CaseNotFound(case_id)
         return await self.r.xadd(self.k_events(case_id),
                                  {"ts": f"{time.time():.6f}", "actor": actor, "action": action,
-                                  "data": json.dumps(data, ensure_ascii=False)},
+                                  "data": dumps(data)},
                                  maxlen=EVENTS_PER_CASE_MAX, approximate=True)
 
     async def events(self, case_id: str, count: int = 1000) -> list[Event]:
