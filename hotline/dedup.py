@@ -46,7 +46,7 @@ from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 from hotline.status import OPEN_STATES, Status
 from hotline.store import CaseNotFound, Store
-from hotline.store.cases import FEED_BATCH, FEED_BATCH_S
+from hotline.store.cases import FEED_BATCH, FEED_BATCH_S, Claim
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.store.filing import Filing
 from hotline.tasks import stop_tasks
@@ -185,13 +185,23 @@ class DedupService:
         return keys
 
     # the Deduplicator protocol --------------------------------------------
-    async def check(self, case: Case, *, remember: bool = True) -> DedupDecision:
+    async def check(self, case: Case, *, remember: bool = True, claim: Claim | None = None) -> DedupDecision:
         """Open cases this one repeats. ``remember=False`` for a case that will not be stored as it is (a
-        call-taker's preview)."""
+        call-taker's preview). With ``claim``, a new case's id is got in the lookup's round trip and set
+        on ``case``; when the claim finds an earlier case, nothing is checked. With matching switched off
+        the claim is left to the caller."""
         if not self.config.enabled:
             return DedupDecision(action="new")
         fp = self.fingerprint(case)
         rare = rare_keys(fp, self.idf, max(self.config.index_keys, 4))
+        now = case.created_at
+        cands, _cut = await self.index.lookup(self._query_keys(fp, rare), now=now, asking=case.id,
+                                              max_window_s=self.config.max_window_s,
+                                              limit=self.config.max_candidates, claim=claim)
+        if claim is not None:
+            if claim.earlier:
+                return DedupDecision(action="new")
+            case.id = claim.case_id
         me = self.entry(case, fp, rare)
         if remember:
             # The intake hook files the case under the same entry once it is stored: no second fingerprint.
@@ -199,9 +209,6 @@ class DedupService:
             self.counts.remember(case.id, fp)
             while len(self._entries) > PENDING_ENTRIES:
                 self._entries.pop(next(iter(self._entries)))
-        now = case.created_at
-        cands = await self.index.candidates(self._query_keys(fp, rare), now=now, asking=case.id,
-                                            max_window_s=self.config.max_window_s, limit=self.config.max_candidates)
         loc = (case.location.lat, case.location.lon) if case.location else None
         cands = [c for c in cands if c.case_id != case.id]
         mine = set(me.callers)
@@ -212,7 +219,13 @@ class DedupService:
                   if s.score >= self.config.thresholds.suggest]
         scored.sort(key=lambda t: -t[0])
         # The index can lag the feed by a moment: confirm the best are still open before using them.
-        live = await self._still_open([c.case_id for _s, c, _r, _a in scored[:SUGGESTIONS_KEPT]])
+        # When the best will be merged into, its record comes along: the merge then writes it without
+        # reading it first.
+        merging = remember and bool(scored) and \
+            decide(scored[0][0], self.config.thresholds, anchored=scored[0][3]) == "merge"
+        live, record = await self._still_open([c.case_id for _s, c, _r, _a in scored[:SUGGESTIONS_KEPT]],
+                                              record=merging)
+        first = scored[0][1].case_id if scored else ""
         scored = [t for t in scored if t[1].case_id in live][:SUGGESTIONS_KEPT]
         if not scored:
             return DedupDecision(action="new")
@@ -220,8 +233,8 @@ class DedupService:
         candidates = [{"case_id": c.case_id, "score": round(s, 4), "reasons": r, "places": c.places}
                       for s, c, r, _a in scored]
         action = decide(best_score, self.config.thresholds, anchored=anchored)
-        return DedupDecision(action=action, case_id=best.case_id,
-                             score=round(best_score, 4), candidates=candidates)
+        return DedupDecision(action=action, case_id=best.case_id, score=round(best_score, 4),
+                             candidates=candidates, record=record if best.case_id == first else None)
 
     def filing(self, case: Case) -> Filing | None:
         """The index entry of a new case that ``check`` has seen, for intake to write with the case; None
@@ -234,17 +247,19 @@ class DedupService:
             self._filed.pop(next(iter(self._filed)))
         return self.index.filing(entry)
 
-    async def _still_open(self, case_ids: list[str]) -> set[str]:
+    async def _still_open(self, case_ids: list[str], *, record: bool = False) -> tuple[set[str], str | None]:
+        """The cases still open, and with ``record`` the stored record of the first one if it is open."""
         live = set()
         # The status indexes, not the records: a merged report is in status merged, so no record is read.
-        for case_id, status in (await self.store.statuses(case_ids)).items():
+        statuses, raw = await self.store.statuses_and_record(case_ids, OPEN_STATES if record else ())
+        for case_id, status in statuses.items():
             if status in OPEN_STATES:
                 live.add(case_id)
             elif status is None:
                 await self.index.remove(case_id)
             else:
                 await self.forget(case_id)
-        return live
+        return live, raw
 
     async def merge(self, report: Case, into: str, score: float, actor: str) -> Case:
         """Fold ``report`` (stored as its own case) into the open case ``into``; returns the report case."""
@@ -273,10 +288,12 @@ class DedupService:
         c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != master_id]
         return {"into": master_id, "score": round(score, 4), "merged_by": "auto" if actor == "system" else actor}
 
-    async def attach(self, report: Case, master_id: str, score: float, actor: str, *, indexed: bool = True) -> Case:
+    async def attach(self, report: Case, master_id: str, score: float, actor: str, *, indexed: bool = True,
+                     read: str | None = None) -> Case:
         """Add the stored, marked ``report`` to the open case ``master_id``. When that case no longer takes
         reports, the report is put back as its own case and DedupError is raised. ``indexed=False``: the
-        report was never in the candidate index (a new one), so there is nothing to take out."""
+        report was never in the candidate index (a new one), so there is nothing to take out. ``read``: the
+        open case's record as the duplicate check read it (``DedupDecision.record``)."""
         now = time.time()
         merged_by = "auto" if actor == "system" else actor
 
@@ -294,7 +311,8 @@ class DedupService:
                     "merged_by": merged_by}
 
         try:
-            master = await self.store.update_case(master_id, add_report, actor=actor, action="report_merged")
+            master = await self.store.update_case(master_id, add_report, actor=actor, action="report_merged",
+                                                  read=read)
         except (DedupError, CaseNotFound) as exc:
             # The report must never hang on a case that did not take it: put it back as its own case.
             await self.store.update_case(report.id, lambda c: _clear_dup(c, "master_not_open"), actor="system",

@@ -20,6 +20,7 @@ from hotline.nlp.text import normalize, sanitize
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
 from hotline.store import Store
+from hotline.store.cases import Claim
 from hotline.store.filing import Filing
 
 log = logging.getLogger("hotline.intake")
@@ -47,17 +48,19 @@ class DedupDecision:
     case_id: str = ""
     score: float = 0.0
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    # The stored record of ``case_id`` as the check read it, when it is to be merged into (None: not read).
+    record: str | None = None
 
 
 class Deduplicator(Protocol):
-    async def check(self, case: Case, *, remember: bool = True) -> DedupDecision: ...
+    async def check(self, case: Case, *, remember: bool = True, claim: Claim | None = None) -> DedupDecision: ...
 
     def mark_report(self, c: Case, master_id: str, score: float, actor: str) -> dict[str, Any]: ...
 
     def filing(self, case: Case) -> Filing | None: ...
 
     async def attach(self, report: Case, master_id: str, score: float, actor: str, *,
-                     indexed: bool = True) -> Case: ...
+                     indexed: bool = True, read: str | None = None) -> Case: ...
 
 
 @dataclass
@@ -137,12 +140,16 @@ class Intake:
         text, norm = self.validate(msg)
         keys = self._idempotency_keys(msg, norm)
         now = time.time()
-        case_id, earlier = await self.store.claim_id(keys, now)
-        if earlier:
-            return await self._existing(case_id)
-
-        case = self._draft(msg, text, norm, case_id, now)
-        decision = await self.dedup.check(case) if self.dedup else None
+        # The case is classified before it has an id: the id is got in the duplicate lookup's round trip.
+        # A retry that an idempotency key names is classified for nothing, and retries are rare.
+        case = self._draft(msg, text, norm, "", now)
+        claim = self.store.claim(keys, now)
+        decision = await self.dedup.check(case, claim=claim) if self.dedup is not None else None
+        if not claim.settled:  # no duplicate lookup ran (matching switched off, or no deduplicator)
+            await self.store.settle(claim)
+        if claim.earlier:
+            return await self._existing(claim.case_id)
+        case.id = claim.case_id
         if decision is not None and decision.action == "suggest":
             case.duplicate_candidates = decision.candidates
         # A complaint typed in by a call-taker during the call (人工受理) is received by that staff member.
@@ -171,7 +178,8 @@ class Intake:
         merged_into = ""
         if master_id and self.dedup is not None and decision is not None:
             try:
-                case = await self.dedup.attach(case, master_id, decision.score, "system", indexed=False)
+                case = await self.dedup.attach(case, master_id, decision.score, "system", indexed=False,
+                                               read=decision.record)
                 merged_into = master_id
             except ApiError as exc:
                 # The open case closed between the check and the merge: the report was put back as its own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -20,6 +21,7 @@ from hotline.nlp.dedup import Idf, Thresholds, decide, fingerprint, pair_score, 
 from hotline.nlp.places import distance_m, place_cores
 from hotline.records import Case
 from hotline.status import Status
+from hotline.store.dedup import DedupIndex, IndexEntry
 from tests.conftest import make_settings
 
 BBQ_1 = "阳光花园小区3栋楼下的烧烤店每天晚上油烟很大，噪音扰民到凌晨两点，请有关部门管一管。"
@@ -274,18 +276,54 @@ async def test_a_repeat_joins_the_checked_case_without_reading_its_record_or_ind
     async def hold(case_id: str) -> None:
         held.append(case_id)
 
+    get = store.r.get
+
+    async def spy_get(key: str) -> Any:
+        reads.append(f"get:{key}")
+        return await get(key)
+
     monkeypatch.setattr(store, "get_case", spy_case)
+    monkeypatch.setattr(store.r, "get", spy_get)
     for index in (service.index, hotspots.index):
         monkeypatch.setattr(index, "get", spy_entry(index))
     monkeypatch.setattr(hotspots, "changed_later", hold)
     second = await _post(client, BBQ_2, "13900000082")
     assert second["merged_into"] == first["case_id"]
-    # The check has just seen the open case's status: the report joins it with no read of its record, and
-    # the hotspot re-evaluation of the case (held here) reads its index entry after the answer.
+    # The check has just seen the open case's status and read its record with it: the report joins it with
+    # no read of its own, and the hotspot re-evaluation of the case (held here) reads its index entry after
+    # the answer.
     assert reads == [] and held == [first["case_id"]]
+    assert len((await store.get_case(first["case_id"])).reports) == 1
+    reads.clear()
     await changed_later(first["case_id"])
     await hotspots.settled()
     assert reads == [f"entry:{first['case_id']}"]
+
+
+async def test_a_new_complaint_gets_its_number_in_the_duplicate_lookups_round_trip(client: Any,
+                                                                                  monkeypatch: Any) -> None:
+    store = client.app[STORE]
+    sent: list[str] = []
+    execute = store.r.execute_command
+    scripts = {store._create.sha: "create", store._claim.sha: "claim",
+               client.app[DEDUP].index._rank.sha: "lookup", client.app[DEDUP].index._claim_rank.sha: "claim+lookup"}
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        sent.append(scripts.get(str(args[1]), str(args[1])) if args[0] == "EVALSHA" else str(args[0]))
+        return await execute(*args, **kwargs)
+
+    await _post(client, LIFT, "13800000091")  # scripts loaded
+    await client.app[HOTSPOTS].settled()
+    monkeypatch.setattr(store.r, "execute_command", spy)
+    first = await _post(client, BBQ_1, "13800000092")
+    # (The hotspot worker's own lookups run beside the intake; they are not the intake's.)
+    assert [c for c in sent if c in ("claim", "claim+lookup", "create")] == ["claim+lookup", "create"]
+    # A retry with the same Idempotency-Key: the same round trip finds the case, nothing else is looked up.
+    await client.app[HOTSPOTS].settled()
+    sent.clear()
+    resp = await client.post("/api/v1/complaints", json={"text": BBQ_1, "contact": "13800000092"})
+    assert resp.status == 200 and (await resp.json())["case_id"] == first["case_id"]
+    assert [c for c in sent if c != "lookup"][:1] == ["claim+lookup"] and "create" not in sent
 
 
 async def test_a_new_case_is_filed_in_the_index_by_its_create(client: Any, monkeypatch: Any) -> None:
@@ -380,8 +418,8 @@ async def test_case_closing_between_check_and_merge_leaves_the_report_its_own_op
     service, store = client.app[DEDUP], client.app[STORE]
     check = service.check
 
-    async def check_then_close(case: Any) -> Any:
-        decision = await check(case)
+    async def check_then_close(case: Any, **kwargs: Any) -> Any:
+        decision = await check(case, **kwargs)
         assert decision.action == "merge"
         await store.update_case(first["case_id"], lambda c: None, actor="t", action="answered",
                                 target=Status.ANSWERED)
@@ -405,3 +443,47 @@ async def test_dedup_can_be_switched_off(aiohttp_client: Any, redis_server: Any,
     await _post(client, BBQ_1, "13800000061")
     second = await _post(client, BBQ_2, "13900000062")
     assert second["merged_into"] == ""
+
+
+async def test_lookup_returns_the_heaviest_cases_in_order_with_ties_by_id(store: Any) -> None:
+    index = DedupIndex(store)
+    rnd = random.Random(11)
+    now = time.time()
+    keys = [f"k{i}" for i in range(6)]
+    held: dict[str, list[str]] = {}
+    for n in range(24):
+        case_id = f"20250105-{n:06d}"
+        held[case_id] = rnd.sample(keys, rnd.randint(1, 4))
+        await index.add(IndexEntry(case_id=case_id, created_at=now - n, category="", window_s=86400, text="t",
+                                   headline="h", places=[], callers=[], location=None, keys=held[case_id]))
+    gone = "20250105-000003"
+    await store.r.delete(index.k_meta(gone))  # left the index between two feed reads: never returned
+    await index.add_rejection("20250105-999999", "20250105-000005")
+    for weights in ({k: 1.0 for k in keys}, {k: float(i % 3 + 1) for i, k in enumerate(keys)}):
+        for limit in (1, 5, 12, 30):
+            found, cut = await index.lookup(weights, now=now, max_window_s=86400, limit=limit,
+                                            asking="20250105-999999")
+            ranked = sorted((c for c in held if c != "20250105-000005"),
+                            key=lambda c: (-sum(weights[k] for k in held[c]), c))[:limit]
+            assert [e.case_id for e in found] == [c for c in ranked if c != gone]
+            assert [e.hits for e in found] == [sum(weights[k] for k in held[e.case_id]) for e in found]
+            assert cut == (limit < 23)
+
+
+async def test_a_claim_in_the_lookup_spends_no_number_on_a_retry(store: Any) -> None:
+    index = DedupIndex(store)
+    now = time.time()
+    await index.add(IndexEntry(case_id="20250106-000001", created_at=now, category="", window_s=86400, text="t",
+                               headline="h", places=[], callers=[], location=None, keys=["k"]))
+    first = store.claim(["req:a"], now)
+    found, _cut = await index.lookup({"k": 1.0}, now=now, max_window_s=86400, limit=5, claim=first)
+    assert first.settled and not first.earlier and [e.case_id for e in found] == ["20250106-000001"]
+    await store.r.set(store.k_idem("req:a"), first.case_id)
+    retry = store.claim(["req:b", "req:a"], now)
+    assert await index.lookup({"k": 1.0}, now=now, max_window_s=86400, limit=5, claim=retry) == ([], False)
+    assert retry.earlier and retry.case_id == first.case_id
+    # No key to look up (a text without bigrams): the claim still runs, and the number follows on.
+    following = store.claim(["req:c"], now)
+    assert await index.lookup({}, now=now, max_window_s=86400, limit=5, claim=following) == ([], False)
+    assert not following.earlier
+    assert int(following.case_id[-6:]) == int(first.case_id[-6:]) + 1

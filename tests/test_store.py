@@ -104,6 +104,40 @@ async def test_statuses_come_from_the_indexes_and_follow_moves(store: Store) -> 
     assert await store.statuses([]) == {}
 
 
+async def test_a_record_read_with_the_statuses_is_written_without_reading_it_again(store: Store,
+                                                                                    monkeypatch: Any) -> None:
+    a, b = new_case(await store.allocate_id()), new_case(await store.allocate_id(), status=Status.RESOLVED)
+    await store.create_case(a)
+    await store.create_case(b)
+    open_states = {Status.CLASSIFIED, Status.CONFIRMED}
+    statuses, raw = await store.statuses_and_record([a.id, b.id], open_states)
+    assert statuses == {a.id: Status.CLASSIFIED, b.id: Status.RESOLVED}
+    assert raw == await store.r.get(store.k_case(a.id))
+    # Only the first case's record, and only in a status asked for.
+    assert (await store.statuses_and_record([b.id, a.id], open_states))[1] is None
+    assert (await store.statuses_and_record([a.id], ()))[1] is None
+    assert (await store.statuses_and_record(["20000101-000001"], open_states)) == ({"20000101-000001": None}, None)
+    reads: list[str] = []
+    get = store.r.get
+
+    async def spy(key: str) -> Any:
+        reads.append(key)
+        return await get(key)
+
+    monkeypatch.setattr(store.r, "get", spy)
+    def report(n: int) -> Any:
+        return lambda c: c.reports.append(Report(f"r{n}", "web", "s", "", "t", float(n)))
+
+    first = await store.update_case(a.id, report(1), actor="t", action="report_merged", read=raw)
+    assert reads == [] and [r.report_id for r in first.reports] == ["r1"]
+    # A record changed since it was read: the write is refused, the case read anew and changed again.
+    second = await store.update_case(a.id, report(2), actor="t", action="report_merged", read=raw)
+    assert reads == [store.k_case(a.id)]
+    assert [r.report_id for r in second.reports] == ["r1", "r2"]
+    assert [r.report_id for r in (await store.get_case(a.id)).reports] == ["r1", "r2"]
+    assert [e.action for e in await store.events(a.id)].count("report_merged") == 2
+
+
 async def test_transition_updates_indexes_and_log(store: Store) -> None:
     case = new_case(await store.allocate_id())
     await store.create_case(case)

@@ -104,26 +104,60 @@ return n
 
 # KEYS: the day sequence, then idempotency keys. ARGV: sequence ttl. Returns {1, earlier case id} when an
 # idempotency key is taken, else {0, next sequence number}: a repeat costs no id, a new message one round trip.
-_CLAIM_LUA = """
-for i = 2, #KEYS do
-  local earlier = redis.call('GET', KEYS[i])
-  if earlier then return {1, earlier} end
-end
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return {0, n}
-"""
-
-# KEYS: the status indexes, in the order of Status. ARGV: case ids. Returns, per id, the 1-based number of
-# the first index holding it, 0 for none. One script is one snapshot: a move between two indexes is never
-# seen half.
-_STATUSES_LUA = """
-local out = {}
-for i = 1, #ARGV do
-  out[i] = 0
-  for k = 1, #KEYS do
-    if redis.call('ZSCORE', KEYS[k], ARGV[i]) then out[i] = k; break end
+# KEYS[k0]: the day's sequence, KEYS[k0 + 1 .. k1]: idempotency keys. The case an idempotency key names
+# {1, id}, else a new number {0, n}: a retry spends no number.
+CLAIM_LUA = """
+local function claim(k0, k1, ttl)
+  for i = k0 + 1, k1 do
+    local earlier = redis.call('GET', KEYS[i])
+    if earlier then return {1, earlier} end
   end
+  local n = redis.call('INCR', KEYS[k0])
+  if n == 1 then redis.call('EXPIRE', KEYS[k0], ttl) end
+  return {0, n}
+end
+"""
+_CLAIM_LUA = CLAIM_LUA + "return claim(1, #KEYS, ARGV[1])"
+
+
+@dataclass
+class Claim:
+    """Getting a case id, as script input (``keys``: the day's sequence, then the idempotency keys); once
+    a script ran it, ``settle`` fills in the id and whether an idempotency key named an earlier case."""
+
+    day: str
+    keys: list[str]
+    ttl: int
+    case_id: str = ""
+    earlier: bool = False
+    settled: bool = False
+
+    def settle(self, reply: list[Any]) -> Claim:
+        taken, value = reply
+        self.earlier = bool(int(taken))
+        self.case_id = str(value) if self.earlier else f"{self.day}-{int(value):06d}"
+        self.settled = True
+        return self
+
+
+# KEYS: the status indexes, in the order of Status. ARGV: the case record key prefix and suffix, the number
+# of leading status indexes whose cases' records are wanted, then case ids. Returns, per id, the 1-based
+# number of the first index holding it (0 for none), then the record of the first id when its status is
+# one of those (else false). One script is one snapshot: a move between two indexes is never seen half.
+_STATUSES_LUA = """
+local n_read = tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV do
+  out[i - 3] = 0
+  for k = 1, #KEYS do
+    if redis.call('ZSCORE', KEYS[k], ARGV[i]) then out[i - 3] = k; break end
+  end
+end
+local first = out[1]
+if first and first > 0 and first <= n_read then
+  out[#out + 1] = redis.call('GET', ARGV[1] .. ARGV[4] .. ARGV[2])
+else
+  out[#out + 1] = false
 end
 return out
 """
@@ -272,14 +306,18 @@ class Store:
         n = await self._next_seq(keys=[f"{self.p}:seq:{day}"], args=[SEQ_TTL_S])
         return f"{day}-{int(n):06d}"
 
+    def claim(self, idempotency_keys: list[str], now: float | None = None) -> Claim:
+        """A case id to get: run by ``settle``, or inside another script (the duplicate lookup)."""
+        day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
+        return Claim(day, [f"{self.p}:seq:{day}", *(self.k_idem(k) for k in idempotency_keys)], SEQ_TTL_S)
+
+    async def settle(self, claim: Claim) -> Claim:
+        return claim.settle(await self._claim(keys=claim.keys, args=[claim.ttl]))
+
     async def claim_id(self, idempotency_keys: list[str], now: float | None = None) -> tuple[str, bool]:
         """The case an idempotency key already names (id, True), else a new id as ``allocate_id`` (id, False)."""
-        day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
-        taken, value = await self._claim(keys=[f"{self.p}:seq:{day}", *(self.k_idem(k) for k in idempotency_keys)],
-                                         args=[SEQ_TTL_S])
-        if int(taken):
-            return str(value), True
-        return f"{day}-{int(value):06d}", False
+        claim = await self.settle(self.claim(idempotency_keys, now))
+        return claim.case_id, claim.earlier
 
     # cases ----------------------------------------------------------------
     async def create_case(self, case: Case, *, idempotency_keys: Iterable[str] = (),
@@ -348,26 +386,38 @@ class Store:
     async def statuses(self, case_ids: list[str]) -> dict[str, Status | None]:
         """Each case's status read from the status indexes (None: no such case), in one round trip and
         without parsing a record."""
+        return (await self.statuses_and_record(case_ids))[0]
+
+    async def statuses_and_record(self, case_ids: list[str], read_in: Iterable[Status] = ()
+                                  ) -> tuple[dict[str, Status | None], str | None]:
+        """``statuses``, and in the same round trip the stored record of the first case when its status is
+        in ``read_in`` (for ``update_case(read=...)``), else None."""
         out: dict[str, Status | None] = dict.fromkeys(case_ids)
         if not case_ids:
-            return out
-        order = list(Status)
-        found = await self._statuses(keys=[self.k_status(s) for s in order], args=case_ids)
+            return out, None
+        wanted = set(read_in)
+        # The wanted statuses first: the script reads the record when the first case is in one of them.
+        order = [s for s in Status if s in wanted] + [s for s in Status if s not in wanted]
+        pre, _, post = self.k_case("\x00").partition("\x00")
+        *found, record = await self._statuses(keys=[self.k_status(s) for s in order],
+                                              args=[pre, post, len(wanted), *case_ids])
         for case_id, k in zip(case_ids, found, strict=True):
             if k:
                 out[case_id] = order[int(k) - 1]
-        return out
+        return out, record or None
 
     async def case_exists(self, case_id: str) -> bool:
         return bool(await self.r.exists(self.k_case(case_id)))
 
     async def update_case(self, case_id: str, mutate: Callable[[Case], dict[str, Any] | None], *,
-                          actor: str, action: str, target: Status | None = None) -> Case:
+                          actor: str, action: str, target: Status | None = None, read: str | None = None) -> Case:
         """Read-modify-write one case, with its event, indexes and feed entry.
 
         ``mutate`` changes the case in place and returns the event's data. A ``target`` status is
         checked against the status machine before anything is written. The write happens only if the
         record is still the one read (optimistic concurrency); otherwise the case is read and changed again.
+        ``read``: the record as the caller has just read it (``statuses_and_record``), to start from
+        without reading it again; if it has changed since, the write is refused and the case read anew.
         """
         key = self.k_case(case_id)
         lock = self._case_locks.get(case_id)
@@ -375,7 +425,7 @@ class Store:
             lock = self._case_locks[case_id] = asyncio.Lock()
         async with lock:
             while True:
-                raw = await self.r.get(key)
+                raw, read = (read, None) if read is not None else (await self.r.get(key), None)
                 if raw is None:
                     raise CaseNotFound(case_id)
                 case = Case.from_dict(json.loads(raw))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from hotline.store.cases import Store
+from hotline.store.cases import CLAIM_LUA, Claim, Store
 from hotline.store.filing import FILE_ENTRY_LUA, Filing
 
 POSTING_READ = 25  # newest entries read per key and lookup
@@ -30,42 +30,74 @@ return #KEYS - 2
 # What a lookup returns of each candidate's meta hash, in this order (its key list is not needed).
 _LOOKUP_FIELDS = ("at", "cat", "win", "text", "head", "places", "callers", "loc", "norms")
 
-# KEYS: the asking case's rejection set, then the posting zsets. ARGV: oldest created_at, entries read per
-# posting, how many to return, the meta hash key's prefix and suffix, then the fields to read, then one
-# weight per posting. Returns how many cases the postings named, and {id, weight, field values} of the best
-# by falling weight (ties by id), leaving out the cases a call-taker said are not duplicates of the asking
-# case. The meta hashes are read here too, by
-# name (this index lives on one Redis node): one round trip for the whole lookup.
-_RANK_LUA = """
-local since, per, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local meta_pre, meta_post, nfields = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local fields = {}
-for i = 1, nfields do fields[i] = ARGV[6 + i] end
-local rejected = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do rejected[id] = true end
-local weight, ids = {}, {}
-for i = 2, #KEYS do
-  local w = tonumber(ARGV[5 + nfields + i])
-  for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[i], '+inf', since, 'LIMIT', 0, per)) do
-    if not rejected[id] then
-      local old = weight[id]
-      if old == nil then ids[#ids + 1] = id; weight[id] = w else weight[id] = old + w end
+# KEYS[k0]: the asking case's rejection set, KEYS[k0 + 1 ..]: the posting zsets (to the last key).
+# ARGV[a0 ..]: oldest created_at, entries read per posting, how many to return, the meta hash key's prefix
+# and suffix, the number of fields and the fields to read, then one weight per posting. Returns how many
+# cases the postings named, and {id, weight, field values} of the best by falling weight (ties by id),
+# leaving out the cases a call-taker said are not duplicates of the asking case. The meta hashes are read
+# here too, by name (this index lives on one Redis node): one round trip for the whole lookup.
+RANK_LUA = """
+local function rank(k0, a0)
+  local since, per, limit = ARGV[a0], tonumber(ARGV[a0 + 1]), tonumber(ARGV[a0 + 2])
+  local meta_pre, meta_post, nfields = ARGV[a0 + 3], ARGV[a0 + 4], tonumber(ARGV[a0 + 5])
+  local fields = {}
+  for i = 1, nfields do fields[i] = ARGV[a0 + 5 + i] end
+  local w0 = a0 + 5 + nfields - k0
+  local rejected = {}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[k0])) do rejected[id] = true end
+  local weight, ids = {}, {}
+  for i = k0 + 1, #KEYS do
+    local w = tonumber(ARGV[w0 + i])
+    for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[i], '+inf', since, 'LIMIT', 0, per)) do
+      if not rejected[id] then
+        local old = weight[id]
+        if old == nil then ids[#ids + 1] = id; weight[id] = w else weight[id] = old + w end
+      end
     end
   end
-end
-table.sort(ids, function(a, b)
-  if weight[a] ~= weight[b] then return weight[a] > weight[b] end
-  return a < b
-end)
-local out = {}
-for i = 1, math.min(limit, #ids) do
-  local id = ids[i]
-  local meta = meta_pre .. id .. meta_post
-  if redis.call('EXISTS', meta) == 1 then
-    out[#out + 1] = {id, tostring(weight[id]), redis.call('HMGET', meta, unpack(fields))}
+  -- The best `limit` by falling weight (ties by id), picked in one pass: sorting every named case with a Lua
+  -- comparator cost more than the rest of the lookup.
+  local best = {}
+  for _, id in ipairs(ids) do
+    local w, n = weight[id], #best
+    local take = n < limit
+    if not take and n > 0 then
+      local last = best[n]
+      take = w > weight[last] or (w == weight[last] and id < last)
+    end
+    if take then
+      local j = n < limit and n + 1 or n
+      while j > 1 do
+        local prev = best[j - 1]
+        local pw = weight[prev]
+        if pw > w or (pw == w and prev < id) then break end
+        best[j] = prev
+        j = j - 1
+      end
+      best[j] = id
+    end
   end
+  local out = {}
+  for _, id in ipairs(best) do
+    -- A meta hash gone (the case left the index) reads as all nils.
+    local values = redis.call('HMGET', meta_pre .. id .. meta_post, unpack(fields))
+    if values[1] then
+      out[#out + 1] = {id, tostring(weight[id]), values}
+    end
+  end
+  return {#ids, out}
 end
-return {#ids, out}
+"""
+_RANK_LUA = RANK_LUA + "return rank(1, 1)"
+
+# The claim of a new case's id (``Claim``) and the lookup of its candidates in one round trip. KEYS: the
+# claim's keys, then the lookup's. ARGV: the number of claim keys, the claim's ttl, then the lookup's.
+# Returns {claim reply} when an idempotency key named an earlier case, else {claim reply, lookup reply}.
+_CLAIM_RANK_LUA = CLAIM_LUA + RANK_LUA + """
+local n = tonumber(ARGV[1])
+local claimed = claim(1, n, ARGV[2])
+if claimed[1] == 1 then return {claimed} end
+return {claimed, rank(n + 1, 3)}
 """
 
 
@@ -122,6 +154,7 @@ class DedupIndex:
         self.posting_cap = posting_cap
         self._add = self.r.register_script(_ADD_LUA)
         self._rank = self.r.register_script(_RANK_LUA)
+        self._claim_rank = self.r.register_script(_CLAIM_RANK_LUA)
 
     def k_key(self, key: str) -> str:
         return f"{self.p}:dd:k:{key}"
@@ -201,16 +234,27 @@ class DedupIndex:
         return (await self.lookup(keys, now=now, max_window_s=max_window_s, limit=limit, asking=asking))[0]
 
     async def lookup(self, keys: dict[str, float], *, now: float, max_window_s: float,
-                     limit: int, asking: str = "") -> tuple[list[IndexEntry], bool]:
-        """``candidates``, and whether the ranking was cut at ``limit`` (more cases share a key)."""
+                     limit: int, asking: str = "", claim: Claim | None = None) -> tuple[list[IndexEntry], bool]:
+        """``candidates``, and whether the ranking was cut at ``limit`` (more cases share a key).
+
+        With ``claim`` (a new case's id, not yet known) the same round trip gets the id first and settles
+        ``claim``; when an idempotency key names an earlier case, nothing is looked up."""
         names = list(keys)
-        if not names:
+        if not names and claim is None:
             return [], False
         # The posting scan, the weighting and reading the best entries run inside the server.
         pre, _, post = self.k_meta("\x00").partition("\x00")
         args = [f"{now - max_window_s:.6f}", POSTING_READ, limit, pre, post, len(_LOOKUP_FIELDS),
                 *_LOOKUP_FIELDS, *(repr(keys[k]) for k in names)]
-        found, rows = await self._rank(keys=[self.k_no(asking), *(self.k_key(k) for k in names)], args=args)
+        lookup_keys = [self.k_no(asking), *(self.k_key(k) for k in names)]
+        if claim is None:
+            found, rows = await self._rank(keys=lookup_keys, args=args)
+        else:
+            reply = await self._claim_rank(keys=[*claim.keys, *lookup_keys],
+                                           args=[len(claim.keys), claim.ttl, *args])
+            if claim.settle(reply[0]).earlier:
+                return [], False
+            found, rows = reply[1]
         out = []
         for case_id, hits, values in rows:
             entry = IndexEntry.from_fields(case_id, values)
