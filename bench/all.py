@@ -22,7 +22,9 @@ BEGIN, END = "<!-- BENCH-TABLE:BEGIN -->", "<!-- BENCH-TABLE:END -->"
 # name → (script, arguments, quick arguments for a short run)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "intake": ("intake", ["--requests", "2000"], ["--requests", "300"]),
-    "intake --workers 2": ("intake", ["--requests", "2000", "--workers", "2"], ["--requests", "300", "--workers", "2"]),
+    "intake --concurrency 32": ("intake", ["--requests", "2000", "--concurrency", "32"],
+                                ["--requests", "300", "--concurrency", "32"]),
+    "intake --workers 1": ("intake", ["--requests", "2000", "--workers", "1"], ["--requests", "300", "--workers", "1"]),
     "classify": ("classify", [], ["--n", "300"]),
     "dedup": ("dedup", [], ["--cases", "5000", "--queries", "200"]),
     "dispatch": ("dispatch", ["--orders", "2000"], ["--orders", "300"]),
