@@ -27,10 +27,25 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_GRACE_S = 30.0
 
 
+# ``workers = 0`` starts one serving process per core, up to this many: each one holds the models (about
+# 350 MB), so a large machine is better used with an explicit count.
+MAX_AUTO_WORKERS = 8
+
+
+def worker_count(settings: Settings, workers: int) -> int:
+    """``workers``, or for 0 one per core: one only when the Telegram webhook needs a single process."""
+    if workers != 0:
+        return workers
+    tg = settings["telegram"]
+    if tg["token"] and tg["mode"] == "webhook":
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+
 def check_workers(settings: Settings, workers: int) -> None:
     """Refuse set-ups that cannot run on several processes, before anything starts."""
     if workers < 1 or workers > 64:
-        raise SettingsError("server.workers: between 1 and 64")
+        raise SettingsError("server.workers: 0 (one per core) or between 1 and 64")
     tg = settings["telegram"]
     if workers > 1 and tg["token"] and tg["mode"] == "webhook":
         # The Telegram conversation runs in one process; the kernel would spread its updates over all.

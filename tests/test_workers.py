@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from hotline.settings import SettingsError, load_settings
-from hotline.workers import check_workers
+from hotline.workers import MAX_AUTO_WORKERS, check_workers, worker_count
 from tests.process_support import free_port, serve_env, start_serve, stop, wait_serving
 
 
@@ -72,6 +72,12 @@ def test_webhook_telegram_needs_one_process(tmp_path: Path) -> None:
         check_workers(settings, 2)
     with pytest.raises(SettingsError, match=r"server\.workers"):
         check_workers(settings, 0)
+    # One per core is one process while the webhook needs it, and one per core (at most 8) otherwise.
+    assert worker_count(settings, 0) == 1
+    assert worker_count(settings, 3) == 3
+    free = load_settings(overrides={"server": {"data_dir": str(tmp_path)}})
+    assert worker_count(free, 0) == max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    check_workers(free, worker_count(free, 0))
 
 
 async def test_worker_pool_shares_port_and_store_and_replaces_a_dead_worker(tmp_path: Path) -> None:

@@ -13,13 +13,14 @@ from aiohttp import web
 
 from hotline.logs import AccessLogger, setup_logging
 from hotline.settings import Settings, load_settings
-from hotline.workers import WorkerPool, check_workers
+from hotline.workers import WorkerPool, check_workers, worker_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="run the hotline service")
     add_server_args(parser)
-    parser.add_argument("--workers", type=int, help="serving processes sharing the port (server.workers)")
+    parser.add_argument("--workers", type=int,
+                        help="serving processes sharing the port (server.workers; 0: one per core)")
     parser.set_defaults(handler=serve)
 
 
@@ -45,6 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = server_settings(args)
     setup_logging(settings["logging"]["level"])
     workers = args.workers if getattr(args, "workers", None) is not None else settings["server"]["workers"]
+    workers = worker_count(settings, workers)
     check_workers(settings, workers)
     if workers > 1:
         return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
