@@ -490,6 +490,7 @@ async def dedup_ctx(app: web.Application) -> AsyncIterator[None]:
                               similarity=config.hotspot_similarity)
     service = DedupService(store, config, idf, hotspots=hotspots)
     hotspots.query_keys = service.query_keys
+    hotspots.counts = service.counts
     app[DEDUP] = service
     app[HOTSPOTS] = hotspots
     intake = app[INTAKE]

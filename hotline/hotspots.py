@@ -51,6 +51,8 @@ class HotspotService:
         # The duplicate matcher's lookup keys for a fingerprint (set by the dedup feature); without it
         # the places alone are looked up.
         self.query_keys: Callable[[Fingerprint], dict[str, float]] | None = None
+        # The duplicate matcher's kept bigram counts of recent cases (set by the dedup feature too).
+        self.counts: fingerprints.CandidateCounts | None = None
 
     async def opened_later(self, entry: IndexEntry, *, fresh: bool = False) -> None:
         """A case joined the open index: evaluate its place's hotspot, in the background. ``fresh``: the
@@ -145,7 +147,10 @@ class HotspotService:
                 near.append((entry, shared))
         if near:
             seed_fp = seed_fp or fingerprints.query(seed, self.idf)
-            scores = pair_scores(seed_fp, [fingerprints.candidate(e, self.idf) for e, _s in near], self.idf)
+            entries = [e for e, _s in near]
+            others = (self.counts.candidates(entries) if self.counts is not None
+                      else [fingerprints.candidate(e, self.idf) for e in entries])
+            scores = pair_scores(seed_fp, others, self.idf)
             for (entry, shared), s in zip(near, scores, strict=True):
                 if s.score >= self.similarity:
                     for core in shared:
