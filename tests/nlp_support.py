@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 TOPICS = {
     "供水": ["停水", "自来水", "水管", "水压低", "水费", "漏水", "水表"],
@@ -30,3 +31,21 @@ def make_rows(n_per_label: int, seed: int = 1, label: str = "label1") -> list[di
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def count_recounts(monkeypatch: Any) -> list[str]:
+    """The texts of duplicate candidates whose bigrams get counted from here on (none kept for them), wherever
+    that happens: in the kept-counts path or inside scoring."""
+    from hotline import fingerprints
+    from hotline.nlp import dedup
+
+    counted: list[str] = []
+    real = dedup.with_counts
+
+    def spy(others: list[Any], idf: Any) -> list[Any]:
+        counted.extend(o.text for o in others if o.counted is None)
+        return real(others, idf)
+
+    monkeypatch.setattr(fingerprints, "with_counts", spy)
+    monkeypatch.setattr(dedup, "with_counts", spy)
+    return counted

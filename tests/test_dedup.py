@@ -23,6 +23,7 @@ from hotline.records import Case
 from hotline.status import Status
 from hotline.store.dedup import DedupIndex, IndexEntry
 from tests.conftest import make_settings
+from tests.nlp_support import count_recounts
 
 BBQ_1 = "阳光花园小区3栋楼下的烧烤店每天晚上油烟很大，噪音扰民到凌晨两点，请有关部门管一管。"
 BBQ_2 = "投诉阳光花园小区3栋楼下烧烤店，油烟大、噪音扰民一直到凌晨两点，希望尽快处理。"
@@ -172,14 +173,7 @@ async def test_a_case_and_its_index_entry_are_written_together_or_not_at_all(sto
 async def test_a_checked_cases_bigram_counts_serve_the_lookups_that_find_it(store: Any, settings: Any,
                                                                             monkeypatch: Any) -> None:
     service = DedupService(store, DedupConfig.from_settings(settings), load_idf(settings))
-    counted: list[str] = []
-    real = fingerprints.with_counts
-
-    def spy(others: list[Any], idf: Idf) -> list[Any]:
-        counted.extend(o.text for o in others if o.counted is None)
-        return real(others, idf)
-
-    monkeypatch.setattr(fingerprints, "with_counts", spy)
+    counted = count_recounts(monkeypatch)
     now = time.time()
     first = _case("20250104-000001", BBQ_1, now)
     await service.check(first)

@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from hotline import fingerprints
 from hotline.app import create_app
 from hotline.appkeys import HOTSPOTS, STORE
-from hotline.nlp import dedup as nlp_dedup
 from hotline.status import Status
 from tests.conftest import make_settings
+from tests.nlp_support import count_recounts
 
 SIMILAR = [
     "阳光花园小区3栋楼下的烧烤店每天晚上油烟很大，噪音扰民到凌晨两点，请有关部门管一管。",
@@ -213,16 +212,7 @@ async def test_a_busy_place_finds_its_hotspot_by_the_seeds_distinctive_bigrams(h
 
 async def test_hotspot_scoring_uses_the_bigram_counts_the_duplicate_check_kept(hs_client: Any,
                                                                               monkeypatch: Any) -> None:
-    counted: list[str] = []
-    real = fingerprints.with_counts
-
-    def spy(others: list[Any], idf: Any) -> list[Any]:
-        counted.extend(o.text for o in others if o.counted is None)
-        return real(others, idf)
-
-    # Wherever candidates are counted: the kept-counts path and scoring itself.
-    monkeypatch.setattr(fingerprints, "with_counts", spy)
-    monkeypatch.setattr(nlp_dedup, "with_counts", spy)
+    counted = count_recounts(monkeypatch)
     for n, text in enumerate(SIMILAR):
         await _post(hs_client, text, f"1380000030{n}")
     (hot,) = await _hotspots(hs_client)
