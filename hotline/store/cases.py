@@ -102,10 +102,9 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
-# KEYS: the day sequence, then idempotency keys. ARGV: sequence ttl. Returns {1, earlier case id} when an
-# idempotency key is taken, else {0, next sequence number}: a repeat costs no id, a new message one round trip.
-# KEYS[k0]: the day's sequence, KEYS[k0 + 1 .. k1]: idempotency keys. The case an idempotency key names
-# {1, id}, else a new number {0, n}: a retry spends no number.
+# A case id, as a Lua function other scripts include (the duplicate lookup runs it in its round trip).
+# KEYS[k0]: the day's sequence, KEYS[k0 + 1 .. k1]: idempotency keys. Returns {1, earlier case id} when an
+# idempotency key is taken, else {0, next sequence number}: a retry spends no number.
 CLAIM_LUA = """
 local function claim(k0, k1, ttl)
   for i = k0 + 1, k1 do
