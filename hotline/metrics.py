@@ -57,6 +57,7 @@ class Metrics:
     stt_audio: Gauge
     stt_decode: Gauge
     stt_rtf: Gauge
+    stt_recognizers: Gauge
     gc_frozen: Gauge
 
     @classmethod
@@ -90,6 +91,9 @@ class Metrics:
             stt_rtf=Gauge("hotline_stt_real_time_factor",
                           "Decoding time per second of audio since start (below 1: faster than real time).",
                           registry=reg),
+            stt_recognizers=Gauge("hotline_stt_recognizers",
+                                  "Speech recognizers: created and reused since start, warm (kept for the next "
+                                  "stream) now.", ["kind"], registry=reg),
             gc_frozen=Gauge("hotline_gc_frozen_objects",
                             "Objects loaded at start-up that the cyclic garbage collector no longer walks.",
                             registry=reg),
@@ -108,6 +112,9 @@ class Metrics:
         self.stt_audio.set(audio_s)
         self.stt_decode.set(decode_s)
         self.stt_rtf.set(decode_s / audio_s if audio_s else 0.0)
+        for kind, value in (("created", getattr(stt, "recognizers_created", 0)),
+                            ("reused", getattr(stt, "recognizers_reused", 0)), ("warm", getattr(stt, "warm", 0))):
+            self.stt_recognizers.labels(kind).set(value)
         self.gc_frozen.set(gc.get_freeze_count())
         if store is None:
             self.store_up.set(0)

@@ -20,8 +20,9 @@ from prometheus_client import generate_latest
 
 from hotline.appkeys import STT
 from hotline.ivr import audio
-from hotline.ivr.stt import STTBusy, STTError, join_words
+from hotline.ivr.stt import STTBusy, STTError, VoskSTT, join_words
 from hotline.metrics import Metrics
+from hotline.speech import Transcript
 from tests.ivr_support import KOREAN_SENTENCE, espeak, ko_model_dir, ko_stt, noise, silence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,8 @@ async def test_real_time_factor_is_measured_and_exported(korean16: bytes) -> Non
         rtf = float(re.search(r"^hotline_stt_real_time_factor (\S+)$", text, re.M).group(1))
         assert rtf == pytest.approx(stt.decode_seconds / stt.audio_seconds)
         assert re.search(r'^hotline_model_loaded\{model="stt"\} 1\.0$', text, re.M)
+        assert re.search(r'^hotline_stt_recognizers\{kind="created"\} 1\.0$', text, re.M)
+        assert re.search(r'^hotline_stt_recognizers\{kind="warm"\} 1\.0$', text, re.M)
     finally:
         await stt.close()
 
@@ -246,3 +249,122 @@ def test_join_words() -> None:
     assert join_words(["我", "家", "楼下", "路灯", "坏", "了"]) == "我家楼下路灯坏了"
     assert join_words(["路灯", "LED", "灯"]) == "路灯 LED 灯"
     assert join_words(["가로등이", "고장"]) == "가로등이 고장"
+
+
+async def _words_of(stt: VoskSTT, pcm: bytes, rate: int = 16000, grammar: list[str] | None = None) -> Transcript:
+    return await stt.transcribe_pcm(pcm, rate, grammar)
+
+
+async def test_a_recognizer_is_kept_warm_and_reused_with_its_times_counted_from_the_stream(korean16: bytes) -> None:
+    stt = ko_stt(max_streams=2, threads=1)
+    duration = audio.duration_s(len(korean16), 16000)
+    try:
+        first = await _words_of(stt, korean16)
+        assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (1, 0, 1)
+        second = await _words_of(stt, korean16)
+        assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (1, 1, 1)
+    finally:
+        await stt.close()
+    assert stt.warm == 0  # closing the service frees the warm recognizers
+    assert second.text and second.words
+    # Vosk counts word times from the recognizer's first audio; a stream sees them from its own start.
+    for w in second.words:
+        assert 0.0 <= w.start < w.end <= duration + 0.1
+    assert abs(second.words[0].start - first.words[0].start) < 0.3
+    assert abs(second.words[-1].end - first.words[-1].end) < 0.3
+
+
+async def test_a_grammar_stream_never_gets_a_free_speech_recognizer(korean16: bytes) -> None:
+    grammar = ["가로등", "고장", "밤"]
+    stt = ko_stt(max_streams=2, threads=1)
+    try:
+        await _words_of(stt, korean16)
+        limited = await _words_of(stt, korean16, grammar=grammar)
+        assert stt.recognizers_created == 2
+        assert limited.words and {w.word for w in limited.words} <= set(grammar)
+        free = await _words_of(stt, korean16)  # the free-speech recognizer, still warm
+        again = await _words_of(stt, korean16, grammar=list(grammar))
+        assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (2, 2, 2)
+    finally:
+        await stt.close()
+    assert set(free.text.split()) - set(grammar)
+    assert {w.word for w in again.words} <= set(grammar)
+
+
+async def test_a_hung_up_callers_speech_does_not_reach_the_next_caller(korean16: bytes) -> None:
+    stt = ko_stt(max_streams=2, threads=1)
+    try:
+        stream = await stt.open_stream(16000)
+        chunk = audio.frame_bytes(16000, 100)
+        spoken = korean16[: len(korean16) * 2 // 3]
+        for i in range(0, len(spoken), chunk):
+            await stream.accept(spoken[i:i + chunk])
+        await stream.close()  # the caller hangs up mid-sentence: no finish()
+        assert stt.warm == 1
+        next_caller = await _words_of(stt, silence(2.0, 16000))
+        assert stt.recognizers_reused == 1
+    finally:
+        await stt.close()
+    assert next_caller.text == "" and next_caller.words == []
+
+
+async def test_warm_recognizers_are_bounded_and_recycled(korean16: bytes) -> None:
+    duration = audio.duration_s(len(korean16), 16000)
+    stt = ko_stt(max_streams=3, threads=2, keep_warm=1)
+    try:
+        streams = [await stt.open_stream(16000) for _ in range(3)]
+        for stream in streams:
+            await stream.accept(korean16[:3200])
+        for stream in streams:
+            await stream.finish()
+            await stream.close()
+        assert stt.recognizers_created == 3 and stt.warm == 1
+    finally:
+        await stt.close()
+
+    stt = ko_stt(max_streams=2, threads=1, recycle_after_s=duration * 1.5)
+    try:
+        await _words_of(stt, korean16)
+        assert stt.warm == 1  # under the audio budget: kept
+        await _words_of(stt, korean16)
+        assert stt.warm == 0  # over it: freed
+        await _words_of(stt, korean16)
+        assert (stt.recognizers_created, stt.recognizers_reused) == (2, 1)
+    finally:
+        await stt.close()
+
+    stt = ko_stt(max_streams=2, threads=1, keep_warm=0)
+    try:
+        await _words_of(stt, korean16)
+        await _words_of(stt, korean16)
+        assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (2, 0, 0)
+    finally:
+        await stt.close()
+
+
+class _Failing:
+    """A recognizer whose next call fails, as a Vosk error would."""
+
+    def __init__(self, rec: object) -> None:
+        self.rec = rec
+
+    def AcceptWaveform(self, data: bytes) -> bool:
+        raise RuntimeError("decoder failure")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rec, name)
+
+
+async def test_a_recognizer_that_failed_is_not_handed_on(korean16: bytes) -> None:
+    stt = ko_stt(max_streams=2, threads=1)
+    try:
+        stream = await stt.open_stream(16000)
+        stream._rec.rec = _Failing(stream._rec.rec)
+        with pytest.raises(RuntimeError):
+            await stream.accept(korean16[:3200])
+        await stream.close()
+        assert stt.warm == 0 and stt.active_streams == 0
+        assert (await _words_of(stt, korean16)).text
+        assert stt.recognizers_created == 2
+    finally:
+        await stt.close()

@@ -66,7 +66,9 @@ def load_stt(settings: Settings) -> VoskSTT | None:
         return VoskSTT.load(path, decoder=decoder, work_dir=decoder_work_dir(settings),
                             max_streams=v["max_streams"], threads=v["stt_threads"],
                             queue_wait_s=v["queue_wait_s"], max_queued=v["max_queued"],
-                            max_audio_s=v["max_transcribe_s"])
+                            max_audio_s=v["max_transcribe_s"],
+                            keep_warm=None if v["warm_recognizers"] < 0 else v["warm_recognizers"],
+                            recycle_after_s=v["recycle_after_s"])
     except STTError as exc:
         log.error(f"voice: {exc}; run `hotline models fetch small-cn --force`",
                   extra={"event": "stt_load_failed", "model_dir": str(path)})

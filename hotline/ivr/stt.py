@@ -6,6 +6,12 @@ previous job), recognizers are created one at a time (parallel creation has cras
 OpenMP), and a stream is freed only after its last job has left the thread. The number of live
 streams is capped; callers beyond the cap wait a short while in a bounded queue and are otherwise
 refused with ``STTBusy`` — the IVR then sends the call to a person instead of running out of memory.
+
+Recognizers are kept warm between streams. A small Vosk model decodes through a graph composed on the
+fly (HCLr ∘ Gr), and each recognizer caches the states it has expanded; a fresh recognizer spends about
+half its time building that cache again. A finished stream's recognizer is therefore finalised (which
+drops the caller's features, i-vector and decoder) and kept for the next stream with the same grammar,
+until it has decoded ``recycle_after_s`` of audio: the cache only grows, so an old recognizer is freed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,17 @@ UNKNOWN = "[unk]"
 # passed as raw UTF-8 (json.dumps(ensure_ascii=False)) or they are silently dropped as "missing in vocabulary".
 # Chinese and Japanese are written without spaces between words (Korean keeps them).
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def grammar_key(grammar: list[str] | None) -> str:
+    """The phrase list Vosk gets for ``grammar`` (blank and repeated phrases dropped, [unk] added); "" for
+    free speech. Recognizers are shared between streams with the same key."""
+    if not grammar:
+        return ""
+    phrases = [p for p in dict.fromkeys(g.strip() for g in grammar) if p]
+    if UNKNOWN not in phrases:
+        phrases.append(UNKNOWN)
+    return json.dumps(phrases, ensure_ascii=False)
 
 
 class STTError(Exception):
@@ -72,7 +89,8 @@ def join_words(words: list[str]) -> str:
     return out
 
 
-def _transcript(results: list[dict[str, Any]], duration_s: float) -> Transcript:
+def _transcript(results: list[dict[str, Any]], duration_s: float, offset_s: float = 0.0) -> Transcript:
+    """``offset_s``: audio the recognizer decoded before this stream (Vosk times count from its creation)."""
     words: list[Word] = []
     texts: list[str] = []
     for res in results:
@@ -81,14 +99,25 @@ def _transcript(results: list[dict[str, Any]], duration_s: float) -> Transcript:
             for w in res_words:
                 if w.get("word") == UNKNOWN:
                     continue
-                words.append(Word(str(w.get("word", "")), float(w.get("start", 0.0)), float(w.get("end", 0.0)),
-                                  float(w.get("conf", 0.0))))
+                start = max(0.0, round(float(w.get("start", 0.0)) - offset_s, 3))
+                end = max(start, round(float(w.get("end", 0.0)) - offset_s, 3))
+                words.append(Word(str(w.get("word", "")), start, end, float(w.get("conf", 0.0))))
         text = str(res.get("text", "")).strip()
         if text:
             texts.extend(t for t in text.split() if t != UNKNOWN)
     text = join_words([w.word for w in words]) if words else join_words(texts)
     conf = sum(w.conf for w in words) / len(words) if words else 0.0
     return Transcript(text=text, words=words, confidence=round(conf, 4), duration_s=round(duration_s, 3))
+
+
+@dataclass
+class Recognizer:
+    """A Kaldi recognizer and the audio it has decoded since it was made."""
+
+    rec: Any
+    grammar_key: str  # "" for free speech, else the grammar's phrases as JSON
+    samples: int = 0  # at the model's rate; Vosk's word times count from the first of them
+    broken: bool = False  # a call into it failed: never handed out again
 
 
 @dataclass
@@ -102,14 +131,16 @@ class StreamUpdate:
 class SttStream:
     """One recognizer for one call leg. Use ``async with``; ``close`` is idempotent."""
 
-    def __init__(self, service: VoskSTT, rec: Any, in_rate: int, grammar: list[str] | None) -> None:
+    def __init__(self, service: VoskSTT, rec: Recognizer, in_rate: int, grammar: list[str] | None) -> None:
         self._service = service
-        self._rec = rec
+        self._rec: Recognizer | None = rec
         self.in_rate = in_rate
         self.grammar = grammar
         self._resampler = audio.Resampler(in_rate, service.model_rate)
         self._results: list[dict[str, Any]] = []
         self._fed = 0  # bytes at in_rate
+        self._offset_s = rec.samples / service.model_rate
+        self._finalized = False
         self._job: concurrent.futures.Future[Any] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -121,7 +152,8 @@ class SttStream:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         async with self._lock:
-            if self._rec is None:
+            held = self._rec
+            if held is None:
                 raise STTError("stream is closed")
             service = self._service
 
@@ -134,8 +166,14 @@ class SttStream:
             except RuntimeError as exc:  # the service shut its pool down (app stopping)
                 raise STTError("speech service is closed") from exc
             self._job = job
-            # Shield: if the caller is cancelled the job still finishes in its thread; close() waits for it.
-            result, busy_s = await asyncio.shield(asyncio.wrap_future(job))
+            try:
+                # Shield: if the caller is cancelled the job still finishes in its thread; close() waits for it.
+                result, busy_s = await asyncio.shield(asyncio.wrap_future(job))
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                held.broken = True
+                raise
             service.decode_seconds += busy_s  # on the event loop: no lock needed
             return result
 
@@ -143,14 +181,17 @@ class SttStream:
         if not pcm:
             return StreamUpdate(partial=self.partial)
         self._fed += len(pcm)
+        self._finalized = False
         self._service.audio_seconds += audio.duration_s(len(pcm), self.in_rate)
-        rec = self._rec
+        held = self._rec
         resampler = self._resampler
 
         def work() -> tuple[bool, str]:
+            rec = held.rec
             data = resampler.process(pcm)
             if not data:
                 return False, rec.PartialResult()
+            held.samples += len(data) // audio.SAMPLE_WIDTH
             if rec.AcceptWaveform(data):
                 return True, rec.Result()
             return False, rec.PartialResult()
@@ -161,38 +202,61 @@ class SttStream:
             self.partial = ""
             if res.get("text") or res.get("result"):
                 self._results.append(res)
-                return StreamUpdate(final=_transcript([res], self.fed_s))
+                return StreamUpdate(final=_transcript([res], self.fed_s, self._offset_s))
             return StreamUpdate()
         self.partial = join_words([t for t in str(res.get("partial", "")).split() if t != UNKNOWN])
         return StreamUpdate(partial=self.partial)
 
     async def finish(self) -> Transcript:
         """Flush the recognizer and return everything recognised on this stream."""
-        rec = self._rec
+        held = self._rec
         resampler = self._resampler
 
         def work() -> str:
+            rec = held.rec
             tail = resampler.process(b"", last=True)
             if tail:
+                held.samples += len(tail) // audio.SAMPLE_WIDTH
                 rec.AcceptWaveform(tail)
             return rec.FinalResult()
 
         res = json.loads(await self._run(work))
+        self._finalized = True
         if res.get("text") or res.get("result"):
             self._results.append(res)
         self.partial = ""
-        return _transcript(self._results, self.fed_s)
+        return _transcript(self._results, self.fed_s, self._offset_s)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        job = self._job
-        if job is not None and not job.done():
-            # Never free a recognizer a pool thread is still inside.
-            await asyncio.shield(asyncio.wrap_future(job))
-        self._rec = None
-        self._service._release()
+        held, self._rec = self._rec, None
+        if held is None:
+            return
+        try:
+            job = self._job
+            if job is not None:
+                # Never free or hand on a recognizer a pool thread is still inside.
+                await asyncio.wait({asyncio.wrap_future(job)})
+                if job.cancelled() or job.exception() is not None:
+                    held.broken = True
+            if not self._finalized and not held.broken:
+                # A hang-up or an abandoned menu: end the utterance so that nothing of this caller (features,
+                # i-vector, decoder state) is left in the recognizer the next caller gets.
+                try:
+                    job = self._job = self._service._pool.submit(held.rec.FinalResult)
+                except RuntimeError:  # the service is closing: the recognizer is dropped
+                    held.broken = True
+                else:
+                    await asyncio.wait({asyncio.wrap_future(job)})
+                    if job.exception() is not None:
+                        held.broken = True
+        except BaseException:
+            held.broken = True  # cancelled while a job may still be inside it: it is never handed on
+            raise
+        finally:
+            self._service._release(held)
 
     async def __aenter__(self) -> SttStream:
         return self
@@ -206,7 +270,7 @@ class VoskSTT:
 
     def __init__(self, model: Any, *, model_rate: int = 16000, name: str = "vosk", max_streams: int = 4,
                  threads: int = 2, queue_wait_s: float = 5.0, max_queued: int = 8,
-                 max_audio_s: float = 600.0) -> None:
+                 max_audio_s: float = 600.0, keep_warm: int | None = None, recycle_after_s: float = 900.0) -> None:
         import vosk  # noqa: F401  (the binding must be importable even when the model is given)
 
         self.model = model
@@ -216,6 +280,12 @@ class VoskSTT:
         self.queue_wait_s = queue_wait_s
         self.max_queued = max(0, max_queued)
         self.max_audio_s = max_audio_s
+        # Idle recognizers kept for the next stream; None keeps as many as can be busy at once.
+        self.keep_warm = self.max_streams if keep_warm is None else max(0, keep_warm)
+        self.recycle_after_s = recycle_after_s
+        self._idle: list[Recognizer] = []  # least recently used first
+        self.recognizers_created = 0
+        self.recognizers_reused = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="vosk")
         self._slots = asyncio.Semaphore(self.max_streams)
         self._create_lock = threading.Lock()
@@ -271,31 +341,65 @@ class VoskSTT:
         if rate not in audio.RATES:
             raise STTError(f"unsupported sample rate {rate} (8000 or 16000)")
         await self._acquire(self.queue_wait_s if wait_s is None else wait_s)
+        key = grammar_key(grammar)
+        held = self._take_idle(key)
+        if held is not None:
+            held.rec.SetPartialWords(partial_words)  # a flag only; nothing of the recognizer's runs now
+            self.recognizers_reused += 1
+            return SttStream(self, held, rate, grammar)
         try:
             rec = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._new_recognizer, grammar, partial_words)
+                self._pool, self._new_recognizer, key, partial_words)
         except RuntimeError as exc:  # the pool was shut down while this caller waited for a slot
-            self._release()
+            self._release(None)
             raise STTError("speech service is closed") from exc
         except BaseException:
-            self._release()
+            self._release(None)
             raise
-        return SttStream(self, rec, rate, grammar)
+        self.recognizers_created += 1
+        return SttStream(self, Recognizer(rec, key), rate, grammar)
 
-    def _new_recognizer(self, grammar: list[str] | None, partial_words: bool) -> Any:
+    def _new_recognizer(self, key: str, partial_words: bool) -> Any:
         import vosk
 
         with self._create_lock:
-            if grammar:
-                phrases = [p for p in dict.fromkeys(g.strip() for g in grammar) if p]
-                if UNKNOWN not in phrases:
-                    phrases.append(UNKNOWN)
-                rec = vosk.KaldiRecognizer(self.model, self.model_rate, json.dumps(phrases, ensure_ascii=False))
+            if key:
+                rec = vosk.KaldiRecognizer(self.model, self.model_rate, key)
             else:
                 rec = vosk.KaldiRecognizer(self.model, self.model_rate)
             rec.SetWords(True)
             rec.SetPartialWords(partial_words)
             return rec
+
+    def _take_idle(self, key: str) -> Recognizer | None:
+        for i in range(len(self._idle) - 1, -1, -1):  # the most recently used is the warmest
+            if self._idle[i].grammar_key == key:
+                return self._idle.pop(i)
+        return None
+
+    def _keep(self, held: Recognizer) -> None:
+        worn = held.samples >= self.recycle_after_s * self.model_rate
+        if self._closed or held.broken or worn or self.keep_warm == 0:
+            self._drop(held)
+            return
+        self._idle.append(held)
+        while len(self._idle) > self.keep_warm:
+            self._drop(self._idle.pop(0))
+
+    def _drop(self, held: Recognizer) -> None:
+        # Freeing a recognizer frees its graph cache (up to a few hundred MB): done on a pool thread,
+        # not on the event loop.
+        box = [held.rec]
+        held.rec = None
+        try:
+            self._pool.submit(box.clear)
+        except RuntimeError:
+            box.clear()
+
+    @property
+    def warm(self) -> int:
+        """Recognizers kept between streams, ready for the next one."""
+        return len(self._idle)
 
     async def _acquire(self, wait_s: float) -> None:
         if not self._slots.locked():
@@ -315,7 +419,9 @@ class VoskSTT:
             self._waiting -= 1
         self.active_streams += 1
 
-    def _release(self) -> None:
+    def _release(self, held: Recognizer | None) -> None:
+        if held is not None:
+            self._keep(held)
         self.active_streams -= 1
         self._slots.release()
 
@@ -344,4 +450,6 @@ class VoskSTT:
 
     async def close(self) -> None:
         self._closed = True
+        while self._idle:
+            self._drop(self._idle.pop())
         await asyncio.to_thread(self._pool.shutdown, True)
