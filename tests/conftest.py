@@ -59,8 +59,9 @@ def make_settings(redis_url: str, data_dir: Path, prefix: str = "hl", **sections
     overrides: dict[str, Any] = {
         "server": {"data_dir": str(data_dir)},
         "store": {"redis_url": redis_url, "key_prefix": prefix},
-        # Many apps run side by side in one test session: each PBX listener takes a free port.
-        "voice": {"audiosocket_port": 0},
+        # Many apps run side by side in one test session: each PBX listener takes a free port. Warming
+        # recognizers at start would take the cores from the real-time calls (tests/test_stt.py covers it).
+        "voice": {"audiosocket_port": 0, "prewarm_s": 0.0},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

@@ -326,6 +326,37 @@ async def test_without_a_model_calls_go_to_a_person(aiohttp_client: Any, redis_s
     assert (two["action"], two["reason"]) == ("transfer", "busy")
 
 
+async def test_recognizers_are_warmed_at_start_without_holding_up_the_stop(
+        aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hotline.ivr")
+    app, _ = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix, prewarm_s=4.0,
+                             warm_recognizers=1, max_streams=2)
+    stt = app[STT]
+    for _ in range(300):
+        if stt.warm:
+            break
+        await asyncio.sleep(0.1)
+    assert (stt.warm, stt.recognizers_created) == (1, 1)
+    assert stt.audio_seconds == pytest.approx(4.0, abs=0.05)  # the menu prompts, cut at prewarm_s
+    warmed = [r for r in caplog.records if getattr(r, "event", "") == "stt_prewarmed"]
+    assert warmed and warmed[0].recognizers == 1
+
+    # Stopping while the recognizers are being warmed: the warming is cancelled, nothing is left running.
+    settings = make_settings(redis_server.url, tmp_path / "b", key_prefix + "b",
+                             voice=voice_settings(prewarm_s=60.0, warm_recognizers=2))
+    client = await aiohttp_client(create_app(settings))
+    other = client.app[STT]
+    for _ in range(100):
+        if other.active_streams:
+            break
+        await asyncio.sleep(0.05)
+    assert other.active_streams == 1
+    await asyncio.wait_for(client.close(), 10)
+    assert other.active_streams == 0 and other.warm == 0
+    assert other.audio_seconds < 30  # cut short: not the whole minute of prompts, nor a second recognizer
+
+
 async def keypad_call(client: Any, port: int, keys: str) -> tuple[str, FakeAudioSocketPBX]:
     """A call from CALLER that presses ``keys`` once the menu plays and waits for the hang-up."""
     call_id = str(uuid.uuid4())

@@ -368,3 +368,23 @@ async def test_a_recognizer_that_failed_is_not_handed_on(korean16: bytes) -> Non
         assert stt.recognizers_created == 2
     finally:
         await stt.close()
+
+
+async def test_prewarm_fills_the_warm_recognizers_and_gives_way_to_callers(korean8: bytes) -> None:
+    stt = ko_stt(max_streams=2, threads=1)
+    try:
+        assert await stt.prewarm(korean8, 8000) == 2
+        assert (stt.recognizers_created, stt.warm) == (2, 2)
+        assert await stt.prewarm(korean8, 8000) == 0  # already warm
+        assert (await _words_of(stt, korean8, 8000)).text
+        assert (stt.recognizers_created, stt.recognizers_reused) == (2, 1)
+    finally:
+        await stt.close()
+
+    stt = ko_stt(max_streams=1, threads=1)
+    try:
+        async with await stt.open_stream(8000):
+            # A caller holds the only stream: warming does not wait for it.
+            assert await asyncio.wait_for(stt.prewarm(korean8, 8000), 2) == 0
+    finally:
+        await stt.close()

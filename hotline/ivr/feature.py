@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from hotline.appkeys import ANSWERS, INTAKE, SETTINGS, STORE, STT, SURVEYS
 from hotline.bodies import read_form
-from hotline.ivr import audiosocket, websocket
+from hotline.ivr import audio, audiosocket, websocket
 from hotline.ivr.decoder import DecoderError, DecoderOptions
 from hotline.ivr.flow import IvrConfig
 from hotline.ivr.models import MODELS
@@ -75,6 +76,23 @@ def load_stt(settings: Settings) -> VoskSTT | None:
         return None
 
 
+def prewarm_audio(prompts: PromptLibrary, names: list[str], seconds: float, rate: int = 8000) -> bytes:
+    """The menu prompts, joined, at most ``seconds`` long: speech in the callers' language and words."""
+    pcm = prompts.sequence(names, rate)
+    return pcm[:audio.frame_bytes(rate, int(seconds * 1000))]
+
+
+async def _prewarm(stt: VoskSTT, pcm: bytes) -> None:
+    started = time.monotonic()
+    try:
+        warmed = await stt.prewarm(pcm, 8000)
+    except Exception:  # warming is an optimisation: calls work without it
+        log.exception("voice: warming the speech recognizers failed", extra={"event": "stt_prewarm_failed"})
+        return
+    log.info("speech recognizers warmed", extra={"event": "stt_prewarmed", "recognizers": warmed,
+                                                   "seconds": round(time.monotonic() - started, 1)})
+
+
 def ivr_config(settings: Settings) -> IvrConfig:
     return IvrConfig.load(settings.resolve_path("voice.ivr_file"))
 
@@ -96,8 +114,12 @@ async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(prompts.preload, [*cfg.prompts, "beep", *prompts.digits("0123456789")])
     service = VoiceService(settings, app[INTAKE], app[STORE], stt, cfg, prompts, answers=app.get(ANSWERS))
     app[VOICE] = service
+    prewarm: asyncio.Task[None] | None = None
     if stt is not None:
         app[STT] = stt
+        pcm = prewarm_audio(prompts, list(cfg.prompts), v["prewarm_s"]) if v["prewarm_s"] > 0 else b""
+        if pcm:
+            prewarm = asyncio.create_task(_prewarm(stt, pcm))
     server: asyncio.Server | None = None
     if v["audiosocket_enabled"]:
         try:
@@ -125,6 +147,10 @@ async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if prewarm is not None:
+            prewarm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prewarm
         if surveys is not None and app.get(SURVEY_CALLER) is not None and surveys.caller is app[SURVEY_CALLER]:
             surveys.caller = None
         if http is not None:

@@ -334,15 +334,16 @@ class VoskSTT:
 
     # streams --------------------------------------------------------------
     async def open_stream(self, rate: int, grammar: list[str] | None = None, *, wait_s: float | None = None,
-                          partial_words: bool = False) -> SttStream:
-        """A recognizer for audio at ``rate`` (8 or 16 kHz); ``grammar`` restricts it to those phrases."""
+                          partial_words: bool = False, fresh: bool = False) -> SttStream:
+        """A recognizer for audio at ``rate`` (8 or 16 kHz); ``grammar`` restricts it to those phrases.
+        ``fresh``: a new recognizer even when a warm one is idle."""
         if self._closed:
             raise STTError("speech service is closed")
         if rate not in audio.RATES:
             raise STTError(f"unsupported sample rate {rate} (8000 or 16000)")
         await self._acquire(self.queue_wait_s if wait_s is None else wait_s)
         key = grammar_key(grammar)
-        held = self._take_idle(key)
+        held = None if fresh else self._take_idle(key)
         if held is not None:
             held.rec.SetPartialWords(partial_words)  # a flag only; nothing of the recognizer's runs now
             self.recognizers_reused += 1
@@ -395,6 +396,24 @@ class VoskSTT:
             self._pool.submit(box.clear)
         except RuntimeError:
             box.clear()
+
+    async def prewarm(self, pcm: bytes, rate: int) -> int:
+        """Decode ``pcm`` on new free-speech recognizers, one after the other, and keep them: the first
+        callers after a start then get warm ones. Stops when no stream is free (a caller comes first) or
+        ``keep_warm`` are warm. Returns how many it warmed."""
+        done = 0
+        chunk = audio.frame_bytes(rate, 100)
+        while done < self.keep_warm and self.warm < self.keep_warm and not self._closed:
+            try:
+                stream = await self.open_stream(rate, wait_s=0, fresh=True)
+            except STTError:  # busy or closing
+                break
+            async with stream:
+                for i in range(0, len(pcm), chunk):
+                    await stream.accept(pcm[i:i + chunk])
+                await stream.finish()
+            done += 1
+        return done
 
     @property
     def warm(self) -> int:
