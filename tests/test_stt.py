@@ -20,9 +20,8 @@ from prometheus_client import generate_latest
 
 from hotline.appkeys import STT
 from hotline.ivr import audio
-from hotline.ivr.stt import STTBusy, STTError, VoskSTT, join_words
+from hotline.ivr.stt import STTBusy, STTError, join_words
 from hotline.metrics import Metrics
-from hotline.speech import Transcript
 from tests.ivr_support import KOREAN_SENTENCE, espeak, ko_model_dir, ko_stt, noise, silence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,17 +250,13 @@ def test_join_words() -> None:
     assert join_words(["가로등이", "고장"]) == "가로등이 고장"
 
 
-async def _words_of(stt: VoskSTT, pcm: bytes, rate: int = 16000, grammar: list[str] | None = None) -> Transcript:
-    return await stt.transcribe_pcm(pcm, rate, grammar)
-
-
 async def test_a_recognizer_is_kept_warm_and_reused_with_its_times_counted_from_the_stream(korean16: bytes) -> None:
     stt = ko_stt(max_streams=2, threads=1)
     duration = audio.duration_s(len(korean16), 16000)
     try:
-        first = await _words_of(stt, korean16)
+        first = await stt.transcribe_pcm(korean16, 16000)
         assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (1, 0, 1)
-        second = await _words_of(stt, korean16)
+        second = await stt.transcribe_pcm(korean16, 16000)
         assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (1, 1, 1)
     finally:
         await stt.close()
@@ -278,12 +273,12 @@ async def test_a_grammar_stream_never_gets_a_free_speech_recognizer(korean16: by
     grammar = ["가로등", "고장", "밤"]
     stt = ko_stt(max_streams=2, threads=1)
     try:
-        await _words_of(stt, korean16)
-        limited = await _words_of(stt, korean16, grammar=grammar)
+        await stt.transcribe_pcm(korean16, 16000)
+        limited = await stt.transcribe_pcm(korean16, 16000, grammar)
         assert stt.recognizers_created == 2
         assert limited.words and {w.word for w in limited.words} <= set(grammar)
-        free = await _words_of(stt, korean16)  # the free-speech recognizer, still warm
-        again = await _words_of(stt, korean16, grammar=list(grammar))
+        free = await stt.transcribe_pcm(korean16, 16000)  # the free-speech recognizer, still warm
+        again = await stt.transcribe_pcm(korean16, 16000, list(grammar))
         assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (2, 2, 2)
     finally:
         await stt.close()
@@ -301,7 +296,7 @@ async def test_a_hung_up_callers_speech_does_not_reach_the_next_caller(korean16:
             await stream.accept(spoken[i:i + chunk])
         await stream.close()  # the caller hangs up mid-sentence: no finish()
         assert stt.warm == 1
-        next_caller = await _words_of(stt, silence(2.0, 16000))
+        next_caller = await stt.transcribe_pcm(silence(2.0, 16000), 16000)
         assert stt.recognizers_reused == 1
     finally:
         await stt.close()
@@ -324,19 +319,19 @@ async def test_warm_recognizers_are_bounded_and_recycled(korean16: bytes) -> Non
 
     stt = ko_stt(max_streams=2, threads=1, recycle_after_s=duration * 1.5)
     try:
-        await _words_of(stt, korean16)
+        await stt.transcribe_pcm(korean16, 16000)
         assert stt.warm == 1  # under the audio budget: kept
-        await _words_of(stt, korean16)
+        await stt.transcribe_pcm(korean16, 16000)
         assert stt.warm == 0  # over it: freed
-        await _words_of(stt, korean16)
+        await stt.transcribe_pcm(korean16, 16000)
         assert (stt.recognizers_created, stt.recognizers_reused) == (2, 1)
     finally:
         await stt.close()
 
     stt = ko_stt(max_streams=2, threads=1, keep_warm=0)
     try:
-        await _words_of(stt, korean16)
-        await _words_of(stt, korean16)
+        await stt.transcribe_pcm(korean16, 16000)
+        await stt.transcribe_pcm(korean16, 16000)
         assert (stt.recognizers_created, stt.recognizers_reused, stt.warm) == (2, 0, 0)
     finally:
         await stt.close()
@@ -364,7 +359,7 @@ async def test_a_recognizer_that_failed_is_not_handed_on(korean16: bytes) -> Non
             await stream.accept(korean16[:3200])
         await stream.close()
         assert stt.warm == 0 and stt.active_streams == 0
-        assert (await _words_of(stt, korean16)).text
+        assert (await stt.transcribe_pcm(korean16, 16000)).text
         assert stt.recognizers_created == 2
     finally:
         await stt.close()
@@ -376,7 +371,7 @@ async def test_prewarm_fills_the_warm_recognizers_and_gives_way_to_callers(korea
         assert await stt.prewarm(korean8, 8000) == 2
         assert (stt.recognizers_created, stt.warm) == (2, 2)
         assert await stt.prewarm(korean8, 8000) == 0  # already warm
-        assert (await _words_of(stt, korean8, 8000)).text
+        assert (await stt.transcribe_pcm(korean8, 8000)).text
         assert (stt.recognizers_created, stt.recognizers_reused) == (2, 1)
     finally:
         await stt.close()

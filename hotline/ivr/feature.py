@@ -76,16 +76,19 @@ def load_stt(settings: Settings) -> VoskSTT | None:
         return None
 
 
-def prewarm_audio(prompts: PromptLibrary, names: list[str], seconds: float, rate: int = 8000) -> bytes:
+PREWARM_RATE = 8000  # telephone audio, as the callers' streams
+
+
+def prewarm_audio(prompts: PromptLibrary, names: list[str], seconds: float) -> bytes:
     """The menu prompts, joined, at most ``seconds`` long: speech in the callers' language and words."""
-    pcm = prompts.sequence(names, rate)
-    return pcm[:audio.frame_bytes(rate, int(seconds * 1000))]
+    pcm = prompts.sequence(names, PREWARM_RATE)
+    return pcm[:audio.frame_bytes(PREWARM_RATE, int(seconds * 1000))]
 
 
 async def _prewarm(stt: VoskSTT, pcm: bytes) -> None:
     started = time.monotonic()
     try:
-        warmed = await stt.prewarm(pcm, 8000)
+        warmed = await stt.prewarm(pcm, PREWARM_RATE)
     except Exception:  # warming is an optimisation: calls work without it
         log.exception("voice: warming the speech recognizers failed", extra={"event": "stt_prewarm_failed"})
         return

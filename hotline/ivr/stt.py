@@ -36,8 +36,6 @@ log = logging.getLogger("hotline.ivr.stt")
 
 T = TypeVar("T")
 UNKNOWN = "[unk]"
-# Vosk ≥ 0.3.x reads its own JSON: it does not decode \uXXXX escapes, so non-ASCII grammar phrases must be
-# passed as raw UTF-8 (json.dumps(ensure_ascii=False)) or they are silently dropped as "missing in vocabulary".
 # Chinese and Japanese are written without spaces between words (Korean keeps them).
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -50,6 +48,8 @@ def grammar_key(grammar: list[str] | None) -> str:
     phrases = [p for p in dict.fromkeys(g.strip() for g in grammar) if p]
     if UNKNOWN not in phrases:
         phrases.append(UNKNOWN)
+    # Vosk ≥ 0.3.x reads its own JSON: it does not decode \uXXXX escapes, so non-ASCII phrases must be passed
+    # as raw UTF-8 or they are silently dropped as "missing in vocabulary".
     return json.dumps(phrases, ensure_ascii=False)
 
 
