@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--taxonomy", action=argparse.BooleanOptionalAction, default=None,
                     help="also train on the category tree's topic names (config/taxonomy.json) under their "
                          "first-level label (default: on for the category head)")
+    tr.add_argument("--name-match", action=argparse.BooleanOptionalAction, default=True,
+                    help="fit a weight for the labels' own names found in the text (default: on; the fit "
+                         "sets it to 0 where the names do not help)")
     tr.add_argument("--folds", type=int, default=5, help="folds of the probability calibration (0: none)")
     tr.add_argument("--json", action="store_true", help="print one JSON object")
     tr.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
@@ -136,7 +139,7 @@ def _fail(message: str) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hotline.nlp.model import FeatureConfig, TrainConfig, features, train_head
+    from hotline.nlp.model import FeatureConfig, TrainConfig, doc_text, features, train_head
     from hotline.nlp.suggest import config_path
     from hotline.nlp.taxonomy import Taxonomy
 
@@ -158,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
     default_sublinear = bool(params.pop("sublinear", True))
     feat = FeatureConfig(words=default_words if args.words is None else args.words,
                          sublinear=default_sublinear if args.sublinear is None else args.sublinear)
-    cfg = TrainConfig(calibration_folds=args.folds, **params)
+    cfg = TrainConfig(calibration_folds=args.folds, name_match=args.name_match, **params)
     try:
         rows = [pair for path in args.data for pair in labelled(read_rows(path), args.label)]
     except DataError as exc:
@@ -169,10 +172,12 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.monotonic()
     pipeline = _pipeline(settings)
     docs = []
+    texts = []
     groups = []
     for row, _ in progress(rows, desc="features", unit="row"):
         doc = pipeline.doc_from_row(row, words=feat.words)
         docs.append(features(doc, feat))
+        texts.append(doc_text(doc))
         # The same letter twice (two exports, a resubmission) stays in one calibration fold.
         groups.append(hashlib.blake2b(doc.body[:80].encode(), digest_size=8).hexdigest())
     _, group_ids = np.unique(np.array(groups), return_inverse=True)
@@ -186,7 +191,8 @@ def run_train(args: argparse.Namespace) -> int:
                  for row, label in taxonomy.training_rows(set(labels))]
     steps = (args.folds if args.folds >= 2 else 0) + 1
     with progress(total=steps, desc=f"train {args.head}", unit="fit") as bar:
-        head = train_head(docs, labels, cfg, feat, tick=lambda: bar.update(1), groups=group_ids, extra=extra)
+        head = train_head(docs, labels, cfg, feat, tick=lambda: bar.update(1), groups=group_ids, extra=extra,
+                          texts=texts)
     head.meta.update(head=args.head, label=args.label, data=[p.name for p in args.data],
                      version=time.strftime("%Y%m%d%H%M%S"))
     head.save(args.out)
@@ -194,7 +200,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = {"head": args.head, "rows": len(docs), "taxonomy_rows": len(extra), "labels": len(head.labels),
               "features": len(head.vocab),
               "weighted_features": int(head.coef.shape[0]), "temperature": round(head.temperature, 4),
-              "bytes": size, "seconds": round(time.monotonic() - started, 1), "out": str(args.out)}
+              "name_weight": head.name_weight, "bytes": size, "seconds": round(time.monotonic() - started, 1),
+              "out": str(args.out)}
     print(json.dumps(result, ensure_ascii=False) if args.json else
           f"trained {args.head}: {result['rows']} rows, {result['labels']} labels, "
           f"{result['weighted_features']} weighted features, {size / 1e6:.1f} MB → {args.out}")

@@ -140,14 +140,22 @@ class FeatureGroup:
         return {name: head.scores_gathered(tf, idf[:, h], rows[:, h]) for h, (name, head) in enumerate(self.heads)}
 
     def scores(self, doc: Doc) -> dict[str, np.ndarray]:
-        return self.scores_from(*self.ids(doc))
-
-    def tops_from(self, ids: np.ndarray, tf: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+        keys = None
+        if self.index is not None:
+            ids, tf, keys = self.index.ids_keys(doc)
+            if not self.features.char_min <= 2 <= self.features.char_max:
+                keys = None  # no bigrams among them: the names count their own
+        else:
+            ids, tf = self.ids(doc)
         scores = self.scores_from(ids, tf)
-        return {name: _top3(head, softmax(scores[name], head.temperature)) for name, head in self.heads}
+        for name, head in self.heads:
+            if (extra := head.name_scores(doc, keys)) is not None:
+                scores[name] += extra
+        return scores
 
     def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
-        return self.tops_from(*self.ids(doc))
+        scores = self.scores(doc)
+        return {name: _top3(head, softmax(scores[name], head.temperature)) for name, head in self.heads}
 
 
 def _top3(head: LinearHead, p: np.ndarray) -> list[dict[str, Any]]:
