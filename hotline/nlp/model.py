@@ -356,16 +356,20 @@ class LabelNames:
     def __init__(self, labels: Sequence[str]) -> None:
         grams = [set(char_ngrams(_label_text(label), 2, 2)) for label in labels]
         df = Counter(g for gs in grams for g in gs)
-        vocab = sorted(df)
-        col = {g: i for i, g in enumerate(vocab)}
-        self.keys = np.array([pack_ngram(g) for g in vocab], dtype=np.uint64)
-        self.weights = np.zeros((len(vocab), len(labels)), dtype=np.float32)
         n = len(labels)
+        by_gram: dict[str, list[tuple[int, float]]] = {g: [] for g in sorted(df)}
         for j, gs in enumerate(grams):
             w = {g: math.log((n + 1) / df[g]) for g in gs}
             total = sum(w.values()) or 1.0
             for g, v in w.items():
-                self.weights[col[g], j] = v / total
+                by_gram[g].append((j, v / total))
+        self.n_labels = n
+        self.keys = np.array([pack_ngram(g) for g in by_gram], dtype=np.uint64)  # sorted: grams are sorted
+        # Sparse rows (a city may have thousands of units): the labels and weights of gram i are
+        # cols/vals[indptr[i]:indptr[i + 1]].
+        self.indptr = np.cumsum([0, *(len(v) for v in by_gram.values())]).astype(np.int64)
+        self.cols = np.array([j for v in by_gram.values() for j, _ in v], dtype=np.int64)
+        self.vals = np.array([x for v in by_gram.values() for _, x in v], dtype=np.float64)
 
     def scores(self, text: str) -> np.ndarray:
         """(n_labels,) in [0, 1]: the weighted share of each label's name bigrams found in ``text``."""
@@ -375,13 +379,17 @@ class LabelNames:
         """``scores`` from the sorted distinct char n-gram keys of a text (other lengths are ignored:
         keys are unique across lengths), so that the serving path reuses the keys it has computed."""
         if not len(keys) or not len(self.keys):
-            return np.zeros(self.weights.shape[1], dtype=np.float32)
+            return np.zeros(self.n_labels, dtype=np.float32)
         j = np.searchsorted(keys, self.keys)
         j[j == len(keys)] = 0
-        return self.weights[keys[j] == self.keys].sum(axis=0)
+        hit = np.flatnonzero(keys[j] == self.keys)
+        starts, lens = self.indptr[hit], self.indptr[hit + 1] - self.indptr[hit]
+        pos = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+        return np.bincount(self.cols[pos], weights=self.vals[pos], minlength=self.n_labels).astype(np.float32)
 
     def matrix(self, texts: Iterable[str]) -> np.ndarray:
-        return np.stack([self.scores(t) for t in texts]) if texts else np.zeros((0, self.weights.shape[1]))
+        rows = [self.scores(t) for t in texts]
+        return np.stack(rows) if rows else np.zeros((0, self.n_labels), dtype=np.float32)
 
 
 def _label_text(label: str) -> str:
