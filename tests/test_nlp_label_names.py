@@ -177,3 +177,16 @@ def test_the_serving_path_finds_the_names_whatever_n_grams_the_head_uses(char_mi
         doc = _doc(text)
         expected = head.scores(features(doc, feat)) + 0.5 * LabelNames(head.labels).scores(doc_text(doc))
         assert np.allclose(group.scores(doc)["department"], expected, atol=1e-6)
+
+
+def test_many_units_keep_a_small_sparse_table() -> None:
+    """A city with thousands of units: memory grows with the names' bigrams, not bigrams × units."""
+    rng = random.Random(7)
+    chars = "东西南北中山河湖海林松柏桥港湾新华兴光明安宁平和泰康"
+    units = sorted({"".join(rng.choice(chars) for _ in range(4)) + rng.choice(UNITS) for _ in range(3000)})
+    names = LabelNames(units)
+    table = names.keys.nbytes + names.indptr.nbytes + names.cols.nbytes + names.vals.nbytes
+    assert len(units) > 2500 and table < 1_000_000  # a dense float32 table: 9 MB
+    s = names.scores(f"请{units[123]}处理")
+    assert s.shape == (len(units),) and s[123] == pytest.approx(1.0)
+    assert int(np.argmax(s)) == 123
