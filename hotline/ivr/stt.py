@@ -48,8 +48,8 @@ def grammar_key(grammar: list[str] | None) -> str:
     phrases = [p for p in dict.fromkeys(g.strip() for g in grammar) if p]
     if UNKNOWN not in phrases:
         phrases.append(UNKNOWN)
-    # Vosk ≥ 0.3.x reads its own JSON: it does not decode \uXXXX escapes, so non-ASCII phrases must be passed
-    # as raw UTF-8 or they are silently dropped as "missing in vocabulary".
+    # Vosk's grammar reader does not decode \uXXXX escapes (checked with vosk 0.3.45: "네" escaped is logged as
+    # "Ignoring word missing in vocabulary: '\\ub124'"), so non-ASCII phrases must be passed as raw UTF-8.
     return json.dumps(phrases, ensure_ascii=False)
 
 
