@@ -32,6 +32,7 @@ from hotline.errors import ApiError
 from hotline.hotspots import HotspotService
 from hotline.intake import DedupDecision
 from hotline.nlp.dedup import (
+    DAY_S,
     Fingerprint,
     Idf,
     Thresholds,
@@ -53,7 +54,6 @@ from hotline.tasks import stop_tasks
 
 log = logging.getLogger("hotline.dedup")
 
-DAY_S = 86400.0
 # A merged repeat raises the open case's priority by one, up to this many steps.
 MAX_PRIORITY_BUMP = 3
 # Place keys outweigh single bigrams when ranking candidates: they name the object of the complaint.
@@ -214,7 +214,8 @@ class DedupService:
         mine = set(me.callers)
         scores = pair_scores(fp, self.counts.candidates(cands), self.idf,
                              same_caller=[bool(mine.intersection(c.callers)) for c in cands],
-                             distances=[location_distance(loc, c.location) for c in cands])
+                             distances=[location_distance(loc, c.location) for c in cands],
+                             days=[(now - c.created_at) / DAY_S for c in cands])
         scored = [(s.score, c, s.reasons, s.anchored) for s, c in zip(scores, cands, strict=True)
                   if s.score >= self.config.thresholds.suggest]
         scored.sort(key=lambda t: -t[0])

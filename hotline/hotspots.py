@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from hotline import fingerprints
-from hotline.nlp.dedup import Fingerprint, Idf, pair_scores
+from hotline.nlp.dedup import DAY_S, Fingerprint, Idf, pair_scores
 from hotline.records import Case
 from hotline.store import CaseNotFound, Store
 from hotline.store.dedup import DedupIndex, IndexEntry
@@ -150,7 +150,8 @@ class HotspotService:
             entries = [e for e, _s in near]
             others = (self.counts.candidates(entries) if self.counts is not None
                       else [fingerprints.candidate(e, self.idf) for e in entries])
-            scores = pair_scores(seed_fp, others, self.idf)
+            scores = pair_scores(seed_fp, others, self.idf,
+                                 days=[(seed.created_at - e.created_at) / DAY_S for e in entries])
             for (entry, shared), s in zip(near, scores, strict=True):
                 if s.score >= self.similarity:
                     for core in shared:

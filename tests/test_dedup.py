@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import time
 from contextlib import redirect_stdout
@@ -17,7 +18,16 @@ from hotline.app import create_app
 from hotline.appkeys import DEDUP, HOTSPOTS, STORE
 from hotline.cli import main as cli_main
 from hotline.dedup import DedupConfig, DedupError, DedupService, load_idf
-from hotline.nlp.dedup import Idf, Thresholds, decide, fingerprint, pair_score, split_headline
+from hotline.nlp.dedup import (
+    OTHER_PLACE_LOGIT,
+    SAME_CALLER_LOGIT,
+    Idf,
+    Thresholds,
+    decide,
+    fingerprint,
+    pair_score,
+    split_headline,
+)
 from hotline.nlp.places import distance_m, place_cores
 from hotline.records import Case
 from hotline.status import Status
@@ -84,8 +94,12 @@ def test_same_caller_and_coordinates_move_the_score(idf: Idf) -> None:
     a = "阳光花园小区3栋楼下烧烤店晚上油烟熏人。"
     b = "阳光花园3栋楼下烧烤摊油烟和噪音严重扰民，晚上根本没法休息。"
     plain = score(a, b, idf)
-    assert score(a, b, idf, same_caller=True) > plain + 0.15
-    assert score(a, b, idf, distance=5000.0) < plain
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    assert logit(score(a, b, idf, same_caller=True)) - logit(plain) == pytest.approx(SAME_CALLER_LOGIT)
+    assert logit(score(a, b, idf, distance=5000.0)) - logit(plain) == pytest.approx(OTHER_PLACE_LOGIT)
 
 
 def test_thresholds_are_validated() -> None:
@@ -150,6 +164,25 @@ async def test_window_expiry_uses_case_timestamps(store: Any, settings: Any) -> 
     assert (await service.check(later)).action == "new"
     assert await service.prune(now + config.max_window_s) == 2
     assert await service.index.size() == 0
+
+
+async def test_an_older_open_case_scores_lower_than_a_recent_one(store: Any, settings: Any) -> None:
+    """The same repeat counts less against a case opened three weeks ago than against yesterday's."""
+    service = DedupService(store, DedupConfig.from_settings(settings), load_idf(settings))
+    now = time.time()
+    weeks = _case("20250105-000001", BBQ_1, now - 21 * DAY)
+    yesterday = _case("20250105-000002", BBQ_1, now - 1 * DAY)
+    for c in (weeks, yesterday):
+        assert (await store.create_case(c)).created
+        await service.opened(c)
+    new = _case("20250105-000003", BBQ_2, now)
+    decision = await service.check(new)
+    scores = {c["case_id"]: c["score"] for c in decision.candidates}
+    assert decision.case_id == yesterday.id
+    assert scores[yesterday.id] > scores[weeks.id]
+    fp_new, fp_old = service.fingerprint(new), service.fingerprint(weeks)
+    assert scores[weeks.id] == pytest.approx(pair_score(fp_new, fp_old, service.idf, days=21).score, abs=2e-3)
+    assert scores[yesterday.id] == pytest.approx(pair_score(fp_new, fp_old, service.idf, days=1).score, abs=2e-3)
 
 
 async def test_a_case_and_its_index_entry_are_written_together_or_not_at_all(store: Any, settings: Any) -> None:

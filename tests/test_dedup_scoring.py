@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from contextlib import redirect_stdout
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotline.cli import main as cli_main
-from hotline.commands.nlp_dedup import side
+from hotline.commands.nlp_dedup import gap_days, parse_time, read_pairs, side
 from hotline.nlp import places
 from hotline.nlp.dedup import (
+    AGE_FREE_DAYS,
     BIAS,
     FEATURES,
     WEIGHTS,
@@ -28,6 +30,7 @@ from hotline.nlp.dedup import (
     Fingerprint,
     Grams,
     Idf,
+    age,
     bigrams,
     features,
     fingerprint,
@@ -41,6 +44,9 @@ from hotline.nlp.places import place_cores, shared_places
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_PAIRS = ROOT.parent / "shared" / "data" / "dedup_pairs_dev.jsonl"
+EXTRA_PAIRS = ROOT / "data" / "dedup_pairs_extra.jsonl"
+LETTER_ARGS = [arg for name in ("dalian_letters_train.jsonl", "taidi_hot_messages.jsonl")
+               for arg in ("--letters", str(DEV_PAIRS.parent / name))]
 
 
 @pytest.fixture(scope="module")
@@ -300,14 +306,63 @@ def test_fit_dedup_prints_one_weight_per_feature(tmp_path: Path) -> None:
     assert result["weights"]["cos"] > 0 and result["weights"]["cont"] > 0
 
 
-def test_shipped_weights_are_the_fit_on_the_dev_pairs() -> None:
+def test_shipped_weights_are_the_fit_on_the_labelled_pairs() -> None:
+    """The dev pairs plus the project's own labelled pairs, which name their letters by id."""
     assert DEV_PAIRS.is_file(), f"labelled dev pairs not present at {DEV_PAIRS} (set up ../shared/data)"
-    code, out = run_cli("nlp", "fit-dedup", "--data", str(DEV_PAIRS))
+    code, out = run_cli("nlp", "fit-dedup", "--data", str(DEV_PAIRS), "--data", str(EXTRA_PAIRS),
+                        *LETTER_ARGS)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["n"] == 189
+    assert result["n"] == 189 + 260
     assert result["weights"] == pytest.approx(WEIGHTS, abs=0.011)
     assert result["bias"] == pytest.approx(BIAS, abs=0.011)
+    # Later reports are less likely the same problem.
+    assert result["weights"]["age"] < 0
+
+
+def test_pairs_by_id_take_title_text_and_time_from_the_letters(tmp_path: Path) -> None:
+    letters = write_pairs(tmp_path / "letters.jsonl", [
+        {"id": "L1", "title": REPEATS[0][0], "text": REPEATS[0][1], "time": "2019/2/28 11:25:05"},
+        {"id": 2, "title": REPEATS[0][2], "text": REPEATS[0][3], "time": "2019-03-01 11:25:05"},
+    ])
+    by_id = write_pairs(tmp_path / "ids.jsonl", [{"pair_id": "p", "a_id": "L1", "b_id": "2", "label": "dup"}])
+    inline = write_pairs(tmp_path / "inline.jsonl", [
+        {"pair_id": "p", "a_title": REPEATS[0][0], "a_text": REPEATS[0][1], "a_time": "2019/2/28 11:25:05",
+         "b_title": REPEATS[0][2], "b_text": REPEATS[0][3], "b_time": "2019-03-01 11:25:05", "label": "dup"}])
+    pairs = read_pairs([by_id], [letters])
+    assert pairs[0]["a_text"] == REPEATS[0][1] and pairs[0]["b_time"] == "2019-03-01 11:25:05"
+    assert gap_days(pairs[0]) == pytest.approx(1.0)
+    code, out = run_cli("nlp", "eval-dedup", "--data", str(by_id), "--letters", str(letters), "--errors")
+    assert code == 0
+    assert out == run_cli("nlp", "eval-dedup", "--data", str(inline), "--errors")[1]
+    # A letter that no --letters file holds, or a pair with neither text nor id, is refused by name.
+    missing = write_pairs(tmp_path / "missing.jsonl", [{"pair_id": "q", "a_id": "L1", "b_id": "L9", "label": "dup"}])
+    with pytest.raises(SystemExit, match="letter L9"):
+        read_pairs([missing], [letters])
+    neither = write_pairs(tmp_path / "neither.jsonl", [{"a_id": "L1", "label": "dup"}])
+    with pytest.raises(SystemExit, match="b_title/b_text or b_id"):
+        read_pairs([neither], [letters])
+    assert run_cli("nlp", "eval-dedup", "--data", str(by_id), "--letters", str(tmp_path / "none.jsonl"))[0] == 2
+
+
+def test_times_of_open_data_parse_and_a_later_report_scores_lower() -> None:
+    assert parse_time("2018-02-09 19:43:53") == datetime(2018, 2, 9, 19, 43, 53)
+    assert parse_time("2019/2/28 11:25:05") == datetime(2019, 2, 28, 11, 25, 5)
+    assert parse_time("2018-9-20") == datetime(2018, 9, 20)
+    for bad in ("", None, "昨天", "2018-13-01", "2018-02-30 10:00"):
+        assert parse_time(bad) is None
+    assert gap_days({"a_time": "2018-02-09", "b_time": ""}) is None
+    assert gap_days({"a_time": "2018-02-19", "b_time": "2018-02-09 12:00"}) == pytest.approx(9.5)
+    idf = Idf.uniform()
+    a = fingerprint(REPEATS[0][0], REPEATS[0][1], idf)
+    b = fingerprint(REPEATS[0][2], REPEATS[0][3], idf)
+    same_day, week, month, unknown = (pair_score(a, b, idf, days=d) for d in (0.5, 7, 30, None))
+    assert same_day.score > month.score
+    # Within two weeks, and without times, the gap changes nothing: no bonus for being close.
+    assert same_day.score == week.score == unknown.score
+    assert age(None) == age(AGE_FREE_DAYS) == 0.0
+    assert month.features["age"] == pytest.approx(math.log1p(30) - math.log1p(AGE_FREE_DAYS))
+    assert pair_score(a, b, idf, days=-30).score == pytest.approx(month.score)
 
 
 PLACE_PIECES = [*"阳光花园小区路街村店站湾苑府郡我在的和A1 0*，。", "有限公司", "幼儿园", "人民", "政府"]

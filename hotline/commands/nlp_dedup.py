@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from hotline.nlp.dedup import (
     Fingerprint,
     Idf,
     Thresholds,
+    age,
     decide,
     features,
     fingerprint,
@@ -28,7 +31,10 @@ LABELS = ("dup", "related", "distinct")
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval-dedup", help="precision/recall/F1 of the duplicate matcher on labelled pairs")
-    ev.add_argument("--data", type=Path, required=True, help="JSONL of pairs: a_title, a_text, b_title, b_text, label")
+    ev.add_argument("--data", type=Path, action="append", required=True,
+                    help="JSONL of pairs: a_title, a_text, a_time, b_title, b_text, b_time, label (repeatable)")
+    ev.add_argument("--letters", type=Path, action="append", default=[],
+                    help="JSONL letters (id, title, text, time) that pairs given as a_id/b_id refer to (repeatable)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--errors", action="store_true", help="list the misjudged pairs (not with --json)")
     ev.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
@@ -38,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(handler=run_eval)
 
     fi = sub.add_parser("fit-dedup", help="fit the matcher's logistic weights on labelled pairs (prints them)")
-    fi.add_argument("--data", type=Path, required=True, help="JSONL of labelled pairs, as for eval-dedup")
+    fi.add_argument("--data", type=Path, action="append", required=True,
+                    help="JSONL of labelled pairs, as for eval-dedup (repeatable)")
+    fi.add_argument("--letters", type=Path, action="append", default=[],
+                    help="JSONL letters that pairs given as a_id/b_id refer to (repeatable)")
     fi.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     fi.add_argument("--config", type=Path, help="a site TOML file overriding config/hotline.toml")
     fi.set_defaults(handler=run_fit)
@@ -56,8 +65,8 @@ def load_idf(settings: Any) -> Idf:
     return Idf.load(path) if path.is_file() else Idf.uniform()
 
 
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    pairs = []
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -65,11 +74,60 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise SystemExit(f"{path}:{n}: not JSON: {exc}") from exc
-            if not isinstance(row, dict) or row.get("label") not in LABELS:
-                raise SystemExit(f"{path}:{n}: needs a label in {LABELS}")
+                raise SystemExit(f"hotline: {path}:{n}: not JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise SystemExit(f"hotline: {path}:{n}: not a JSON object")
+            rows.append({**row, "_where": f"{path}:{n}"})
+    return rows
+
+
+def read_pairs(paths: list[Path], letters: list[Path] = ()) -> list[dict[str, Any]]:
+    """Labelled pairs. A pair may name its letters by ``a_id``/``b_id`` instead of carrying their texts: they
+    are then taken (title, text, time) from the ``letters`` files, so a label set can be shared without the
+    letters themselves."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for path in letters:
+        for row in _jsonl(path):
+            if row.get("id") is not None:
+                by_id[str(row["id"])] = row
+    pairs = []
+    for path in paths:
+        for row in _jsonl(path):
+            where = row.pop("_where")
+            if row.get("label") not in LABELS:
+                raise SystemExit(f"hotline: {where}: needs a label in {LABELS}")
+            for side_ in ("a", "b"):
+                if row.get(f"{side_}_text") or row.get(f"{side_}_title"):
+                    continue
+                ref = row.get(f"{side_}_id")
+                if ref is None:
+                    raise SystemExit(f"hotline: {where}: needs {side_}_title/{side_}_text or {side_}_id")
+                letter = by_id.get(str(ref))
+                if letter is None:
+                    raise SystemExit(f"hotline: {where}: letter {ref} is in none of the --letters files")
+                for field in ("title", "text", "time"):
+                    row[f"{side_}_{field}"] = letter.get(field) or ""
             pairs.append(row)
     return pairs
+
+
+_TIME = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """The times of open data: ``2018-02-09 19:43:53``, ``2019/2/28 11:25:05``, a date alone; else None."""
+    m = _TIME.match(str(value or "").strip())
+    if not m:
+        return None
+    try:
+        return datetime(*(int(g) for g in m.groups(default="0")))
+    except ValueError:
+        return None
+
+
+def gap_days(row: dict[str, Any]) -> float | None:
+    a, b = parse_time(row.get("a_time")), parse_time(row.get("b_time"))
+    return abs((a - b).total_seconds()) / 86400 if a and b else None
 
 
 def side(row: dict[str, Any], prefix: str, idf: Idf) -> Fingerprint:
@@ -94,7 +152,7 @@ def evaluate(pairs: list[dict[str, Any]], idf: Idf, thresholds: Thresholds) -> d
     errors = []
     for row in pairs:
         a, b = side(row, "a", idf), side(row, "b", idf)
-        s = pair_score(a, b, idf)
+        s = pair_score(a, b, idf, days=gap_days(row))
         predicted = decide(s.score, thresholds) != "new"
         actual = row["label"] == "dup"
         tp += predicted and actual
@@ -114,18 +172,33 @@ def feature_matrix(pairs: list[dict[str, Any]], idf: Idf) -> tuple[Any, Any]:
     rows = []
     for row in pairs:
         f = features(side(row, "a", idf), side(row, "b", idf), idf)
+        f["age"] = age(gap_days(row))
         rows.append([f[k] for k in FEATURES])
     return np.array(rows, dtype=float), np.array([row["label"] == "dup" for row in pairs], dtype=int)
 
 
 def fit(x: Any, y: Any, c: float = 1.0) -> tuple[dict[str, float], float]:
-    """Logistic regression with a mild L2 penalty: five weights from a few hundred pairs must not chase noise."""
+    """Logistic regression with a mild L2 penalty over the text and place features (a handful of weights
+    from a few hundred pairs must not chase noise); then the weight of ``age`` alone, with the others held.
+    Fitted jointly, ``age`` would also lift the bias, so that two different problems at one estate reported
+    the same day would look alike."""
+    import numpy as np
+    from scipy.optimize import minimize_scalar
     from sklearn.linear_model import LogisticRegression
 
     if len(set(y.tolist())) < 2:
         raise SystemExit("hotline: fitting needs both dup and non-dup pairs")
-    model = LogisticRegression(C=c, max_iter=2000).fit(x, y)
-    return dict(zip(FEATURES, (float(w) for w in model.coef_[0]), strict=True)), float(model.intercept_[0])
+    text = x[:, :-1]  # FEATURES ends with age
+    model = LogisticRegression(C=c, max_iter=2000).fit(text, y)
+    z, gap = model.decision_function(text), x[:, -1]
+
+    def nll(w: float) -> float:
+        s = z + w * gap
+        return float(np.sum(np.logaddexp(0.0, s) - y * s))
+
+    w_age = float(minimize_scalar(nll, bounds=(-5.0, 0.0), method="bounded").x) if gap.any() else 0.0
+    weights = [*(float(w) for w in model.coef_[0]), w_age]
+    return dict(zip(FEATURES, weights, strict=True)), float(model.intercept_[0])
 
 
 def cross_validate(x: Any, y: Any, threshold: float, seeds: int, c: float = 1.0) -> dict[str, float]:
@@ -152,16 +225,23 @@ def cross_validate(x: Any, y: Any, threshold: float, seeds: int, c: float = 1.0)
             "cv_seeds": seeds}
 
 
+def _missing(args: argparse.Namespace) -> int:
+    for path in [*args.data, *args.letters]:
+        if not path.is_file():
+            print(f"hotline: no such file: {path}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    if not args.data.is_file():
-        print(f"hotline: no such file: {args.data}", file=sys.stderr)
+    if _missing(args):
         return 2
     settings = load_settings(extra_file=args.config)
     cfg = settings["dedup"]
     if args.cv < 0:
         print("hotline: --cv needs a positive number of seeds", file=sys.stderr)
         return 2
-    pairs = read_pairs(args.data)
+    pairs = read_pairs(args.data, args.letters)
     idf = load_idf(settings)
     result = evaluate(pairs, idf, Thresholds(cfg["auto_merge"], cfg["suggest"]))
     errors = result.pop("errors")
@@ -184,14 +264,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    if not args.data.is_file():
-        print(f"hotline: no such file: {args.data}", file=sys.stderr)
+    if _missing(args):
         return 2
     if args.c <= 0:
         print("hotline: --c must be positive", file=sys.stderr)
         return 2
     settings = load_settings(extra_file=args.config)
-    x, y = feature_matrix(read_pairs(args.data), load_idf(settings))
+    x, y = feature_matrix(read_pairs(args.data, args.letters), load_idf(settings))
     weights, bias = fit(x, y, args.c)
     print(json.dumps({"n": len(y), "weights": {k: round(v, 2) for k, v in weights.items()}, "bias": round(bias, 2),
                       "shipped": {"weights": WEIGHTS, "bias": BIAS}}, ensure_ascii=False))

@@ -2,7 +2,7 @@
 
 Pure computation, no I/O at import. A complaint becomes a ``Fingerprint`` (cleaned text, IDF-weighted
 character bigrams of its headline and of the whole text, place cores); two fingerprints get a probability
-of being the same problem from a small logistic model over five features:
+of being the same problem from a small logistic model over six features:
 
 - ``cos``:  IDF-weighted cosine of the bigram vectors of the whole texts (reworded repeats stay close);
 - ``cont``: IDF-weighted containment of the bigram sets, so a short follow-up inside a long letter counts;
@@ -11,12 +11,15 @@ of being the same problem from a small logistic model over five features:
 - ``title``: how much of each headline the other text repeats (IDF-weighted, the smaller of the two). A
   reworded repeat still names its object and problem in its title; a related letter's title names another
   estate, county or problem ("环评" vs "私改电线") even when most of the body is the same template.
+- ``age``: how far beyond two weeks the two reports lie (log-days). Repeats mostly come within days of
+  each other; a related letter (another estate, another problem at the same place) mostly weeks or
+  months apart. Its weight is fitted after the others, so closer reports score as if it did not exist.
 
 Anonymisation runs (``****``, ``0000``, ``XX``) and the anonymised admin names of open data (``A市``) are
 removed before anything is counted: they make unrelated letters look alike. The same caller adds a fixed
 logit; coordinates far apart subtract one. ``other_place`` (both name places, none shared) is reported
 but not weighted: with suffix-based place cores it did not improve the cross-validated F1.
-The weights were fitted on the labelled dev pairs (``hotline nlp fit-dedup``; README: Duplicates, where the
+The weights were fitted on the labelled pairs (``hotline nlp fit-dedup``; README: Duplicates, where the
 repeated 5-fold cross-validation estimate is reported).
 
 A new complaint is scored against all its candidates at once (``pair_scores``): bigrams are integer codes,
@@ -40,10 +43,14 @@ import numpy as np
 from hotline.nlp.places import distance_m, place_cores, shared_places
 from hotline.nlp.text import nfkc
 
-# Logistic model over FEATURES; fitted on dedup_pairs_dev.jsonl by ``hotline nlp fit-dedup``.
-FEATURES = ("cos", "cont", "head", "place", "title")
-WEIGHTS = {"cos": 2.60, "cont": 2.02, "head": 1.36, "place": 0.98, "title": 2.13}
-BIAS = -3.45
+# Logistic model over FEATURES; fitted on the labelled pairs (dedup_pairs_dev.jsonl and data/dedup_pairs_extra.jsonl)
+# by ``hotline nlp fit-dedup``.
+FEATURES = ("cos", "cont", "head", "place", "title", "age")
+WEIGHTS = {"cos": 2.93, "cont": 2.34, "head": 0.91, "place": 1.27, "title": 3.00, "age": -0.33}
+BIAS = -3.87
+# Reports closer in time than this are not told apart by their gap; beyond it each log-day lowers the score.
+AGE_FREE_DAYS = 14.0
+DAY_S = 86400.0
 # Same caller (sender or phone) and a clearly different place, as logits.
 SAME_CALLER_LOGIT = 1.5
 OTHER_PLACE_LOGIT = -1.5
@@ -420,8 +427,19 @@ class PairScore:
 ANCHOR_REASONS = frozenset({"same_place", "near", "same_caller"})
 
 
-def _pair(f: dict[str, float], same_caller: bool, distance: float | None) -> PairScore:
-    logit = BIAS + sum(WEIGHTS[k] * f[k] for k in WEIGHTS)
+def age(days: float | None) -> float:
+    """How far beyond ``AGE_FREE_DAYS`` two reports lie, as log(1 + days) above log(1 + AGE_FREE_DAYS);
+    0 when closer or unknown. A repeat mostly follows within days; a related letter (another estate,
+    another problem at the same place) mostly weeks or months later. Closer reports get no bonus:
+    two different problems at one estate on the same day must not look alike for it."""
+    if days is None or not math.isfinite(days):
+        return 0.0
+    return max(0.0, math.log1p(abs(days)) - math.log1p(AGE_FREE_DAYS))
+
+
+def _pair(f: dict[str, float], same_caller: bool, distance: float | None, days: float | None) -> PairScore:
+    f["age"] = age(days)
+    logit = BIAS + sum(WEIGHTS[k] * f[k] for k in FEATURES)
     reasons = [f"text {f['cos']:.2f}"]
     if f["place"]:
         reasons.append("same_place")
@@ -440,16 +458,19 @@ def _pair(f: dict[str, float], same_caller: bool, distance: float | None) -> Pai
 
 
 def pair_scores(a: Fingerprint, others: list[Candidate], idf: Idf, *, same_caller: list[bool] | None = None,
-                distances: list[float | None] | None = None) -> list[PairScore]:
+                distances: list[float | None] | None = None, days: list[float | None] | None = None,
+                ) -> list[PairScore]:
     """``pair_score`` of ``a`` against every one of ``others`` in one vectorised pass."""
     feats = features_many(a, others, idf)
-    return [_pair(f, bool(same_caller and same_caller[i]), distances[i] if distances else None)
+    return [_pair(f, bool(same_caller and same_caller[i]), distances[i] if distances else None,
+                  days[i] if days else None)
             for i, f in enumerate(feats)]
 
 
 def pair_score(a: Fingerprint, b: Fingerprint, idf: Idf, *, same_caller: bool = False,
-               distance: float | None = None) -> PairScore:
-    return _pair(features(a, b, idf), same_caller, distance)
+               distance: float | None = None, days: float | None = None) -> PairScore:
+    """``days``: time between the two reports (None: unknown, no age penalty)."""
+    return _pair(features(a, b, idf), same_caller, distance, days)
 
 
 @dataclass(frozen=True)
