@@ -43,6 +43,7 @@ from hotline.nlp.dedup import (
     rare_keys,
     split_headline,
 )
+from hotline.nlp.places import read_plain_words
 from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 from hotline.status import OPEN_STATES, Status
@@ -81,6 +82,8 @@ class DedupConfig:
     hotspot_min_reporters: int = 5
     hotspot_window_s: float = DAY_S
     hotspot_similarity: float = 0.3
+    # Words the city's letters use as ordinary words: never a place core (``hotline nlp build-place-words``).
+    plain_places: frozenset[str] = frozenset()
 
     @property
     def max_window_s(self) -> float:
@@ -112,11 +115,20 @@ class DedupConfig:
                 windows[name] = float(days) * DAY_S
         if cfg["default_window_days"] <= 0:
             raise SettingsError("dedup.default_window_days: must be positive")
+        plain: frozenset[str] = frozenset()
+        if cfg["place_words_file"]:
+            path = _project_path(cfg["place_words_file"])
+            try:
+                plain = read_plain_words(path)
+            except FileNotFoundError as exc:
+                raise SettingsError(f"dedup.place_words_file: file not found: {path}") from exc
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise SettingsError(f"dedup.place_words_file: {exc}") from exc
         return cls(thresholds=thresholds, default_window_s=cfg["default_window_days"] * DAY_S, windows_s=windows,
                    index_keys=max(4, cfg["index_keys"]), posting_cap=max(10, cfg["posting_cap"]),
                    max_candidates=max(1, cfg["max_candidates"]), enabled=cfg["enabled"],
                    hotspot_min_reporters=cfg["hotspot_min_reporters"], hotspot_window_s=cfg["hotspot_window_s"],
-                   hotspot_similarity=cfg["hotspot_similarity"])
+                   hotspot_similarity=cfg["hotspot_similarity"], plain_places=plain)
 
 
 def _project_path(value: str) -> Path:
@@ -160,7 +172,7 @@ class DedupService:
     # fingerprints ----------------------------------------------------------
     def fingerprint(self, case: Case) -> Fingerprint:
         headline, body = split_headline(case.text)
-        return fingerprint(headline, body, self.idf, address=case.address)
+        return fingerprint(headline, body, self.idf, address=case.address, plain=self.config.plain_places)
 
     def entry(self, case: Case, fp: Fingerprint | None = None, rare: list[str] | None = None) -> IndexEntry:
         fp = fp or self.fingerprint(case)

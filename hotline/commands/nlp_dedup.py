@@ -1,4 +1,5 @@
-"""``hotline nlp eval-dedup``, ``fit-dedup`` and ``build-dedup-idf``: measure and refit the duplicate matcher."""
+"""``hotline nlp eval-dedup``, ``fit-dedup``, ``build-dedup-idf`` and ``build-place-words``: measure and refit
+the duplicate matcher."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from hotline.nlp.dedup import (
     features,
     fingerprint,
     pair_score,
+    place_text,
     split_headline,
 )
+from hotline.nlp.places import plain_words, read_plain_words, write_plain_words
 from hotline.settings import PROJECT_ROOT, load_settings
 
 LABELS = ("dup", "related", "distinct")
@@ -58,11 +61,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     bi.add_argument("--min-df", type=int, default=10)
     bi.set_defaults(handler=run_build_idf)
 
+    pw = sub.add_parser("build-place-words",
+                        help="rebuild the table of words the letters use as ordinary words, never as a place")
+    pw.add_argument("--data", type=Path, nargs="+", required=True, help="JSONL files with title/text fields")
+    pw.add_argument("--out", type=Path, required=True)
+    pw.add_argument("--max-share", type=float, default=0.1,
+                    help="listed when fewer than this share of the letters holding it name it as a place")
+    pw.add_argument("--min-docs", type=int, default=10, help="listed only when at least this many letters hold it")
+    pw.set_defaults(handler=run_build_place_words)
+
 
 def load_idf(settings: Any) -> Idf:
     path = Path(settings["dedup"]["idf_file"])
     path = path if path.is_absolute() else PROJECT_ROOT / path
     return Idf.load(path) if path.is_file() else Idf.uniform()
+
+
+def load_plain(settings: Any) -> frozenset[str]:
+    """The live matcher's plain words (``dedup.place_words_file``), so pairs are scored as cases are."""
+    name = settings["dedup"]["place_words_file"]
+    if not name:
+        return frozenset()
+    path = Path(name)
+    return read_plain_words(path if path.is_absolute() else PROJECT_ROOT / path)
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -130,13 +151,13 @@ def gap_days(row: dict[str, Any]) -> float | None:
     return abs((a - b).total_seconds()) / 86400 if a and b else None
 
 
-def side(row: dict[str, Any], prefix: str, idf: Idf) -> Fingerprint:
+def side(row: dict[str, Any], prefix: str, idf: Idf, plain: frozenset[str] = frozenset()) -> Fingerprint:
     """One letter of a pair. Without a title its first clause is the headline, as for a live complaint."""
     title = str(row.get(f"{prefix}_title") or "").strip()
     text = str(row.get(f"{prefix}_text") or "")
     if not title:
         title, text = split_headline(text)
-    return fingerprint(title, text, idf)
+    return fingerprint(title, text, idf, plain=plain)
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -146,12 +167,13 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-def evaluate(pairs: list[dict[str, Any]], idf: Idf, thresholds: Thresholds) -> dict[str, Any]:
+def evaluate(pairs: list[dict[str, Any]], idf: Idf, thresholds: Thresholds,
+             plain: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Positive = the live matcher would merge or suggest (score ≥ suggest threshold); ``dup`` is positive."""
     tp = fp = fn = 0
     errors = []
     for row in pairs:
-        a, b = side(row, "a", idf), side(row, "b", idf)
+        a, b = side(row, "a", idf, plain), side(row, "b", idf, plain)
         s = pair_score(a, b, idf, days=gap_days(row))
         predicted = decide(s.score, thresholds) != "new"
         actual = row["label"] == "dup"
@@ -166,12 +188,12 @@ def evaluate(pairs: list[dict[str, Any]], idf: Idf, thresholds: Thresholds) -> d
             "tp": tp, "fp": fp, "fn": fn, "errors": errors}
 
 
-def feature_matrix(pairs: list[dict[str, Any]], idf: Idf) -> tuple[Any, Any]:
+def feature_matrix(pairs: list[dict[str, Any]], idf: Idf, plain: frozenset[str] = frozenset()) -> tuple[Any, Any]:
     import numpy as np
 
     rows = []
     for row in pairs:
-        f = features(side(row, "a", idf), side(row, "b", idf), idf)
+        f = features(side(row, "a", idf, plain), side(row, "b", idf, plain), idf)
         f["age"] = age(gap_days(row))
         rows.append([f[k] for k in FEATURES])
     return np.array(rows, dtype=float), np.array([row["label"] == "dup" for row in pairs], dtype=int)
@@ -226,7 +248,7 @@ def cross_validate(x: Any, y: Any, threshold: float, seeds: int, c: float = 1.0)
 
 
 def _missing(args: argparse.Namespace) -> int:
-    for path in [*args.data, *args.letters]:
+    for path in [*args.data, *getattr(args, "letters", [])]:
         if not path.is_file():
             print(f"hotline: no such file: {path}", file=sys.stderr)
             return 2
@@ -242,11 +264,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print("hotline: --cv needs a positive number of seeds", file=sys.stderr)
         return 2
     pairs = read_pairs(args.data, args.letters)
-    idf = load_idf(settings)
-    result = evaluate(pairs, idf, Thresholds(cfg["auto_merge"], cfg["suggest"]))
+    idf, plain = load_idf(settings), load_plain(settings)
+    result = evaluate(pairs, idf, Thresholds(cfg["auto_merge"], cfg["suggest"]), plain)
     errors = result.pop("errors")
     if args.cv:
-        x, y = feature_matrix(pairs, idf)
+        x, y = feature_matrix(pairs, idf, plain)
         result.update(cross_validate(x, y, cfg["suggest"], args.cv))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -270,23 +292,40 @@ def run_fit(args: argparse.Namespace) -> int:
         print("hotline: --c must be positive", file=sys.stderr)
         return 2
     settings = load_settings(extra_file=args.config)
-    x, y = feature_matrix(read_pairs(args.data, args.letters), load_idf(settings))
+    x, y = feature_matrix(read_pairs(args.data, args.letters), load_idf(settings), load_plain(settings))
     weights, bias = fit(x, y, args.c)
     print(json.dumps({"n": len(y), "weights": {k: round(v, 2) for k, v in weights.items()}, "bias": round(bias, 2),
                       "shipped": {"weights": WEIGHTS, "bias": BIAS}}, ensure_ascii=False))
     return 0
 
 
-def run_build_idf(args: argparse.Namespace) -> int:
-    def texts():
-        for path in args.data:
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        row = json.loads(line)
-                        yield f"{row.get('title') or ''} {row.get('text') or ''}"
+def _letters(paths: list[Path]) -> list[tuple[str, str]]:
+    """(title, text) of every letter; a line that is not a JSON object stops the build, naming it."""
+    out = []
+    for path in paths:
+        for row in _jsonl(path):
+            out.append((str(row.get("title") or ""), str(row.get("text") or "")))
+    return out
 
-    n, df = Idf.build(texts(), min_df=args.min_df)
+
+def run_build_idf(args: argparse.Namespace) -> int:
+    if _missing(args):
+        return 2
+    n, df = Idf.build((f"{title} {text}" for title, text in _letters(args.data)), min_df=args.min_df)
     Idf.dump(args.out, n, df)
     print(json.dumps({"docs": n, "bigrams": len(df), "out": str(args.out)}))
+    return 0
+
+
+def run_build_place_words(args: argparse.Namespace) -> int:
+    if _missing(args):
+        return 2
+    if not 0 < args.max_share <= 1 or args.min_docs < 1:
+        print("hotline: --max-share must lie in (0, 1] and --min-docs be at least 1", file=sys.stderr)
+        return 2
+    # The window the live matcher reads places from, so a core counts here as it would there.
+    texts = [place_text(title.strip(), text) for title, text in _letters(args.data)]
+    table = plain_words(texts, max_share=args.max_share, min_docs=args.min_docs)
+    write_plain_words(args.out, len(texts), table)
+    print(json.dumps({"docs": len(texts), "words": len(table), "out": str(args.out)}))
     return 0

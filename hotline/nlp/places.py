@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from hotline.nlp.text import nfkc
 
@@ -82,8 +85,9 @@ def _clean(text: str) -> str:
     return _ADMIN.sub("", text)
 
 
-def place_cores(text: str, limit: int = 12) -> list[str]:
-    """Distinct place cores in order of appearance, at most ``limit``."""
+def place_cores(text: str, limit: int = 12, plain: Collection[str] = frozenset()) -> list[str]:
+    """Distinct place cores in order of appearance, at most ``limit``. ``plain``: cores the city's letters
+    mostly use as ordinary words (``plain_words``), which name no place."""
     out: list[str] = []
     for match in _PLACE.finditer(_clean(text)):
         # Clause words can follow one another ("到现在学校", "难道开发商和物业"): strip them all.
@@ -113,11 +117,58 @@ def place_cores(text: str, limit: int = 12) -> list[str]:
             if suffix in _KIND_SUFFIXES:
                 continue
             name += suffix
-        if name not in out:
+        if name not in out and name not in plain:
             out.append(name)
             if len(out) >= limit:
                 break
     return out
+
+
+def plain_words(texts: Sequence[str], *, max_share: float = 0.1, min_docs: int = 10,
+                ) -> dict[str, tuple[int, int]]:
+    """Cores that ``texts`` mostly use without a place suffix: {core: (letters naming it as a place,
+    letters holding it at all)}, for cores held by at least ``min_docs`` letters and named as a place in
+    fewer than ``max_share`` of them.
+
+    The suffix rules cannot tell "公布物业收支" or "选聘物业" from "丽发物业", nor a city's own name
+    ("大连开发区") from an estate's; a city's letters can. A real estate, road or company name mostly comes
+    with its suffix (丽发新城, 友谊路: over 80 % of the letters naming it), a verb, a plain noun or the
+    city's name almost never (公布 0.2 %, 大连 under 10 %). A core the letters hold too rarely is kept:
+    a new estate has no history.
+    """
+    named: Counter[str] = Counter()
+    for text in texts:
+        named.update(place_cores(text, limit=1_000))
+    held: Counter[str] = Counter()
+    longest = max(map(len, named), default=0)
+    for text in texts:
+        cleaned = _clean(text)
+        found = {cleaned[i:i + n] for n in range(2, longest + 1) for i in range(len(cleaned) - n + 1)}
+        held.update(found.intersection(named))
+    return {core: (named[core], held[core]) for core in sorted(named)
+            if held[core] >= min_docs and named[core] < max_share * held[core]}
+
+
+def write_plain_words(path: Path, n_docs: int, table: dict[str, tuple[int, int]]) -> None:
+    """Format: ``#docs<TAB>N``, then ``word<TAB>letters naming it as a place<TAB>letters holding it``."""
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(f"#docs\t{n_docs}\n")
+        for word, (named, held) in sorted(table.items(), key=lambda kv: (-kv[1][1], kv[0])):
+            fh.write(f"{word}\t{named}\t{held}\n")
+
+
+def read_plain_words(path: Path) -> frozenset[str]:
+    """The words of a ``write_plain_words`` table; ValueError names the first line that is not one."""
+    words: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip() or fields[0] == "#docs":
+                continue
+            if len(fields) != 3 or not fields[0] or not (fields[1].isdigit() and fields[2].isdigit()):
+                raise ValueError(f"{path}:{n}: expected word<TAB>count<TAB>count")
+            words.add(fields[0])
+    return frozenset(words)
 
 
 def shared_places(a_cores: list[str], a_text: str, b_cores: list[str], b_text: str) -> list[str]:
