@@ -7,6 +7,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_pairs(paths: list[Path], letters: list[Path] = ()) -> list[dict[str, Any]]:
+def read_pairs(paths: Sequence[Path], letters: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """Labelled pairs. A pair may name its letters by ``a_id``/``b_id`` instead of carrying their texts: they
     are then taken (title, text, time) from the ``letters`` files, so a label set can be shared without the
     letters themselves."""
