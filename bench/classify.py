@@ -77,9 +77,9 @@ def breakdown(suggester: Suggester, texts: list[str]) -> dict[str, dict[str, flo
         t_feat = t_heads = 0.0
         for group in suggester._groups:
             a = clock()
-            ids, tf = group.ids(doc)
+            found = group.found(doc)
             b = clock()
-            tops.update(group.tops_from(ids, tf))
+            tops.update(group.tops_found(doc, found))
             t_feat += b - a
             t_heads += clock() - b
         t3 = clock()

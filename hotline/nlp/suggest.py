@@ -139,23 +139,36 @@ class FeatureGroup:
         idf = t[:, n:].view(np.float32)
         return {name: head.scores_gathered(tf, idf[:, h], rows[:, h]) for h, (name, head) in enumerate(self.heads)}
 
-    def scores(self, doc: Doc) -> dict[str, np.ndarray]:
-        keys = None
-        if self.index is not None:
-            ids, tf, keys = self.index.ids_keys(doc)
-            if not self.features.char_min <= 2 <= self.features.char_max:
-                keys = None  # no bigrams among them: the names count their own
-        else:
-            ids, tf = self.ids(doc)
+    def found(self, doc: Doc) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The message's merged feature ids and counts, and its sorted char n-gram keys when the label names
+        can reuse them (None: the names count their own bigrams)."""
+        if self.index is None:
+            return *self.ids(doc), None
+        ids, tf, keys = self.index.ids_keys(doc)
+        if not self.features.char_min <= 2 <= self.features.char_max:
+            return ids, tf, None  # no bigrams among them
+        return ids, tf, keys
+
+    def scores_found(self, doc: Doc, found: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+                     ) -> dict[str, np.ndarray]:
+        ids, tf, keys = found
         scores = self.scores_from(ids, tf)
         for name, head in self.heads:
             if (extra := head.name_scores(doc, keys)) is not None:
                 scores[name] += extra
         return scores
 
-    def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
-        scores = self.scores(doc)
+    def scores(self, doc: Doc) -> dict[str, np.ndarray]:
+        return self.scores_found(doc, self.found(doc))
+
+    def tops_found(self, doc: Doc, found: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+                   ) -> dict[str, list[dict[str, Any]]]:
+        """``tops`` from what ``found`` gave (``bench/classify.py --breakdown`` times the two apart)."""
+        scores = self.scores_found(doc, found)
         return {name: _top3(head, softmax(scores[name], head.temperature)) for name, head in self.heads}
+
+    def tops(self, doc: Doc) -> dict[str, list[dict[str, Any]]]:
+        return self.tops_found(doc, self.found(doc))
 
 
 def _top3(head: LinearHead, p: np.ndarray) -> list[dict[str, Any]]:
