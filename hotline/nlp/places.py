@@ -1,7 +1,9 @@
 """Place names in complaint text (小区, 路/街/道, 村, 学校, 公司 …) and distances between coordinates.
 
-Pure computation. A place is reduced to its *core*: the name part before the generic suffix, so
-"丽发新城小区", "丽发新城社区" and "丽发新城附近" all meet on "丽发新城" and "星沙派1栋" meets "星沙派小区".
+Pure computation (files only when a table is read or written on request). A place is reduced to its *core*:
+the name part before the generic suffix, so "丽发新城小区", "丽发新城社区" and "丽发新城附近" all meet on
+"丽发" and "星沙派1栋" meets "星沙派小区". Cores that the city's letters mostly use as ordinary words
+(``plain_words``) are left out.
 """
 
 from __future__ import annotations
