@@ -135,7 +135,7 @@ def plain_words(texts: Sequence[str], *, max_share: float = 0.1, min_docs: int =
     The suffix rules cannot tell "公布物业收支" or "选聘物业" from "丽发物业", nor a city's own name
     ("大连开发区") from an estate's; a city's letters can. A real estate, road or company name mostly comes
     with its suffix (丽发新城, 友谊路: over 80 % of the letters naming it), a verb, a plain noun or the
-    city's name almost never (公布 0.2 %, 大连 under 10 %). A core the letters hold too rarely is kept:
+    city's name almost never (公布 1 of 161 letters, 大连 45 of 1,124). A core the letters hold too rarely is kept:
     a new estate has no history.
     """
     named: Counter[str] = Counter()
