@@ -116,6 +116,16 @@ def test_build_place_words_command(tmp_path: Path) -> None:
     assert code != 0 and "broken.jsonl:2: not JSON" in err
 
 
+def test_pair_commands_refuse_a_missing_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"a_title": "丽发新城停水", "a_text": "三天没水", "b_title": "丽发新城停水",
+                                 "b_text": "还没来水", "label": "dup"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    monkeypatch.setenv("HOTLINE_DEDUP__PLACE_WORDS_FILE", str(tmp_path / "none.tsv"))
+    for command in ("eval-dedup", "fit-dedup"):
+        code, _, err = run_cli("nlp", command, "--data", str(pairs))
+        assert code != 0 and "dedup.place_words_file: file not found" in err, command
+
+
 def _letters() -> list[tuple[str, str]]:
     rows = []
     for name in LETTER_FILES:

@@ -84,7 +84,13 @@ def load_plain(settings: Any) -> frozenset[str]:
     if not name:
         return frozenset()
     path = Path(name)
-    return read_plain_words(path if path.is_absolute() else PROJECT_ROOT / path)
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    try:
+        return read_plain_words(path)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"hotline: dedup.place_words_file: file not found: {path}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"hotline: dedup.place_words_file: {exc}") from exc
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
