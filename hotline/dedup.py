@@ -115,20 +115,25 @@ class DedupConfig:
                 windows[name] = float(days) * DAY_S
         if cfg["default_window_days"] <= 0:
             raise SettingsError("dedup.default_window_days: must be positive")
-        plain: frozenset[str] = frozenset()
-        if cfg["place_words_file"]:
-            path = _project_path(cfg["place_words_file"])
-            try:
-                plain = read_plain_words(path)
-            except FileNotFoundError as exc:
-                raise SettingsError(f"dedup.place_words_file: file not found: {path}") from exc
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"dedup.place_words_file: {exc}") from exc
         return cls(thresholds=thresholds, default_window_s=cfg["default_window_days"] * DAY_S, windows_s=windows,
                    index_keys=max(4, cfg["index_keys"]), posting_cap=max(10, cfg["posting_cap"]),
                    max_candidates=max(1, cfg["max_candidates"]), enabled=cfg["enabled"],
                    hotspot_min_reporters=cfg["hotspot_min_reporters"], hotspot_window_s=cfg["hotspot_window_s"],
-                   hotspot_similarity=cfg["hotspot_similarity"], plain_places=plain)
+                   hotspot_similarity=cfg["hotspot_similarity"], plain_places=load_plain_places(settings))
+
+
+def load_plain_places(settings: Settings) -> frozenset[str]:
+    """The words of ``dedup.place_words_file`` (none when the setting is empty)."""
+    name = settings["dedup"]["place_words_file"]
+    if not name:
+        return frozenset()
+    path = _project_path(name)
+    try:
+        return read_plain_words(path)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"dedup.place_words_file: file not found: {path}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"dedup.place_words_file: {exc}") from exc
 
 
 def _project_path(value: str) -> Path:

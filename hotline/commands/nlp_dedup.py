@@ -27,7 +27,7 @@ from hotline.nlp.dedup import (
     place_text,
     split_headline,
 )
-from hotline.nlp.places import plain_words, read_plain_words, write_plain_words
+from hotline.nlp.places import plain_words, write_plain_words
 from hotline.settings import PROJECT_ROOT, load_settings
 
 LABELS = ("dup", "related", "distinct")
@@ -79,18 +79,10 @@ def load_idf(settings: Any) -> Idf:
 
 
 def load_plain(settings: Any) -> frozenset[str]:
-    """The live matcher's plain words (``dedup.place_words_file``), so pairs are scored as cases are."""
-    name = settings["dedup"]["place_words_file"]
-    if not name:
-        return frozenset()
-    path = Path(name)
-    path = path if path.is_absolute() else PROJECT_ROOT / path
-    try:
-        return read_plain_words(path)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"hotline: dedup.place_words_file: file not found: {path}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"hotline: dedup.place_words_file: {exc}") from exc
+    """The live matcher's plain words, so pairs are scored as cases are."""
+    from hotline.dedup import load_plain_places
+
+    return load_plain_places(settings)
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
