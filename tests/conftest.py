@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from hotline.app import create_app
+from hotline.logs import JsonFormatter
 from hotline.redis_server import EmbeddedRedis
 from hotline.settings import Settings, load_settings
 from hotline.store import Store
@@ -40,6 +42,31 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", "fault tests")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+class StrictJsonHandler(logging.Handler):
+    """Formats every record as the service's log handler does, and lets a failure raise instead of being
+    printed and forgotten: a log call that cannot be formatted (an ``extra`` key that overwrites a
+    LogRecord attribute, a value JSON cannot hold) fails the test that made it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not isinstance(json.loads(self.format(record)), dict):
+            raise AssertionError(f"log line is not one JSON object: {record!r}")
+
+
+@pytest.fixture(autouse=True)
+def strict_log_handler() -> Iterator[None]:
+    """Per test, since a test of ``setup_logging`` replaces the root handlers. pytest's ``log_level``
+    (pyproject.toml) is the shipped INFO, so info-level calls are made and formatted too."""
+    handler = StrictJsonHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield
+    root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

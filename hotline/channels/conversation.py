@@ -359,7 +359,7 @@ class Conversation:
         await self.conv.add_case(inc.channel, inc.sender, result.case.id, result.case.created_at)
         await self.conv.save_dialogue(inc.channel, inc.sender, Dialogue())
         log.info("chat case", extra={"event": "chat_case", "channel": inc.channel, "case_id": result.case.id,
-                                     "created": result.created})
+                                     "new_case": result.created})
         return [Outgoing(case_number_text(result))]
 
     # status ---------------------------------------------------------------------------

@@ -565,7 +565,7 @@ class TelegramDoor:
         self._drop(context)
         await self.conv.add_case(CHANNEL, sender, result.case.id, result.case.created_at)
         log.info("chat case", extra={"event": "chat_case", "channel": CHANNEL, "case_id": result.case.id,
-                                     "created": result.created})
+                                     "new_case": result.created})
         await self._say(update, Outgoing(case_number_text(result)))
         return END
 
