@@ -33,7 +33,6 @@ from defusedxml.common import DefusedXmlException
 from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
-from wechatpy.replies import TextReply
 from wechatpy.utils import check_signature
 
 from hotline.appkeys import ATTACHMENTS, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
@@ -60,6 +59,24 @@ CHANNEL = "wechat"
 MAX_REPLY_BYTES = 2000  # WeChat cuts text replies at 2048 bytes
 _OPENID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 BUSY_REPLY = "系统繁忙，请稍后再发送一次。"
+# Unix seconds have 10 digits until the year 2286; WeChat's MsgId is a 64-bit number (at most 20 digits). Longer
+# digit strings are refused before int() sees them: past 4300 digits int() raises, and far smaller ones already
+# overflow a float in the clock-skew arithmetic.
+MAX_TIMESTAMP_DIGITS = 12
+MAX_ID_DIGITS = 20
+# Characters XML 1.0 cannot carry at all, not even in CDATA (controls, lone surrogates, U+FFFE/U+FFFF): a reply
+# holding one would not parse on WeChat's side.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+# The citizen actions after which WeChat accepts customer-service messages (its 客服消息 rules: a message, a
+# follow, a QR-code scan, a menu button of type click / scancode_push / scancode_waitmsg; payments are not taken
+# here). Every other event opens nothing: reports the platform sends on its own (TEMPLATESENDJOBFINISH after our
+# own template message, MASSSENDJOBFINISH, PUBLISHJOBFINISH…), VIEW (a menu link) and LOCATION (the position
+# reported when the citizen opens the chat). Touching the window for those would reset its quota, or open one
+# WeChat refuses, each time we sent a template message. WeChat gives follows, scans and clicks only 3 messages
+# within a minute; the window record has one shape, and WeChat's refusal (45015/45047) then sends a notice the
+# template way.
+WINDOW_EVENTS = frozenset({"subscribe", "scan", "click", "scancode_push", "scancode_waitmsg"})
 
 
 class BadPush(Exception):
@@ -108,6 +125,19 @@ def fields(root: Element) -> dict[str, str]:
     return {child.tag: (child.text or "").strip() for child in root if isinstance(child.tag, str)}
 
 
+def cdata(value: str) -> str:
+    """``value`` as CDATA that holds exactly this text: a "]]>" in citizen text would otherwise end the section
+    and let the rest be read as XML of its own (another MsgType, a broken reply)."""
+    return "<![CDATA[" + _NOT_XML_CHAR.sub("", value).replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
+def text_reply_xml(to_user: str, from_user: str, text: str) -> str:
+    """A passive text reply. Not wechatpy's TextReply: its fields put values into CDATA unescaped."""
+    return (f"<xml><ToUserName>{cdata(to_user)}</ToUserName><FromUserName>{cdata(from_user)}</FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+            f"<Content>{cdata(text)}</Content></xml>")
+
+
 @dataclass
 class WeChatConfig:
     token: str
@@ -146,12 +176,15 @@ class WeChatConfig:
 
 @dataclass
 class PushContext:
-    """What a reply to one push needs: the message, the query's nonce/timestamp, safe mode or not."""
+    """What a reply to one push needs: the message, the query's nonce/timestamp, safe mode or not; and what the
+    push is, from its own fields (wechatpy makes an event it does not know an "unknown" message)."""
 
     message: Any
     encrypted: bool
     nonce: str
     timestamp: str
+    is_event: bool = False
+    event: str = ""  # the Event field, lower case; "" for messages
 
 
 @dataclass
@@ -175,7 +208,7 @@ class WeChatDoor:
 
     # signatures ---------------------------------------------------------------
     def _check_time(self, timestamp: str) -> None:
-        if not ascii_digits(timestamp):
+        if not ascii_digits(timestamp) or len(timestamp) > MAX_TIMESTAMP_DIGITS:
             raise BadPush(403, "bad timestamp")
         skew = self.cfg.max_clock_skew_s
         if skew and abs(time.time() - int(timestamp)) > skew:
@@ -235,18 +268,22 @@ class WeChatDoor:
         values = fields(root)
         if not values.get("MsgType") or not _OPENID.match(values.get("FromUserName", "")):
             raise BadPush(400, "MsgType and FromUserName are required")
-        if not ascii_digits(values.get("CreateTime", "")) or ("MsgId" in values and not ascii_digits(values["MsgId"])):
+        numbers = [values.get("CreateTime", "")] + ([values["MsgId"]] if "MsgId" in values else [])
+        if not all(ascii_digits(n) and len(n) <= MAX_ID_DIGITS for n in numbers):
             raise BadPush(400, "CreateTime and MsgId must be numbers")
         try:
             message = parse_message(xml_bytes.decode("utf-8"))
         except Exception as exc:
             raise BadPush(400, "unreadable message") from exc
-        return PushContext(message, encrypted, nonce, timestamp)
+        is_event = values["MsgType"].lower() == "event"
+        return PushContext(message, encrypted, nonce, timestamp, is_event,
+                           values.get("Event", "").lower() if is_event else "")
 
     def _reply(self, ctx: PushContext, text: str) -> web.Response:
+        """Every passive reply goes out through here."""
         if not text:
             return web.Response(text="success", content_type="text/plain")
-        xml = TextReply(message=ctx.message, content=text).render()
+        xml = text_reply_xml(str(ctx.message.source), str(ctx.message.target or ""), text)
         if ctx.encrypted and self.crypto is not None:
             xml = self.crypto.encrypt_message(xml, ctx.nonce, str(int(time.time())))
         return web.Response(text=xml, content_type="application/xml")
@@ -259,8 +296,7 @@ class WeChatDoor:
             log.warning("wechat push refused", extra={"event": "wechat_refused", "status": exc.status,
                                                        "reason": exc.message})
             return web.Response(status=exc.status, text=exc.message)
-        msg = ctx.message
-        key = dedup_key(msg)
+        key = dedup_key(ctx)
         if not await self.conv.claim_message(CHANNEL, key):
             return await self._duplicate(ctx, key)
         work = _Work()
@@ -294,7 +330,7 @@ class WeChatDoor:
     async def _work(self, ctx: PushContext, key: str, work: _Work) -> str:
         openid = ctx.message.source
         try:
-            outs = await self.respond(ctx.message)
+            outs = await self.respond(ctx)
             text = render_outgoing(outs)
         except Exception:
             log.exception("wechat message failed", extra={"event": "wechat_failed", "key": key})
@@ -329,18 +365,20 @@ class WeChatDoor:
         return True
 
     # message → conversation -------------------------------------------------------
-    async def respond(self, msg: Any) -> list[Outgoing]:
+    async def respond(self, ctx: PushContext) -> list[Outgoing]:
+        msg = ctx.message
         openid = msg.source
         kind = msg.type
-        if kind == "event":
-            event = (msg.event or "").lower()
+        if ctx.is_event:
+            event = ctx.event
             if event == "unsubscribe":
                 await self.conv.forget(CHANNEL, openid)
                 return []
-            await self.conv.touch_window(CHANNEL, openid, self.cfg.window_s)
-            if event in ("subscribe", "subscribe_scan"):
+            if event in WINDOW_EVENTS:
+                await self.conv.touch_window(CHANNEL, openid, self.cfg.window_s)
+            if event == "subscribe":
                 return await self.engine.handle(Incoming(CHANNEL, openid, "start"))
-            # LOCATION reports, menu clicks and views need no answer.
+            # Menu clicks, scans, LOCATION reports and the platform's own reports need no answer.
             return []
         await self.conv.touch_window(CHANNEL, openid, self.cfg.window_s)
         key = str(msg.id)
@@ -455,9 +493,10 @@ class WeChatDoor:
                     await task
 
 
-def dedup_key(msg: Any) -> str:
-    if msg.type == "event" or not int(msg.id or 0):
-        return f"{msg.source}:{msg.time}:{(getattr(msg, 'event', '') or msg.type).lower()}"
+def dedup_key(ctx: PushContext) -> str:
+    msg = ctx.message
+    if ctx.is_event or not int(msg.id or 0):
+        return f"{msg.source}:{msg.time}:{ctx.event or str(msg.type).lower()}"
     return f"msg:{msg.id}"
 
 
