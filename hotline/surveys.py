@@ -5,12 +5,17 @@ Chat reporters are asked on their channel with options; phone and web reporters,
 not answer after ``callbacks.max_attempts`` automated tries, go to the follow-up agents' worklist.
 未解决 or 不满意 reopens the case (重办) and sends it back to dispatch; an answer from the case's own
 reporter that is neither closes it (核实结案).
+
+A round's recipients are fixed when it is scheduled, but a merge may be undone afterwards: a recipient
+whose report is no longer in ``case.reports`` is withdrawn when next met (worker, worklist, an answer) and
+nothing is recorded for it. A recipient found unreachable has ended its survey: a later answer is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -35,6 +40,7 @@ from hotline.store.surveys import (
     MAIN,
     SCHEDULED,
     UNREACHABLE,
+    WITHDRAWN,
     Recipient,
     Survey,
     SurveyStore,
@@ -53,10 +59,21 @@ CHAT_CHANNELS = frozenset({"telegram", "wechat"})
 SURVEYED_STATES = frozenset({Status.RESOLVED, Status.ANSWERED})
 AGENT_OUTCOMES = ("answered", "no_answer", "wrong_number", "call_back_later")
 MAX_COMMENT_CHARS = 1000
+# Recipients whose survey is over: nothing more is asked or recorded.
+ENDED_STATES = frozenset({ANSWERED, UNREACHABLE, WITHDRAWN})
 
 
 class SurveyError(ApiError):
     pass
+
+
+def belongs(case: Case, rid: str) -> bool:
+    """Whether the recipient is still a reporter of the case: its own, or a report merged into it."""
+    return rid == MAIN or any(r.report_id == rid for r in case.reports)
+
+
+def _unmerged_error() -> SurveyError:
+    return SurveyError("not_a_reporter", "该反映已撤销合并，不再属于本案件，不能登记本案件的回访。", 409)
 
 
 class SurveyCaller(Protocol):
@@ -209,7 +226,12 @@ class SurveyService:
         rec = survey.recipients[rid]
         if rec.state not in (SCHEDULED, ASKED):
             return
-        if (await self.store.get_case(case_id)).status not in SURVEYED_STATES:
+        case = await self.store.get_case(case_id)
+        if not belongs(case, rid):
+            # Asking would tell this citizen that someone else's case is done.
+            await self.withdraw(case_id, rid)
+            return
+        if case.status not in SURVEYED_STATES:
             return  # reopened or turned into a normal case meanwhile: this round is moot
         if rec.attempts >= self.cfg.max_attempts:
             await self._to_followup(case_id, rid, "no_reply", now)
@@ -267,7 +289,7 @@ class SurveyService:
         rid = reply.report_id or MAIN
         survey = await self.surveys.get(reply.case_id)
         rec = survey.recipients.get(rid) if survey else None
-        if rec is None or rec.state in (ANSWERED, UNREACHABLE):
+        if rec is None or rec.state in ENDED_STATES:
             return "本次回访已结束，感谢您的参与。"
         if rec.channel != reply.channel or rec.sender != reply.sender:
             return "未找到您的回访。"
@@ -285,9 +307,24 @@ class SurveyService:
         if reply.value.startswith("q2:") and reply.value[3:] in SATISFACTIONS:
             if rec.resolved is None:
                 return "请先回答问题是否已经解决。"
-            return await self.answer(reply.case_id, rid, resolved=rec.resolved, satisfaction=reply.value[3:],
-                                     comment=reply.comment, actor=f"{reply.channel}:citizen")
+            try:
+                return await self.answer(reply.case_id, rid, resolved=rec.resolved,
+                                         satisfaction=reply.value[3:], comment=reply.comment,
+                                         actor=f"{reply.channel}:citizen")
+            except SurveyError as exc:
+                return exc.message  # ended (unmerged, unreachable) since the check above
         return "未能识别您的选择，请点击或回复选项编号。"
+
+    async def _still_a_reporter(self, case_id: str, rid: str) -> None:
+        """Refuse (and withdraw) a recipient whose report was unmerged after the round began: its answer must
+        not reopen or close this case."""
+        try:
+            case = await self.store.get_case(case_id)
+        except CaseNotFound as exc:
+            raise SurveyError("not_found", "未找到该回访。", 404) from exc
+        if not belongs(case, rid):
+            await self.withdraw(case_id, rid)
+            raise _unmerged_error()
 
     async def answer(self, case_id: str, rid: str, *, resolved: bool, satisfaction: str, comment: str,
                      actor: str, round_: int | None = None) -> str:
@@ -297,6 +334,10 @@ class SurveyService:
         comment = (comment or "")[:MAX_COMMENT_CHARS]
         now = time.time()
         state: dict[str, bool] = {"already": False}
+        survey = await self.surveys.get(case_id)
+        if survey is None or rid not in survey.recipients:
+            raise SurveyError("not_found", "未找到该回访。", 404)
+        await self._still_a_reporter(case_id, rid)
 
         def record(r: Recipient, s: Survey) -> None:
             if round_ is not None and s.round != round_:
@@ -304,6 +345,13 @@ class SurveyService:
             if r.state == ANSWERED:
                 state["already"] = True
                 return
+            if r.state == UNREACHABLE:
+                # README: unreachable ends the survey and the case closed without an evaluation; a late answer
+                # would reopen or rate a case the agents already finished.
+                who = "该市民已记为联系不上，" if actor.startswith("staff:") else ""
+                raise SurveyError("survey_ended", f"{who}本次回访已结束，不再登记评价。", 409)
+            if r.state == WITHDRAWN:
+                raise _unmerged_error()
             r.state, r.question = ANSWERED, ""
             r.resolved, r.satisfaction, r.comment = resolved, satisfaction, comment
             r.answered_at, r.answered_by = now, actor
@@ -361,7 +409,11 @@ class SurveyService:
         if outcome == "call_back_later" and not (now < call_back_at < now + 30 * 86400):
             raise SurveyError("bad_call_back_at", "请填写 30 天内的回拨时间。")
 
+        await self._still_a_reporter(case_id, rid)
+
         def log_call(r: Recipient, _s: Survey) -> None:
+            if r.state == WITHDRAWN:
+                raise _unmerged_error()
             if r.state != FOLLOWUP:
                 raise SurveyError("not_waiting", "该回访不在待回访列表中。", 409)
             r.notes.append({"at": now, "by": actor, "outcome": outcome, "note": note[:MAX_COMMENT_CHARS]})
@@ -399,9 +451,32 @@ class SurveyService:
                 continue
             if survey is None or rid not in survey.recipients:
                 continue
+            if not belongs(case, rid):
+                await self.withdraw(case_id, rid)
+                continue
             rec = survey.recipients[rid]
             rows.append({"case": case, "rid": rid, "recipient": rec, "since": since, "round": survey.round})
         return rows
+
+    async def withdraw(self, case_id: str, rid: str) -> bool:
+        """Take a recipient that is no longer the case's reporter out of the round (off the schedule and the
+        worklist); True when this call did it. Answers already given stay as they were."""
+        changed: dict[str, bool] = {"done": False}
+
+        def drop(r: Recipient, _s: Survey) -> None:
+            if r.state in (SCHEDULED, ASKED, FOLLOWUP):
+                r.state, r.question, r.next_at = WITHDRAWN, "", 0.0
+                changed["done"] = True
+
+        try:
+            await self.surveys.update(case_id, rid, drop)
+        except KeyError:
+            return False
+        if changed["done"]:
+            with contextlib.suppress(CaseNotFound):
+                await self.store.add_event(case_id, actor="system", action="survey_withdrawn",
+                                           data={"report_id": rid, "reason": "unmerged"})
+        return changed["done"]
 
     # web link ---------------------------------------------------------------
     def link(self, case_id: str, rid: str, round_: int, now: float | None = None) -> str:
@@ -412,7 +487,7 @@ class SurveyService:
         """The survey link for the case's own reporter while their answer is still open."""
         survey = await self.surveys.get(case_id)
         rec = survey.recipients.get(MAIN) if survey else None
-        if survey is None or rec is None or rec.state in (ANSWERED, UNREACHABLE):
+        if survey is None or rec is None or rec.state in ENDED_STATES:
             return ""
         return self.link(case_id, MAIN, survey.round)
 

@@ -2,6 +2,8 @@
 
 Passwords are read from the terminal without echo, or from stdin when it is not a terminal
 (``printf '%s\\n' "$PW" | hotline users add wang --role call_taker``), never from the command line.
+Names are case-insensitive (``passwd WANG`` sets wang's password). A new password ends every session of the
+account, as disabling it does.
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ async def _passwd(args: argparse.Namespace) -> int:
     check_password(password)
     pw_hash = await asyncio.to_thread(hash_password, password)
     async with open_store(settings_from_args(args)) as store:
-        await Users(store).set_password(args.name, pw_hash)
-    print(f"password of {args.name} changed")
+        name = await Users(store).set_password(args.name, pw_hash)
+    print(f"password of {name} changed; its sessions were ended")
     return 0
 
 
 async def _enable(args: argparse.Namespace, disabled: bool) -> int:
     async with open_store(settings_from_args(args)) as store:
-        await Users(store).set_disabled(args.name, disabled)
-    print(f"{args.name} {'disabled' if disabled else 'enabled'}")
+        name = await Users(store).set_disabled(args.name, disabled)
+    print(f"{name} {'disabled' if disabled else 'enabled'}")
     return 0
 
 
@@ -84,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--role", required=True, choices=ROLES,
                      help="call_taker 接线员, follow_up 回访员, supervisor 班长/管理员")
     add.add_argument("--display-name", help="name shown in the console")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing account")
+    add.add_argument("--replace", action="store_true",
+                     help="overwrite an existing account (its sessions end)")
     add_settings_args(add)
     add.set_defaults(handler=_run(_add))
 
@@ -92,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_settings_args(ls)
     ls.set_defaults(handler=_run(_list))
 
-    pw = users_sub.add_parser("passwd", help="set a new password (prompted, or one line on stdin)")
+    pw = users_sub.add_parser("passwd", help="set a new password (prompted, or one line on stdin) and end the "
+                                             "account's sessions")
     pw.add_argument("name")
     add_settings_args(pw)
     pw.set_defaults(handler=_run(_passwd))

@@ -164,7 +164,8 @@ async def load_user(request: web.Request) -> tuple[User | None, Session | None, 
     if session is None:
         return None, None, True
     user = await users.get(session.user)
-    if user is None or user.disabled:
+    # A password change (or a replaced account) moves session_gen on: older sessions end with it.
+    if user is None or user.disabled or session.gen != user.session_gen:
         await users.delete_session(session.token_hash)
         return None, None, True
     return user, session, False
@@ -229,7 +230,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     cfg = console_settings(request.app)
     users = Users(request.app[STORE])
     ip = request.remote or "?"
-    keys = [("user", name.lower()), ("ip", ip)]
+    account = await users.resolve(name)
+    # Failures count against the account a name reaches, in whatever case it was typed. A name that reaches
+    # none (unknown, or TMP1 when Tmp1 and tmp1 both predate case-insensitive names) counts separately, so
+    # guessing it cannot lock anyone out; it is still throttled like a real one, so 429s do not reveal names.
+    user_key = ("user", account) if account else ("name", name.lower())
+    keys = [user_key, ("ip", ip)]
     (user_fails, user_ttl), (ip_fails, ip_ttl) = await users.failures(keys)
     if user_fails >= int(cfg["login_max_failures"]) or ip_fails >= int(cfg["login_ip_max_failures"]):
         wait = max(user_ttl if user_fails >= int(cfg["login_max_failures"]) else 0, ip_ttl, 1)
@@ -237,14 +243,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         minutes = max(1, (wait + 59) // 60)
         return _login_page(request, status=429, name=name, headers={"Retry-After": str(wait)},
                            error=f"登录失败次数过多，请 {minutes} 分钟后再试。")
-    pw_hash = await users.password_hash(name)
+    pw_hash = await users.password_hash(account) if account else None
     ok = await asyncio.to_thread(verify_password, pw_hash, password)
-    user = await users.get(name) if ok else None
+    user = await users.get(account) if ok and account else None
     if user is None or user.disabled:
         await users.record_failure(keys, int(cfg["login_window_s"]))
         log.info("login failed", extra={"event": "staff_login_failed", "user": name, "ip": ip})
         return _login_page(request, status=401, error="用户名或密码错误。", name=name)
-    await users.clear_failures("user", name.lower())
+    await users.clear_failures(*user_key)
     token, _session = await users.create_session(user, int(cfg["session_idle_s"]))
     log.info("login", extra={"event": "staff_login", "user": user.name, "role": user.role, "ip": ip})
     target = safe_next(str(form.get("next", ""))) or home_for(user)

@@ -20,13 +20,14 @@ ACTION_LABELS = {
     "received": "受理", "classified": "AI 分类", "confirmed": "人工确认", "dispatched": "派遣",
     "accepted": "承办单位接单", "in_progress": "处理中", "returned": "退单", "resolved": "办结反馈",
     "closed": "结案", "reopened": "重办", "merged": "并入其他案件", "report_merged": "并入重复诉求",
-    "unmerged": "撤销合并", "duplicate_rejected": "否认重复", "ai_reviewed": "AI 建议审核",
+    "unmerged": "撤销合并", "reports_moved": "重复诉求随案并入", "report_moved": "改挂至合并后的案件",
+    "duplicate_rejected": "否认重复", "ai_reviewed": "AI 建议审核",
     "phone_viewed": "查看完整电话", "answered": "直接答复", "survey_answered": "回访评价",
     "notified": "通知市民", "suggested": "AI 建议更新",
     "extension_requested": "申请延期", "overdue": "超期提醒", "order_delivered": "工单已送达派单系统",
     "order_failed": "工单投递失败", "order_redriven": "工单重新投递", "dispatch_event_ignored": "忽略派单系统事件",
     "survey_scheduled": "安排回访", "survey_followup": "转人工回访", "callback_call": "人工回访电话",
-    "survey_call": "自动回访电话", "survey_call_placed": "拨出回访电话",
+    "survey_call": "自动回访电话", "survey_call_placed": "拨出回访电话", "survey_withdrawn": "取消回访",
     "answer_resolved": "市民确认答复已解决", "answer_not_resolved": "市民表示答复未解决",
     "hotspot_raised": "列入热点", "hotspot_closed": "热点结束", "open311_service": "Open311 服务类型",
     "voice_call": "来电记录", "ivr_answer_offered": "电话中提供答复", "ivr_answer_online": "答复留待网上查询",
@@ -57,12 +58,12 @@ KEY_LABELS = {
     "resolved": "问题已解决", "satisfaction": "满意度", "comment": "意见", "due_at": "计划时间",
     "recipients": "回访人数", "service_code": "服务代码", "choice": "市民选择", "by": "方式",
     "call_back_at": "约定回拨时间", "photos": "照片", "recording": "通话录音", "reports": "合并反映",
+    "suggested": "AI 建议", "chosen": "采用", "with_reports": "随案并入的反映",
 }
 
 HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型"}
 _TIME_LIMITS = {"urgent": "紧急", "utilities": "水电气热", "consultation": "咨询", "default": "一般"}
 _VALUES: dict[str, dict[str, str]] = {
-    "merged_by": {"auto": "系统自动"},
     "outcome": {"answered": "已回答", "hung_up": "中途挂断", "unanswered": "未回答", "no_answer": "无人接听",
                 "timeout": "超时", "bad_number": "号码无效", "ari_error": "呼叫失败", "wrong_number": "号码错误",
                 "call_back_later": "稍后回拨"},
@@ -70,7 +71,7 @@ _VALUES: dict[str, dict[str, str]] = {
     "intent": {"consult": "咨询", "complaint": "反映问题", "query": "查询进度", "transfer": "转人工"},
     "by": {"survey": "回访", "unreachable": "回访联系不上"},
     "reason": {"needs_call": "需人工电话回访", "send_failed": "短信发送失败", "no_caller_number": "无来电号码",
-               "no_channel_notifier": "该渠道无法通知"},
+               "no_channel_notifier": "该渠道无法通知", "unmerged": "已撤销合并"},
     "type": {"accepted": "接单", "in_progress": "处理中", "resolved": "办结", "returned": "退单",
              "extension_requested": "申请延期"},
     "kind": {"received": "受理", "dispatched": "派遣", "resolved": "办结", "reopened": "重办", "survey": "回访",
@@ -90,6 +91,11 @@ def _status(value: Any) -> str:
         return str(value)
 
 
+def _merged_by(value: Any) -> str:
+    # Dedup writes "auto" for its own merges and the deciding actor (staff:<name>) for a call-taker's.
+    return "系统自动" if value == "auto" else actor_label(str(value))
+
+
 def _seconds(value: Any) -> str:
     return f"{float(value):.0f} 秒" if isinstance(value, int | float) else str(value)
 
@@ -100,7 +106,7 @@ def _ratio(value: Any) -> str:
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "from": _status, "to": _status, "status": _status, "duration_s": _seconds,
-    "score": _ratio, "confidence": _ratio,
+    "score": _ratio, "confidence": _ratio, "merged_by": _merged_by,
     "channel": lambda v: CHANNEL_LABELS.get(str(v), str(v)),
 }
 

@@ -28,6 +28,7 @@ ASKED = "asked"  # an automated question is out
 FOLLOWUP = "followup"  # on the follow-up agents' worklist
 ANSWERED = "answered"
 UNREACHABLE = "unreachable"
+WITHDRAWN = "withdrawn"  # a merged report taken off the case again (unmerged): not this case's reporter now
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Staff accounts, login sessions, login throttling and console counters in Redis.
 
 Layout (prefix ``hl``):
-- ``hl:staff:user:<name>``        hash: name, role, display_name, pw (argon2 hash), created_at, disabled
+- ``hl:staff:user:<name>``        hash: name, role, display_name, pw (argon2 hash), created_at, disabled,
+                                  session_gen (a session is valid only while it carries this number)
 - ``hl:staff:users``              set of every account name
 - ``hl:staff:session:<sha256>``   JSON of one login session; the key's TTL is the idle timeout. Only the
                                   hash of the cookie value is stored, so a copy of the database does not
@@ -9,6 +10,11 @@ Layout (prefix ``hl``):
 - ``hl:staff:fail:<kind>:<id>``   failed logins of a user name or a client address within the window
 - ``hl:staff:adopt:<YYYYMMDD>``   hash of counters: per head how many AI suggestions were reviewed and how
                                   many were accepted unchanged, and the same per call-taker
+
+Account names are case-insensitive: ``Wang`` logs in to ``wang``, and no second account may differ from
+an existing one only in case. The key keeps the spelling the account was created with, so accounts stored
+before this rule keep working; two such accounts that differ only in case are each reached by their exact
+spelling only.
 
 Password hashing is CPU work: the helpers here are synchronous and callers run them in a thread.
 """
@@ -27,6 +33,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from redis.exceptions import WatchError
 
 from hotline.access import ROLES
 from hotline.store.cases import Store
@@ -82,6 +89,7 @@ class User:
     display_name: str = ""
     created_at: float = 0.0
     disabled: bool = False
+    session_gen: int = 0
 
     @property
     def label(self) -> str:
@@ -94,6 +102,7 @@ class Session:
     user: str
     csrf: str
     created_at: float
+    gen: int = 0  # the user's session_gen at login; sessions from before the last password change differ
 
 
 def _token_hash(token: str) -> str:
@@ -131,34 +140,74 @@ class Users:
         fields = {"name": name, "role": role, "display_name": user.display_name, "pw": pw_hash,
                   "created_at": f"{user.created_at:.3f}", "disabled": "0"}
         key = self.k_user(name)
-        if not replace and not await self.r.hsetnx(key, "name", name):
-            raise UserError(f"用户 {name} 已存在。")
+        folded = name.lower()
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.sadd(self.k_users, name)
-            await pipe.execute()
-        return user
+            while True:
+                try:
+                    # Watching the name set as well: two concurrent adds of Wang and wang cannot both pass.
+                    await pipe.watch(key, self.k_users)
+                    exists = bool(await pipe.exists(key))
+                    if exists and not replace:
+                        raise UserError(f"用户 {name} 已存在。")
+                    twin = next((n for n in sorted(await pipe.smembers(self.k_users))
+                                 if n != name and n.lower() == folded), None)
+                    if twin is not None:
+                        raise UserError(f"用户 {twin} 已存在（用户名不区分大小写）。")
+                    pipe.multi()
+                    pipe.hset(key, mapping=fields)
+                    pipe.sadd(self.k_users, name)
+                    if exists:
+                        # A replaced account has a new password: whoever was logged in as it is logged out.
+                        pipe.hincrby(key, "session_gen", 1)
+                    await pipe.execute()
+                    return user
+                except WatchError:
+                    continue
+
+    async def resolve(self, name: str) -> str | None:
+        """The stored spelling of the account ``name`` reaches, compared without case; None when none or
+        when two accounts stored before names were case-insensitive match and ``name`` is neither exactly."""
+        if not valid_name(name):
+            return None
+        if await self.r.hexists(self.k_user(name), "role"):
+            return name
+        folded = name.lower()
+        matches = [n for n in await self.r.smembers(self.k_users) if n.lower() == folded]
+        return matches[0] if len(matches) == 1 else None
 
     async def get(self, name: str) -> User | None:
         if not valid_name(name):
             return None
         data = await self.r.hgetall(self.k_user(name))
+        if not data.get("role"):
+            account = await self.resolve(name)
+            data = await self.r.hgetall(self.k_user(account)) if account else {}
         return self._user(data) if data.get("role") else None
 
     async def password_hash(self, name: str) -> str | None:
-        if not valid_name(name):
-            return None
-        return await self.r.hget(self.k_user(name), "pw")
+        account = await self.resolve(name)
+        return await self.r.hget(self.k_user(account), "pw") if account else None
 
-    async def set_password(self, name: str, pw_hash: str) -> None:
-        if await self.get(name) is None:
+    async def _existing(self, name: str) -> str:
+        account = await self.resolve(name)
+        if account is None:
             raise UserError(f"用户 {name} 不存在。")
-        await self.r.hset(self.k_user(name), "pw", pw_hash)
+        return account
 
-    async def set_disabled(self, name: str, disabled: bool) -> None:
-        if await self.get(name) is None:
-            raise UserError(f"用户 {name} 不存在。")
-        await self.r.hset(self.k_user(name), "disabled", "1" if disabled else "0")
+    async def set_password(self, name: str, pw_hash: str) -> str:
+        """Set a new password and end every session of the account (a password is changed when it may be
+        known to someone else); returns the account's stored name."""
+        account = await self._existing(name)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.k_user(account), "pw", pw_hash)
+            pipe.hincrby(self.k_user(account), "session_gen", 1)
+            await pipe.execute()
+        return account
+
+    async def set_disabled(self, name: str, disabled: bool) -> str:
+        account = await self._existing(name)
+        await self.r.hset(self.k_user(account), "disabled", "1" if disabled else "0")
+        return account
 
     async def all(self) -> list[User]:
         names = sorted(await self.r.smembers(self.k_users))
@@ -171,15 +220,17 @@ class Users:
     @staticmethod
     def _user(data: dict[str, str]) -> User:
         return User(name=data["name"], role=data["role"], display_name=data.get("display_name", ""),
-                    created_at=float(data.get("created_at") or 0), disabled=data.get("disabled") == "1")
+                    created_at=float(data.get("created_at") or 0), disabled=data.get("disabled") == "1",
+                    session_gen=int(data.get("session_gen") or 0))
 
     # sessions ------------------------------------------------------------
     async def create_session(self, user: User, idle_s: int) -> tuple[str, Session]:
         """A fresh random token (never reused across logins, so a planted cookie is worthless)."""
         token = secrets.token_urlsafe(32)
         session = Session(token_hash=_token_hash(token), user=user.name, csrf=secrets.token_urlsafe(24),
-                          created_at=time.time())
-        payload = {"user": session.user, "csrf": session.csrf, "created_at": session.created_at}
+                          created_at=time.time(), gen=user.session_gen)
+        payload = {"user": session.user, "csrf": session.csrf, "created_at": session.created_at,
+                   "gen": session.gen}
         await self.r.set(self.k_session(session.token_hash), json.dumps(payload), ex=max(1, idle_s))
         return token, session
 
@@ -198,7 +249,7 @@ class Users:
         try:
             data = json.loads(raw)
             session = Session(token_hash=th, user=str(data["user"]), csrf=str(data["csrf"]),
-                              created_at=float(data["created_at"]))
+                              created_at=float(data["created_at"]), gen=int(data.get("gen", 0)))
         except (ValueError, KeyError, TypeError):
             await self.r.delete(key)
             return None
