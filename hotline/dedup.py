@@ -46,7 +46,7 @@ from hotline.nlp.dedup import (
 from hotline.nlp.places import read_plain_words
 from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
-from hotline.status import OPEN_STATES, Status
+from hotline.status import LABELS_ZH, OPEN_STATES, IllegalTransition, Status
 from hotline.store import CaseNotFound, Store
 from hotline.store.cases import FEED_BATCH, FEED_BATCH_S, Claim
 from hotline.store.dedup import DedupIndex, IndexEntry
@@ -68,6 +68,21 @@ class DedupError(ApiError):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message, 404 if code == "not_found" else 409)
+
+
+# A case can become a linked report only before it is confirmed: from then on a work order exists for it.
+MERGEABLE = frozenset({Status.RECEIVED, Status.CLASSIFIED})
+
+
+class _NotThere(Exception):
+    """Aborts a case update that would change nothing (the report is not on that case)."""
+
+
+def not_mergeable(case: Case) -> DedupError:
+    """Why ``case`` cannot become a linked report, in the call-taker's words."""
+    if case.status == Status.MERGED or case.duplicate_of:
+        return DedupError("already_merged", f"该案件已并入 {case.duplicate_of}。")
+    return DedupError("not_mergeable", f"该案件当前状态为“{LABELS_ZH[case.status]}”，不能合并。")
 
 
 @dataclass
@@ -289,7 +304,35 @@ class DedupService:
                                                   actor=actor, action="merged", target=Status.MERGED)
         except CaseNotFound as exc:
             raise DedupError("not_found", "案件不存在。") from exc
-        return await self.attach(report, master_id, score, actor)
+        except IllegalTransition as exc:
+            # Confirmed (its work order is on the way) or merged by someone else since it was read.
+            raise not_mergeable(await self.store.get_case(report.id)) from exc
+        report = await self.attach(report, master_id, score, actor)
+        if report.reports:
+            report = await self._move_reports(report, master_id, actor)
+        return report
+
+    async def _move_reports(self, report: Case, master_id: str, actor: str) -> Case:
+        """A case merged with its own linked reports hands them on (``attach`` has already added them to
+        ``master_id``): each report then points at the case that is worked on, which surveys and notifies them."""
+        moved = [r.report_id for r in report.reports]
+
+        def clear(c: Case) -> dict[str, Any]:
+            c.reports = []
+            c.priority = 0
+            return {"reports": moved, "into": master_id}
+
+        def repoint(c: Case) -> dict[str, Any]:
+            if c.duplicate_of != report.id:
+                raise _NotThere()
+            c.duplicate_of = master_id
+            return {"from_case": report.id, "into": master_id}
+
+        report = await self.store.update_case(report.id, clear, actor=actor, action="reports_moved")
+        for report_id in moved:
+            with contextlib.suppress(_NotThere, CaseNotFound):
+                await self.store.update_case(report_id, repoint, actor=actor, action="report_moved")
+        return report
 
     async def merge_target(self, into: str) -> str:
         """The case a report for ``into`` joins: ``into`` itself, or the case it was merged into."""
@@ -323,10 +366,16 @@ class DedupService:
             c.reports.append(Report(report_id=report.id, channel=report.channel, sender=report.sender,
                                     contact=report.contact, text=report.text, received_at=report.created_at,
                                     score=round(score, 4), merged_by=merged_by))
-            if len(c.reports) <= MAX_PRIORITY_BUMP:
-                c.priority += 1
-            return {"report_id": report.id, "score": round(score, 4), "reporters": c.reporter_count,
+            # A case merged with reports of its own brings its reporters along.
+            held = {r.report_id for r in c.reports}
+            brought = [r for r in report.reports if r.report_id not in held and r.report_id != c.id]
+            c.reports.extend(brought)
+            c.priority = min(MAX_PRIORITY_BUMP, c.priority + 1 + len(brought))
+            data = {"report_id": report.id, "score": round(score, 4), "reporters": c.reporter_count,
                     "merged_by": merged_by}
+            if brought:
+                data["with_reports"] = [r.report_id for r in brought]
+            return data
 
         try:
             master = await self.store.update_case(master_id, add_report, actor=actor, action="report_merged",
@@ -352,14 +401,22 @@ class DedupService:
             case = await self.store.get_case(case_id)
         except CaseNotFound as exc:
             raise DedupError("not_found", "案件不存在。") from exc
-        if case.status not in (Status.RECEIVED, Status.CLASSIFIED, Status.CONFIRMED):
-            raise DedupError("not_mergeable", "该案件已派遣或办结，不能合并。")
+        if case.status not in MERGEABLE or case.duplicate_of:
+            raise not_mergeable(case)
         score = next((float(d.get("score", 0)) for d in case.duplicate_candidates if d.get("case_id") == into), 0.0)
         return await self.merge(case, into, score, actor)
 
     async def reject(self, case_id: str, candidate_id: str, actor: str) -> Case:
         """Not a duplicate: drop the suggestion and never suggest this pair again."""
+        if candidate_id == case_id:
+            raise DedupError("same_case", "不能否认案件与其自身的重复关系。")
+        if not await self.store.case_exists(candidate_id):
+            raise DedupError("not_found", f"候选案件 {candidate_id} 不存在。")
+
         def drop(c: Case) -> dict[str, Any]:
+            # The decision belongs to a case still waiting for one; a merged or dispatched case has had it.
+            if c.status not in MERGEABLE or c.duplicate_of:
+                raise not_mergeable(c)
             c.duplicate_candidates = [d for d in c.duplicate_candidates if d.get("case_id") != candidate_id]
             return {"candidate": candidate_id}
 
@@ -381,34 +438,48 @@ class DedupService:
         master_id = report.duplicate_of
 
         def drop_report(c: Case) -> dict[str, Any]:
-            before = len(c.reports)
-            c.reports = [r for r in c.reports if r.report_id != report_case_id]
-            if len(c.reports) < before and len(c.reports) < MAX_PRIORITY_BUMP:
+            kept = [r for r in c.reports if r.report_id != report_case_id]
+            if len(kept) == len(c.reports):
+                raise _NotThere()
+            c.reports = kept
+            if len(c.reports) < MAX_PRIORITY_BUMP:
                 c.priority = max(0, c.priority - 1)
             return {"report_id": report_case_id, "reporters": c.reporter_count}
 
-        with contextlib.suppress(CaseNotFound):
-            await self.store.update_case(master_id, drop_report, actor=actor, action="unmerged")
-        report = await self.store.update_case(report_case_id, lambda c: _clear_dup(c, "undo", master_id),
-                                              actor=actor, action="unmerged", target=Status.CLASSIFIED)
-        await self.index.add_rejection(report_case_id, master_id)
+        # The cases first, the report last: a second undo at the same time, or one repeated after a crash
+        # in between, finds nothing left to drop, and only one of them moves the report back.
+        masters = await self._chain(master_id)
+        for holder in masters:
+            with contextlib.suppress(CaseNotFound, _NotThere):
+                await self.store.update_case(holder, drop_report, actor=actor, action="unmerged")
+        try:
+            report = await self.store.update_case(report_case_id, lambda c: _clear_dup(c, "undo", master_id),
+                                                  actor=actor, action="unmerged", target=Status.CLASSIFIED)
+        except IllegalTransition as exc:
+            raise DedupError("not_merged", "该案件未被合并。") from exc
+        for holder in masters:
+            await self.index.add_rejection(report_case_id, holder)
         await self.opened(report)
         return report
 
-    async def _root(self, case_id: str) -> str:
-        """Follow duplicate_of links so a report joins the case that is actually worked on."""
-        seen = set()
+    async def _chain(self, case_id: str) -> list[str]:
+        """``case_id`` and the cases its duplicate_of links lead to, the one actually worked on last."""
+        chain: list[str] = []
         current = case_id
-        while current not in seen and len(seen) < 8:
-            seen.add(current)
+        while current and current not in chain and len(chain) < 8:
+            chain.append(current)
             try:
                 case = await self.store.get_case(current)
             except CaseNotFound as exc:
-                raise DedupError("not_found", f"案件 {current} 不存在。") from exc
-            if not case.duplicate_of:
-                return current
+                if len(chain) == 1:
+                    raise DedupError("not_found", f"案件 {current} 不存在。") from exc
+                break
             current = case.duplicate_of
-        return current
+        return chain
+
+    async def _root(self, case_id: str) -> str:
+        """Follow duplicate_of links so a report joins the case that is actually worked on."""
+        return (await self._chain(case_id))[-1]
 
     # index upkeep ------------------------------------------------------------
     async def opened(self, case: Case, *, fresh: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hotline.dispatch.deadlines import URGENT_LEVELS, urgency_of
 from hotline.rates import RateRow, Weights
 from hotline.records import Case
 from hotline.status import Status
@@ -49,8 +50,8 @@ def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | No
             e.action == "accepted" or e.data.get("to") in (str(Status.IN_PROGRESS), str(Status.RESOLVED)))), None)
     if not answered and dispatched_at is None:
         return None
-    urgent = case.emergency or case.priority > 0 or (case.suggestion.get("urgency") or {}).get("level") in (
-        "emergency", "urgent")
+    # The urgency the case was dispatched with: the call-taker's, else intake's rules.
+    urgent = urgency_of(case, cls) in URGENT_LEVELS
     limit_h = cfg.urgent_response_hours if urgent else cfg.response_hours
     survey = case.survey or {}
     resolved = survey.get("resolved") if isinstance(survey.get("resolved"), bool) else None

@@ -30,7 +30,8 @@ S = Status
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.RECEIVED: frozenset({S.CLASSIFIED, S.MERGED}),
     S.CLASSIFIED: frozenset({S.CONFIRMED, S.MERGED, S.ANSWERED}),
-    S.CONFIRMED: frozenset({S.DISPATCHED, S.CLASSIFIED, S.MERGED}),
+    # Confirmed means a work order is on its way: such a case can no longer become a merged report.
+    S.CONFIRMED: frozenset({S.DISPATCHED, S.CLASSIFIED}),
     S.DISPATCHED: frozenset({S.IN_PROGRESS, S.RETURNED, S.RESOLVED}),
     S.IN_PROGRESS: frozenset({S.RESOLVED, S.RETURNED}),
     S.RETURNED: frozenset({S.CONFIRMED, S.CLASSIFIED}),

@@ -83,10 +83,10 @@ def urgency_of(case: Case, classification: dict[str, Any]) -> str:
         return chosen
     if case.emergency:
         return "emergency"
+    # Not the priority that merged repeats raise: more reporters move a case up the queue, but the same
+    # broken street lamp reported twice is not a 2-hour emergency.
     level = str((case.suggestion.get("urgency") or {}).get("level") or "")
-    if level in URGENT_LEVELS or case.priority > 0:
-        return level if level in URGENT_LEVELS else "urgent"
-    return "normal"
+    return level if level in URGENT_LEVELS else "normal"
 
 
 def limit_for(tables: DispatchTables, case: Case, classification: dict[str, Any],
