@@ -191,6 +191,8 @@ async def test_refusals_over_http_are_409_with_the_reason(client: Any) -> None:
     async with staff_login(client, "call_taker") as staff:
         merged = await staff.post_json(f"/api/v1/console/cases/{report.id}/merge", {"into": master.id})
         assert merged.status == 200
+        page = await (await staff.page(f"/console/cases/{master.id}")).text()
+        assert f"<td>{staff.name}（工作人员）</td>" in page  # the reports table says who merged, in words
         again = await staff.post_json(f"/api/v1/console/cases/{report.id}/merge", {"into": master.id})
         error = (await again.json())["error"]
         assert again.status == 409 and error["code"] == "already_merged" and master.id in error["message"]

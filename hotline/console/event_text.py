@@ -91,7 +91,7 @@ def _status(value: Any) -> str:
         return str(value)
 
 
-def _merged_by(value: Any) -> str:
+def merged_by_label(value: Any) -> str:
     # Dedup writes "auto" for its own merges and the deciding actor (staff:<name>) for a call-taker's.
     return "系统自动" if value == "auto" else actor_label(str(value))
 
@@ -106,7 +106,7 @@ def _ratio(value: Any) -> str:
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "from": _status, "to": _status, "status": _status, "duration_s": _seconds,
-    "score": _ratio, "confidence": _ratio, "merged_by": _merged_by,
+    "score": _ratio, "confidence": _ratio, "merged_by": merged_by_label,
     "channel": lambda v: CHANNEL_LABELS.get(str(v), str(v)),
 }
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from hotline.access import can_see_phone
 from hotline.attachments import name_of
-from hotline.console.event_text import ACTION_LABELS, CHANNEL_LABELS, actor_label, describe
+from hotline.console.event_text import ACTION_LABELS, CHANNEL_LABELS, actor_label, describe, merged_by_label
 from hotline.errors import ApiError
 from hotline.records import Case, mask_name, mask_phone, mask_pii
 from hotline.status import LABELS_ZH, Status
@@ -128,7 +128,7 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
                                  for d in case.duplicate_candidates if isinstance(d, dict)],
         "reports": [{"report_id": r.report_id, "channel": r.channel, "received_at": r.received_at,
                      "contact": mask_phone(r.contact), "text": mask_pii(r.text), "merged_by": r.merged_by,
-                     "score": r.score} for r in case.reports],
+                     "merged_by_text": merged_by_label(r.merged_by), "score": r.score} for r in case.reports],
         "attachments": attachment_views(case.attachments),
         "reporter_count": case.reporter_count,
         "dispatch": case.dispatch, "dispatch_rows": dispatch_rows(case.dispatch or {}), "deadline_at": case.deadline_at,
