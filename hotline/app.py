@@ -60,6 +60,10 @@ def wants_json(request: web.Request) -> bool:
 
 def error_response(request: web.Request, status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> web.Response:
+    if request.path.startswith("/open311/"):
+        # Third-party apps parse the GeoReport error list on every answer of that door (README: Open311).
+        return web.json_response([{"code": status, "description": message}], status=status, headers=headers,
+                                 dumps=web_channel.dumps)
     if wants_json(request):
         return web.json_response({"error": {"code": code, "message": message}}, status=status,
                                  headers=headers, dumps=web_channel.dumps)
@@ -72,6 +76,28 @@ def error_response(request: web.Request, status: int, code: str, message: str,
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
                422: "unprocessable", 429: "too_many_requests"}
+# What citizens read instead of aiohttp's English ("405: Method Not Allowed").
+_HTTP_MESSAGES = {400: "请求内容不正确。", 401: "请先登录。", 403: "没有权限访问。", 404: "未找到。",
+                  405: "不支持该请求方式。", 413: "请求内容过大。", 415: "不支持该请求内容类型。",
+                  422: "请求内容无法处理。", 429: "请求过于频繁，请稍后再试。", 500: "系统内部错误，请稍后再试。",
+                  503: "服务暂时繁忙，请稍后再试。"}
+# A page opened by address that only takes a submitted form (GET /submit after a reload or from history).
+_PAGE_405 = "此页面不能直接打开，请返回首页重新填写并提交。"
+
+
+def http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    """The service's own Chinese text of ``exc`` when a handler gave one, else a Chinese one for its status:
+    aiohttp's texts ("405: Method Not Allowed", "Maximum request body size … exceeded") are English."""
+    if exc.status == 413:
+        return _HTTP_MESSAGES[413]
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        if not wants_json(request):
+            return _PAGE_405
+        return f"不支持 {request.method[:10]} 请求方式" + (f"（可用：{allowed}）。" if allowed else "。")
+    if exc.text and not exc.text.isascii():
+        return exc.text
+    return _HTTP_MESSAGES.get(exc.status, "请求无法处理。")
 
 
 @web.middleware
@@ -84,9 +110,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        message = "请求内容过大。" if exc.status == 413 else (exc.text or exc.reason or "")
-        if exc.status == 404:
-            message = "未找到。"
+        message = "未找到。" if exc.status == 404 else http_error_message(request, exc)
         # 405 must keep its Allow header (RFC 9110), a 429/503 its Retry-After.
         kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(request, exc.status, code, message, kept or None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hotline.bodies import parse_json
+from hotline.bodies import LoneSurrogate, parse_json
 
 
 class ApiError(Exception):
@@ -23,6 +23,8 @@ def decode_json_object(raw: bytes, content_type: str, *, allow_empty: bool = Fal
         raise ApiError("unsupported_media_type", "请求须为 application/json。", 415)
     try:
         body = parse_json(raw)
+    except LoneSurrogate as exc:
+        raise ApiError("bad_json", exc.message, 400) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
     if not isinstance(body, dict):

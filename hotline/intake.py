@@ -6,7 +6,9 @@ A case is acknowledged to the citizen only after the store has written it in one
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import re
 import time
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 
 from hotline.classifier import Classifier
 from hotline.errors import ApiError
-from hotline.nlp.text import normalize, sanitize
+from hotline.nlp.text import nfkc, normalize, sanitize
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
 from hotline.store import Store
@@ -30,8 +32,19 @@ MAX_ADDRESS_CHARS = 500
 MAX_NAME_CHARS = 50
 MAX_ATTACHMENTS = 20
 MAX_KEY_CHARS = 200
-PHONE_PATTERN = re.compile(r"^\+?[\d\s\-()]{5,24}$")
+# The shortest numbers a citizen can be called back on are 5-digit service numbers (12345, 95598); a local
+# landline has 7–8 digits, 10–12 with its 3–4 digit area code, a mobile 11. Fewer digits is no number, and
+# the citizen would be told to check progress with "the last 4 digits" of it.
+MIN_PHONE_DIGITS = 5
+# Matched on the number as typed (the console checks a half-typed one with it too), so the full-width
+# forms a Chinese input method produces pass; intake stores the NFKC form, which is plain ASCII.
+_PHONE_DIGIT = "0-9０-９"
+PHONE_PATTERN = re.compile(
+    rf"^(?=(?:[^{_PHONE_DIGIT}]*[{_PHONE_DIGIT}]){{{MIN_PHONE_DIGITS}}})[+＋]?[{_PHONE_DIGIT}\s\-－()（）]{{5,24}}$")
 RESUBMIT_WINDOW_S = 24 * 3600
+# Places within ~100 m are one place for the resubmission check: a phone's fix of the same spot wanders.
+RESUBMIT_PLACE_DECIMALS = 3
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 EMERGENCY_ADVICE = (
     "如遇火灾、燃气泄漏、有人被困或人身安全受到威胁等紧急情况，请立即拨打110（报警）、119（火警）、120（急救）。"
@@ -40,6 +53,31 @@ EMERGENCY_ADVICE = (
 
 class IntakeError(ApiError):
     """A message the pipeline refuses; ``code`` and ``status`` map onto the API's error body."""
+
+
+def drop_surrogates(text: str) -> str:
+    """``text`` without lone UTF-16 surrogates ("\\udc00" in JSON, or an emoji a client cut in half). They
+    cannot be written as UTF-8, so a field holding one could be neither stored nor echoed in an answer."""
+    return _SURROGATES.sub("", text) if isinstance(text, str) else text
+
+
+def normalise_contact(contact: str) -> str:
+    """The phone number as stored: NFKC (１３８００１３８０００ → 13800138000, （）－＋ → ()-+), blanks collapsed."""
+    return " ".join(nfkc(drop_surrogates(contact)).split()) if isinstance(contact, str) else contact
+
+
+def _digest(text: str) -> str:
+    # surrogatepass: a header that is not UTF-8 arrives with its bytes as lone surrogates (surrogateescape).
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def content_digest(case: Case) -> str:
+    """What a citizen asked for, as a request names it: a replay under the same request id must match it.
+    The sender is left out: a client retrying from another address sends the same complaint."""
+    loc = case.location
+    content = [case.normalized_text, case.contact, case.name, case.address,
+               [loc.lat, loc.lon, loc.label] if loc is not None else None, case.attachments, case.confidential]
+    return _digest(json.dumps(content, ensure_ascii=False))
 
 
 @dataclass
@@ -110,19 +148,36 @@ class Intake:
         self.on_created: list[CaseHook] = []
 
     # validation -------------------------------------------------------------
+    @staticmethod
+    def cleaned(msg: InboundMessage) -> InboundMessage:
+        """``msg`` as the pipeline checks and stores it: no lone surrogates in any text (every door, not only
+        the JSON ones, hands them in), the contact in ASCII digits."""
+        loc = msg.location
+        return dataclasses.replace(
+            msg, text=drop_surrogates(msg.text), sender=drop_surrogates(msg.sender),
+            contact=normalise_contact(msg.contact), name=drop_surrogates(msg.name),
+            address=drop_surrogates(msg.address),
+            location=Location(loc.lat, loc.lon, drop_surrogates(loc.label)) if loc is not None else None,
+            audio_ref=drop_surrogates(msg.audio_ref), transcript=drop_surrogates(msg.transcript),
+            attachments=[drop_surrogates(a) for a in msg.attachments], taken_by=drop_surrogates(msg.taken_by))
+
     def validate(self, msg: InboundMessage) -> tuple[str, str]:
+        """The cleaned text and its normal form, or IntakeError for a message the pipeline refuses."""
+        return self._validate(self.cleaned(msg))
+
+    def _validate(self, msg: InboundMessage) -> tuple[str, str]:
         if msg.channel not in CHANNELS:
             raise IntakeError("bad_channel", f"未知的渠道：{msg.channel[:40]}")
         if not isinstance(msg.text, str):
             raise IntakeError("bad_text", "诉求内容必须是文字。")
-        if len(msg.text.encode("utf-8", "surrogatepass")) > self.max_text_bytes:
+        if len(msg.text.encode()) > self.max_text_bytes:
             raise IntakeError("too_large", f"诉求内容过长（上限 {self.max_text_bytes // 1024} KB）。", 413)
-        text = sanitize(msg.text.encode("utf-8", "replace").decode("utf-8"))
+        text = sanitize(msg.text)
         norm = normalize(text)
         if len(norm) < self.min_text_chars:
             raise IntakeError("empty_text", "请描述您要反映的问题。")
-        if msg.contact and not PHONE_PATTERN.match(msg.contact):
-            raise IntakeError("bad_contact", "联系电话格式不正确。")
+        if msg.contact and not (msg.contact.isascii() and PHONE_PATTERN.match(msg.contact)):
+            raise IntakeError("bad_contact", f"联系电话格式不正确（至少 {MIN_PHONE_DIGITS} 位数字）。")
         if len(msg.address) > MAX_ADDRESS_CHARS:
             raise IntakeError("bad_address", f"地址过长（上限 {MAX_ADDRESS_CHARS} 字）。")
         if len(msg.name) > MAX_NAME_CHARS:
@@ -137,18 +192,20 @@ class Intake:
 
     # pipeline ---------------------------------------------------------------
     async def submit(self, msg: InboundMessage) -> IntakeResult:
-        text, norm = self.validate(msg)
-        keys = self._idempotency_keys(msg, norm)
+        msg = self.cleaned(msg)
+        text, norm = self._validate(msg)
         now = time.time()
         # The case is classified before it has an id: the id is got in the duplicate lookup's round trip.
         # A retry that an idempotency key names is classified for nothing, and retries are rare.
         case = self._draft(msg, text, norm, "", now)
+        request_keys = self._request_keys(msg, case)
+        keys = [*request_keys, *self._resubmission_keys(msg, case)]
         claim = self.store.claim(keys, now)
         decision = await self.dedup.check(case, claim=claim) if self.dedup is not None else None
         if not claim.settled:  # no duplicate lookup ran (matching switched off, or no deduplicator)
             await self.store.settle(claim)
         if claim.earlier:
-            return await self._existing(claim.case_id)
+            return await self._earlier(msg, request_keys, claim.case_id)
         case.id = claim.case_id
         if decision is not None and decision.action == "suggest":
             case.duplicate_candidates = decision.candidates
@@ -173,7 +230,7 @@ class Intake:
         filing = self.dedup.filing(case) if self.dedup is not None and not master_id else None
         result = await self.store.create_case(case, idempotency_keys=keys, events=events, filing=filing)
         if not result.created:
-            return await self._existing(result.case_id)
+            return await self._earlier(msg, request_keys, result.case_id)
 
         merged_into = ""
         if master_id and self.dedup is not None and decision is not None:
@@ -230,10 +287,25 @@ class Intake:
     async def preview(self, msg: InboundMessage) -> tuple[Case, DedupDecision | None]:
         """What submitting ``msg`` now would give: the classification and the duplicate check, with nothing
         stored. A call-taker sees it while still typing (人工受理)."""
-        text, norm = self.validate(msg)
+        msg = self.cleaned(msg)
+        text, norm = self._validate(msg)
         case = self._draft(msg, text, norm, "", time.time())
         decision = await self.dedup.check(case, remember=False) if self.dedup else None
         return case, decision
+
+    async def _earlier(self, msg: InboundMessage, request_keys: list[str], case_id: str) -> IntakeResult:
+        """The case an idempotency key named, unless the request id was used for other content."""
+        if msg.key_reuse == "refuse" and request_keys:
+            # The store says only that one of the keys was taken, not which: the bare request id taken while
+            # this content's key does not name the same case is the request id used for another complaint.
+            bare, bound = request_keys
+            used, same = await self.store.idempotency_cases([bare, bound])
+            if used is not None and same != used:
+                log.info("idempotency key reused", extra={"event": "idempotency_key_reused", "case_id": str(used)})
+                raise IntakeError("idempotency_key_reused",
+                                  "该 Idempotency-Key 已用于另一项内容不同的诉求。提交新的诉求请使用新的 "
+                                  "Idempotency-Key；重试原请求请发送与原请求相同的内容。")
+        return await self._existing(case_id)
 
     async def _existing(self, case_id: str) -> IntakeResult:
         case = await self.store.get_case(case_id)
@@ -241,13 +313,27 @@ class Intake:
                             merged_into=case.duplicate_of)
 
     @staticmethod
-    def _idempotency_keys(msg: InboundMessage, norm: str) -> list[str]:
-        keys = []
-        if msg.idempotency_key:
-            keys.append(f"req:{msg.channel}:{hashlib.sha256(msg.idempotency_key.encode()).hexdigest()[:32]}")
-        who = msg.contact or msg.sender
-        if who:
-            # The same citizen sending the same words again within a day is one case (exact resubmission).
-            digest = hashlib.sha256(f"{who}\x00{norm}".encode()).hexdigest()[:32]
-            keys.append(f"resub:{digest}")
-        return keys
+    def _request_keys(msg: InboundMessage, case: Case) -> list[str]:
+        """The client's request id, bound to the content: a replay with the same content finds the case, other
+        content does not. Under "refuse" the bare id comes first, to tell that it was used for other content;
+        under "new" (the web form) there is none, so other content is simply a complaint of its own."""
+        if not msg.idempotency_key:
+            return []
+        bare = f"req:{msg.channel}:{_digest(msg.idempotency_key)}"
+        bound = f"{bare}:{content_digest(case)}"
+        return [bound] if msg.key_reuse == "new" else [bare, bound]
+
+    @staticmethod
+    def _resubmission_keys(msg: InboundMessage, case: Case) -> list[str]:
+        """The same citizen sending the same words about the same place again within a day is one case
+        (exact resubmission). The place is part of it: one restaurant's fumes at two addresses are two."""
+        who = case.contact or msg.sender
+        if not who:
+            return []
+        parts = [who, case.normalized_text]
+        if case.address or case.location is not None:
+            # Without a place the key stays as it was before places counted, so resubmissions still match.
+            loc = case.location
+            parts += [case.address, "" if loc is None else
+                      f"{loc.lat:.{RESUBMIT_PLACE_DECIMALS}f},{loc.lon:.{RESUBMIT_PLACE_DECIMALS}f}"]
+        return [f"resub:{_digest(chr(0).join(parts))}"]

@@ -33,6 +33,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 WINDOW_S = 60
 
 # (method, route pattern) → limit group. Route patterns, not raw paths: /survey/<token> is one door.
+# A HEAD request counts as the GET it stands for (``_method``): aiohttp's ``add_get`` answers HEAD as well,
+# and its status alone (200 or 404) is enough to guess a case's phone digits.
 ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/complaints"): "submit",
     ("POST", "/submit"): "submit",
@@ -102,6 +104,10 @@ def _exempt(address: str, exempt: tuple[Network, ...]) -> bool:
     return addr is not None and any(addr in n for n in exempt)
 
 
+def _method(request: web.Request) -> str:
+    return "GET" if request.method == "HEAD" else request.method
+
+
 def _route(request: web.Request) -> str:
     resource = getattr(getattr(request.match_info, "route", None), "resource", None)
     return resource.canonical if resource is not None else ""
@@ -110,7 +116,7 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     cfg = request.app.get(LIMITS)
-    group = ROUTES.get((request.method, _route(request))) if cfg is not None and cfg.enabled else None
+    group = ROUTES.get((_method(request), _route(request))) if cfg is not None and cfg.enabled else None
     limit = cfg.per_minute.get(group, 0) if group and cfg else 0
     counters = request.app.get(COUNTERS)
     if not limit or counters is None or cfg is None:

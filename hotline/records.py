@@ -6,8 +6,9 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from hotline.numbers import digits_of
 from hotline.status import Status
 
 
@@ -37,6 +38,11 @@ class InboundMessage:
     meta: dict[str, Any] = field(default_factory=dict)
     taken_by: str = ""  # the call-taker who typed the complaint in during the call (人工受理)
     confidential: bool = False  # 保密: the citizen's identity is kept from the handling units
+    # What ``idempotency_key`` reused with other content means. "refuse": a client's request id (API,
+    # Open311, console), answered 422 as Stripe does, since returning the first case would drop the second
+    # complaint and hand out another citizen's case number. "new": the web form's per-page token, which the
+    # browser's Back button sends again with whatever the citizen typed next, so that is a new complaint.
+    key_reuse: Literal["refuse", "new"] = "refuse"
 
 
 @dataclass
@@ -132,7 +138,7 @@ _ID_CARD = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{8})(\d{3}[\dXx])(?![0-9A-Za-z
 
 def mask_phone(phone: str) -> str:
     """138****1234 for mobiles; other numbers keep only their last 4 digits."""
-    digits = re.sub(r"\D", "", phone or "")
+    digits = digits_of(phone)
     if not digits:
         return ""
     if len(digits) == 11 and digits.startswith("1"):
@@ -155,5 +161,5 @@ def mask_pii(text: str) -> str:
 
 
 def last4(phone: str) -> str:
-    digits = re.sub(r"\D", "", phone or "")
-    return digits[-4:]
+    """Always ASCII: cases stored before contacts were normalised may hold full-width digits."""
+    return digits_of(phone)[-4:]

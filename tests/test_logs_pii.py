@@ -90,9 +90,10 @@ async def test_no_pii_in_logs_of_a_full_run(aiohttp_client: Any, settings: Any, 
         resp = await client.post("/api/v1/complaints", json=body, headers={"Idempotency-Key": f"pii-{phone}"})
         assert resp.status == 201, await resp.text()
         ids.append((await resp.json())["case_id"])
-    # The same again (idempotent replay) and a spaced number.
-    resp = await client.post("/api/v1/complaints", json={"text": "重复", "contact": PHONES[0]},
-                             headers={"Idempotency-Key": f"pii-{PHONES[0]}"})
+    # The same again (idempotent replay: the same body under the same key) and a spaced number.
+    replay = {"text": f"第0次反映：小区路灯坏了，我电话{PHONES[0]}，身份证号{IDS[0]}，或者打+86{PHONES[0]}",
+              "contact": PHONES[0], "name": "张三", "address": "幸福小区0栋"}
+    resp = await client.post("/api/v1/complaints", json=replay, headers={"Idempotency-Key": f"pii-{PHONES[0]}"})
     assert resp.status == 200
     resp = await client.post("/api/v1/complaints", json={"text": "噪音扰民 电话 138 1234 5678",
                                                          "contact": "138-1234-5678"})

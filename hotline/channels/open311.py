@@ -24,10 +24,10 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from hotline.appkeys import DISPATCHER, INTAKE, SETTINGS, STORE
-from hotline.bodies import parse_json, read_form
-from hotline.channels.web import contact_proof, valid_case_id
+from hotline.bodies import LoneSurrogate, parse_json, read_form
+from hotline.channels.web import client_address_of, contact_proof, valid_case_id
 from hotline.dispatch.tables import Taxonomy
-from hotline.intake import IntakeError
+from hotline.intake import IntakeError, drop_surrogates
 from hotline.records import Case, InboundMessage, Location, mask_pii
 from hotline.status import LABELS_ZH, Status
 from hotline.store import CaseNotFound
@@ -104,22 +104,25 @@ async def _form(request: web.Request) -> dict[str, str]:
     if ctype == "application/json":
         try:
             body = parse_json(await request.read())
+        except LoneSurrogate as exc:
+            raise Open311Error(400, exc.message) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise Open311Error(400, "请求内容不是合法的 JSON。") from exc
         if not isinstance(body, dict):
             raise Open311Error(400, "请求内容须为 JSON 对象。")
         out = {}
         for k, v in body.items():
+            # (parse_json refuses lone surrogates; form bodies can still carry them, hence drop_surrogates)
             if isinstance(v, bool) or not isinstance(v, str | int | float):
-                raise Open311Error(400, f"字段 {str(k)[:40]} 须为字符串或数字。")
-            out[str(k)] = str(v)
+                raise Open311Error(400, f"字段 {drop_surrogates(str(k))[:40]} 须为字符串或数字。")
+            out[drop_surrogates(str(k))] = drop_surrogates(str(v))
         return out
     if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
             form = await read_form(request)
-        except web.HTTPBadRequest as exc:
+        except (web.HTTPBadRequest, LookupError) as exc:  # LookupError: a part with an unknown charset
             raise Open311Error(400, "请求内容不是合法的表单。") from exc
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        return {drop_surrogates(k): drop_surrogates(v) for k, v in form.items() if isinstance(v, str)}
     raise Open311Error(415, "请求须为 application/x-www-form-urlencoded、multipart/form-data 或 application/json。")
 
 
@@ -181,7 +184,7 @@ async def post_request(request: web.Request) -> web.Response:
         if keys and not any(hmac.compare_digest(form.get("api_key", ""), k) for k in keys):
             raise Open311Error(403, "api_key 无效。")
         known = {s["service_code"] for s in services(request.app[TAXONOMY])}
-        msg, code = message_from_form(form, known, request.remote or "anon",
+        msg, code = message_from_form(form, known, client_address_of(request) or "anon",
                                       request.headers.get("Idempotency-Key", ""))
         result = await request.app[INTAKE].submit(msg)
     except Open311Error as exc:

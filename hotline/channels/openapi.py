@@ -33,8 +33,11 @@ _COMPLAINT_IN = {
         "text": {"type": "string", "description": "诉求内容：至少 2 个有效字符（空白、控制字符和不可见字符不计），"
                                                   "UTF-8 不超过 64 KiB；否则 422 或 413", "minLength": 2},
         "address": {"type": ["string", "null"], "maxLength": 500},
-        "contact": {"type": ["string", "null"], "description": "联系电话（可为空）",
-                    "pattern": r"^(\+?[\d\s\-()]{5,24})?$"},
+        # At least 5 digits (hotline/intake.py MIN_PHONE_DIGITS), said without a lookahead so that schema-based
+        # generators can produce it; full-width digits are accepted as well and stored as ASCII.
+        "contact": {"type": ["string", "null"], "maxLength": 24,
+                    "description": "联系电话（可为空）：至少 5 位数字，可含空格、-、() 和开头的 +；全角数字按半角保存",
+                    "pattern": r"^(\+?[\s\-()]*(?:[0-9][\s\-()]*){5,})?$"},
         "name": {"type": ["string", "null"], "maxLength": 50},
         "confidential": {"type": "boolean", "description": "保密：派单时不向承办单位提供姓名、电话", "default": False},
         "channel": {"type": ["string", "null"], "enum": ["web", "api", None]},
@@ -116,7 +119,9 @@ def _citizen_paths() -> dict[str, Any]:
                 "security": [],
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                     "schema": {"type": "string", "maxLength": 200}}
+                     "schema": {"type": "string", "maxLength": 200},
+                     "description": "同一 Key 重发相同内容：200 与原案件；同一 Key 换了内容：422 "
+                                    "idempotency_key_reused（不会返回原案件）"}
                 ],
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _COMPLAINT_IN}}},

@@ -9,12 +9,12 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import math
 import secrets
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 from hotline.answers import intake_offer
 from hotline.appkeys import ANSWERS, ATTACHMENTS, INTAKE, SETTINGS, STORE, SURVEYS
@@ -23,9 +23,10 @@ from hotline.attachments import AttachmentError, AttachmentStore
 from hotline.bodies import read_form
 from hotline.channels.openapi import openapi_document
 from hotline.errors import decode_json_object
-from hotline.intake import IntakeError, IntakeResult
+from hotline.intake import IntakeError, IntakeResult, drop_surrogates, normalise_contact
 from hotline.jsontext import dumps
-from hotline.numbers import ascii_digits
+from hotline.limits import LIMITS, client_address
+from hotline.numbers import finite_number, typed_digits
 from hotline.pages import render
 from hotline.progress import PUBLIC_EVENTS, citizen_progress
 from hotline.records import Case, InboundMessage, Location, last4, mask_pii
@@ -41,11 +42,18 @@ def valid_case_id(case_id: str) -> bool:
     return 8 <= len(case_id) <= 20 and set(case_id) <= CASE_ID_CHARS
 
 
+def client_address_of(request: web.Request) -> str:
+    """The citizen's address as the rate limits see it: behind the documented reverse proxy
+    ``request.remote`` is the proxy, the same for every citizen."""
+    cfg = request.app.get(LIMITS)
+    return client_address(request, cfg.trusted_proxies if cfg is not None else ())
+
+
 def client_sender(request: web.Request, contact: str) -> str:
-    """Who sent an anonymous web complaint: the phone if given, else a salted hash of the address."""
+    """Who sent an anonymous web complaint: the phone if given, else a hash of the client's address."""
     if contact:
-        return contact
-    digest = hashlib.sha256(f"web\x00{request.remote or ''}".encode()).hexdigest()[:16]
+        return normalise_contact(contact)
+    digest = hashlib.sha256(f"web\x00{client_address_of(request)}".encode()).hexdigest()[:16]
     return f"web:{digest}"
 
 
@@ -83,7 +91,7 @@ def _field(body: dict[str, Any], name: str, *, required: bool = False) -> str:
         return ""
     if not isinstance(value, str):
         raise IntakeError("bad_field", f"字段 {name} 必须是字符串。")
-    return value
+    return drop_surrogates(value)
 
 
 def _location(body: dict[str, Any]) -> Location | None:
@@ -92,14 +100,14 @@ def _location(body: dict[str, Any]) -> Location | None:
         return None
     if not isinstance(loc, dict):
         raise IntakeError("bad_location", "location 必须是包含 lat 和 lon 的对象。")
-    lat, lon = loc.get("lat"), loc.get("lon")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lat, lon)):
+    lat, lon = finite_number(loc.get("lat")), finite_number(loc.get("lon"))
+    if lat is None or lon is None:
         raise IntakeError("bad_location", "location.lat 和 location.lon 必须是数字。")
     label = loc.get("label", "")
     if not isinstance(label, str):
         # Refused rather than dropped: the client should learn its place name did not arrive.
         raise IntakeError("bad_location", "location.label 必须是字符串。")
-    return Location(float(lat), float(lon), label)
+    return Location(lat, lon, drop_surrogates(label))
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -117,6 +125,8 @@ async def post_complaint(request: web.Request) -> web.Response:
     attachments = body.get("attachments", [])
     if not isinstance(attachments, list) or not all(isinstance(a, str) and len(a) <= 500 for a in attachments):
         raise IntakeError("bad_attachments", "attachments 须为字符串数组。")
+    # Cleaned before the check below, which "\udc00upload:…" would otherwise pass.
+    attachments = [drop_surrogates(a) for a in attachments]
     if any(a.startswith(UPLOAD_PREFIX) for a in attachments):
         # Stored photos are named by the service when they arrive through the form, never by a client.
         raise IntakeError("bad_attachments", "attachments 不能引用本服务保存的照片。")
@@ -155,12 +165,14 @@ _PROGRESS_FIELDS = ("id", "status", "status_label", "channel", "created_at", "up
 
 def contact_proof(case: Case | None, digits: str | None) -> bool | None:
     """None: no ``last4`` given; True: they are the last 4 digits of the case's contact; False: anything else
-    (no such case, no contact, other digits), which callers answer like an unknown case number."""
+    (no such case, no contact, other digits), which callers answer like an unknown case number. Full-width
+    digits (５６７８) count as the digits they are."""
     if digits is None:
         return None
-    if case is None or not case.contact or not (len(digits) == 4 and ascii_digits(digits)):
+    typed = typed_digits(digits)
+    if case is None or not case.contact or len(typed) != 4:
         return False
-    return hmac.compare_digest(last4(case.contact), digits)
+    return hmac.compare_digest(last4(case.contact), typed)
 
 
 async def get_case(request: web.Request) -> web.Response:
@@ -214,6 +226,17 @@ def _photos(form: Any, limit: int) -> list[bytes]:
     return out
 
 
+async def _read_form(request: web.Request) -> MultiDictProxy[str | bytes | FileField]:
+    try:
+        return await read_form(request)
+    except LookupError as exc:
+        # A part naming a charset Python does not know (charset=bogus) is no readable form either.
+        raise web.HTTPBadRequest(text="请求内容不是合法的表单。") from exc
+
+
+NOT_A_FILE = "只有“现场照片”可以上传文件；问题描述、地址、联系电话和称呼请直接填写文字。"
+
+
 async def _save_photos(request: web.Request, photos: list[bytes]) -> list[str]:
     """Keep the photos on disk before the case that names them is created; AttachmentError for a bad one."""
     attachments = request.app[ATTACHMENTS]
@@ -226,14 +249,24 @@ async def submit_form(request: web.Request) -> web.Response:
     intake_cfg = request.app[SETTINGS]["intake"]
     max_photos, photo_bytes = int(intake_cfg["max_photos"]), int(intake_cfg["max_photo_bytes"])
     # Photos make this one form larger than any other body the service accepts.
-    form = await read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
-    values = {k: str(form.get(k, "")) for k in ("text", "address", "contact", "name")}
-    values["confidential"] = "1" if str(form.get("confidential", "")) == "1" else ""
-    token = str(form.get("form_token", ""))
+    form = await _read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
+
+    def text(name: str) -> str:
+        # Surrogates too: a part may declare a charset (unicode_escape) that makes them, and the page echoes it.
+        value = form.get(name, "")
+        return drop_surrogates(value) if isinstance(value, str) else ""
+
+    values = {k: text(k) for k in ("text", "address", "contact", "name")}
+    values["confidential"] = "1" if text("confidential") == "1" else ""
+    token = text("form_token")
 
     def again(status: int, error: str) -> web.Response:
         return render(request, "index.html", status=status, form_token=token, values=values, error=error,
                       max_photos=max_photos)
+
+    # A file (or a part of binary type) where words belong would be filed as its Python repr.
+    if any(not isinstance(v, str) for k, v in form.items() if k != "photos"):
+        return again(422, NOT_A_FILE)
 
     msg = InboundMessage(
         channel="web",
@@ -244,6 +277,9 @@ async def submit_form(request: web.Request) -> web.Response:
         address=values["address"],
         idempotency_key=token[:100],
         confidential=values["confidential"] == "1",
+        # The token is made per form page: after the browser's Back button it arrives again with whatever the
+        # citizen typed next, and a different problem must not be answered with the first one's number.
+        key_reuse="new",
     )
     try:
         request.app[INTAKE].validate(msg)  # nothing is written for a complaint that would be refused
@@ -278,19 +314,20 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def status_lookup(request: web.Request) -> web.Response:
-    form = await read_form(request)
-    case_id = str(form.get("case_id", "")).strip()
-    digits = str(form.get("last4", "")).strip()
+    form = await _read_form(request)
+    raw_id, raw_digits = form.get("case_id", ""), form.get("last4", "")
+    case_id = raw_id.strip() if isinstance(raw_id, str) else ""
+    digits = raw_digits if isinstance(raw_digits, str) else ""
     not_found = "未找到该案件，请核对案件编号和手机号后四位。"
-    if not valid_case_id(case_id) or len(digits) != 4 or not ascii_digits(digits):
+    if not valid_case_id(case_id) or len(typed_digits(digits)) != 4:
         return render(request, "status.html", status=404, case=None, events=[], error=not_found,
-                      case_id=case_id[:20], survey_url="")
+                      case_id=drop_surrogates(case_id[:20]), survey_url="")
     try:
         case = await request.app[STORE].get_case(case_id)
     except CaseNotFound:
         case = None
     # The same answer for "no such case" and "wrong digits", so numbers cannot be probed.
-    if case is None or not case.contact or not hmac.compare_digest(last4(case.contact), digits):
+    if not contact_proof(case, digits) or case is None:
         return render(request, "status.html", status=404, case=None, events=[], error=not_found,
                       case_id=case_id, survey_url="")
     events = [

@@ -370,6 +370,12 @@ class Store:
         ids = sorted(newest, key=lambda c: -newest[c])[:limit]
         return await self.get_cases(ids)
 
+    async def idempotency_cases(self, keys: list[str]) -> list[str | None]:
+        """The case each idempotency key names (None: the key was never taken or has expired)."""
+        if not keys:
+            return []
+        return list(await self.r.mget([self.k_idem(k) for k in keys]))
+
     async def get_case(self, case_id: str) -> Case:
         raw = await self.r.get(self.k_case(case_id))
         if raw is None:
