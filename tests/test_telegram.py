@@ -353,7 +353,8 @@ async def test_channel_off_without_token(aiohttp_client: Any, redis_server: Embe
     caplog.set_level(logging.INFO, logger="hotline.telegram")
     app = create_app(make_settings(redis_server.url, tmp_path, key_prefix))
     client = await aiohttp_client(app)
-    assert [r.getMessage() for r in caplog.records if "channel off" in r.getMessage()] == [
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "hotline.telegram" and "channel off" in r.getMessage()] == [
         "telegram channel off: telegram.token is empty"]
     resp = await client.post("/telegram/webhook", json={"update_id": 1}, headers={SECRET_HEADER: "x"})
     assert resp.status == 404
