@@ -58,6 +58,10 @@ REBUILD_SHARE = 0.2
 SMALL_INDEX = 2000
 
 
+class _AlreadyAnswered(Exception):
+    """Raised inside the read-modify-write: the citizen's 是/否 is already recorded; nothing is written."""
+
+
 class AnswerError(ApiError):
     """A request the answer service refuses; the app's error middleware maps it onto the HTTP error body."""
 
@@ -317,6 +321,10 @@ class AnswerService:
 
         def mark(value: str) -> Any:
             def mutate(c: Case) -> dict[str, Any]:
+                # Checked again on the version being written over: a 是 and a 否 sent together both passed
+                # the check above, and the second must not overwrite the first (否 moved the case on).
+                if (c.answer or {}).get("feedback") or not (c.answer or {}).get("entry_id"):
+                    raise _AlreadyAnswered()
                 c.answer = {**c.answer, "feedback": value, "feedback_at": now, "feedback_by": actor}
                 if value == "not_resolved":
                     c.needs_confirmation = True
@@ -329,8 +337,8 @@ class AnswerService:
             else:
                 case = await self.store.update_case(case_id, mark("not_resolved"), actor=actor,
                                                     action="answer_not_resolved", target=Status.CLASSIFIED)
-        except IllegalTransition:
-            # A second 否 racing the first: the case has already moved on.
+        except (_AlreadyAnswered, IllegalTransition):
+            # Another answer won the race (or the case moved on): reply as to a repeat.
             case = await self.store.get_case(case_id)
         return case, self._feedback_message(case)
 

@@ -26,13 +26,24 @@ def make_environment() -> jinja2.Environment:
     return env
 
 
+UNREADABLE_TS = "—"
+
+
 def format_ts(ts: float) -> str:
+    """A Unix time as local time for people; "" when unset, "—" when no calendar date can show it.
+
+    Stored times come from outside too (a backend's ``occurred_at`` in milliseconds, 1e18, NaN): one bad
+    value must cost one cell of a page, not the page (``fromtimestamp`` raises ValueError, OverflowError or
+    OSError on them)."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
     if not ts:
         return ""
-    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    try:
+        return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError, TypeError):
+        return UNREADABLE_TS
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:

@@ -370,3 +370,34 @@ async def test_staff_endpoints_need_a_login_the_role_and_csrf(app_client: TestCl
     no_csrf = {"Cookie": sup["Cookie"]}
     assert (await app_client.put(f"/api/v1/kb/{ids[0]}", json={"answer": "x"}, headers=no_csrf)).status == 403
     assert (await app_client.app[ANSWERS].kb.get(ids[0])).rev == 1
+
+
+async def test_parallel_yes_and_no_on_one_answer_first_wins(app_client: TestClient, ct: Headers, sup: Headers) -> None:
+    """是 and 否 sent at once (a double tap, two devices): one wins, the rest get the repeat's reply, and the
+    feedback always matches the status (是 keeps it answered, 否 makes it a normal case)."""
+    await add_entries(app_client, sup)
+    store = app_client.app[STORE]
+    questions = ["供暖费什么时候开始收？在哪里交？", "请问新生儿医保怎么办理？需要什么材料？",
+                 "小学入学报名需要准备哪些材料？"]
+    for n in range(6):
+        resp = await app_client.post("/api/v1/complaints", json={"text": questions[n % 3],
+                                                                 "contact": f"1390000{n:04d}"})
+        body = await resp.json()
+        assert body["status"] == "answered", body
+        url = f"/api/v1/cases/{body['case_id']}/answer/feedback"
+        token = body["answer"]["feedback_token"]
+        # Alternate which answer is sent first, so both orders of the race are seen.
+        choices = [bool((n + i) % 2) for i in range(8)]
+        replies = await asyncio.gather(*(app_client.post(url, json={"resolved": r, "token": token}) for r in choices))
+        outs = [await r.json() for r in replies]
+        assert all(r.status == 200 for r in replies), outs
+        case = await store.get_case(body["case_id"])
+        feedback = case.answer["feedback"]
+        assert (case.status, feedback) in ((Status.ANSWERED, "resolved"), (Status.CLASSIFIED, "not_resolved"))
+        assert case.needs_confirmation == (feedback == "not_resolved")
+        # Every reply tells what was recorded, as a sequential repeat would.
+        assert {(o["status"], o["feedback"], o["message"]) for o in outs} == {(str(case.status), feedback,
+                                                                                 outs[0]["message"])}
+        actions = [e.action for e in await store.events(case.id) if e.action in ("answer_resolved",
+                                                                                 "answer_not_resolved")]
+        assert actions == ["answer_resolved" if feedback == "resolved" else "answer_not_resolved"]

@@ -62,8 +62,10 @@ _EVENT_IN: dict[str, Any] = {
         "case_id": {"type": "string", "pattern": _CASE_ID_FORM, "description": "案件编号，如 20261122-000123"},
         "type": {"type": "string", "enum": list(EVENT_TYPES)},
         "order_id": {**_OPT_STRING, "maxLength": 40, "description": "派遣轮次的工单号；属于已结束轮次的事件被忽略"},
-        "seq": {"type": ["integer", "null"], "minimum": 0, "description": "事件序号；不晚于已处理序号的事件被忽略"},
-        "occurred_at": {"type": ["number", "null"], "description": "Unix 秒"},
+        "seq": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1,
+                "description": "事件序号（整数，按精确值比较）；不晚于已处理序号的事件被忽略"},
+        "occurred_at": {"type": ["number", "null"],
+                        "description": "Unix 秒（不是毫秒），2000-01-01 至本系统时钟后一天；0 或空：以收到时间计"},
         "reply": {**_OPT_STRING, "maxLength": MAX_TEXT_CHARS, "description": "办结答复（告知市民），resolved 必填"},
         "reason": {**_OPT_STRING, "maxLength": MAX_TEXT_CHARS,
                    "description": "退单或延期理由，returned / extension_requested 必填"},
@@ -262,7 +264,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/dispatch/events": {"post": {
         "operationId": "postDispatchEvent",
         "summary": "承办系统回传工单状态（签名 webhook）",
-        "description": "签名缺失、错误或过期（或未配置 dispatch.secret）时 401，此时不解析请求体。",
+        "description": "签名缺失、错误或过期（或未配置 dispatch.secret）时 401，此时不解析请求体。"
+                       "409 只表示事件与案件状态矛盾（invalid_transition），可丢弃；503 busy（带 Retry-After）"
+                       "表示未处理，请原样重发。",
         "tags": ["dispatch"],
         "security": [],
         "parameters": _SIGNATURE_PARAMS,

@@ -9,6 +9,7 @@ A dispatch round is three steps, each idempotent, so a crash between them is fin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -25,7 +26,7 @@ from hotline.errors import ApiError
 from hotline.nlp.text import normalize
 from hotline.notify import Notifications
 from hotline.records import Case
-from hotline.status import LABELS_ZH, IllegalTransition, Status
+from hotline.status import LABELS_ZH, IllegalTransition, Status, check_move
 from hotline.store import CaseNotFound, Store
 from hotline.store.outbox import DeadLetter, Outbox
 
@@ -40,10 +41,23 @@ URGENCY_LEVELS = ("emergency", "urgent", "normal")
 # Status of a case at the backend's progress, for telling stale events from real moves.
 PROGRESS = {S.DISPATCHED: 1, S.IN_PROGRESS: 2, S.RESOLVED: 3, S.CLOSED: 4}
 BACKENDS = ("stream", "open311", "webhook")
+MAX_SEQ = 2**63 - 1  # a signed 64-bit counter: what backends' databases hold
+# How long one event may wait for its case to leave CONFIRMED (another process finishing a dispatch) before
+# the backend is told to retry (503 + Retry-After): a bounded wait, never a 409 that reads as "drop it".
+EVENT_BUSY_WAIT_S = 5.0
+EVENT_RETRY_AFTER_S = 2
 
 
 class DispatchError(ApiError):
     """A dispatch request or status event refused with a clear 4xx."""
+
+
+class CaseBusy(DispatchError):
+    """The event could not be applied in time because the case kept changing; nothing was written, retry."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__("busy", f"案件 {case_id} 正在被同时修改，事件未处理，请稍后重试。", 503)
+        self.retry_after_s = EVENT_RETRY_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,19 @@ class EventOutcome:
 
 class _Duplicate(Exception):
     pass
+
+
+class _Settled(Exception):
+    """Raised inside the read-modify-write when the event changes nothing (duplicate or ignored)."""
+
+    def __init__(self, decision: _Decision, case: Case) -> None:
+        super().__init__(decision.kind)
+        self.decision = decision
+        self.case = case
+
+
+class _NotYetDispatched(Exception):
+    """The case is between CONFIRMED and DISPATCHED: finish step 3 of the dispatch, then decide."""
 
 
 @dataclass
@@ -416,8 +443,11 @@ class Dispatcher:
             return _Decision("ignore", note=f"事件属于已结束的派遣轮次 {ev.order_id}（当前 {d['order_id']}）。")
         if not d.get("order_id"):
             raise _conflict(case, f"处理“{ev.type}”事件（案件尚未派遣）")
-        if ev.seq is not None and ev.seq <= int(d.get("last_seq", -1)):
-            return _Decision("ignore", note=f"事件序号 {ev.seq} 不晚于已处理的 {d.get('last_seq')}。")
+        last_seq = d.get("last_seq", -1)
+        # A last_seq past the bound was stored before seq was checked (1e308): honouring it would ignore
+        # every later event of the case.
+        if ev.seq is not None and isinstance(last_seq, int) and last_seq <= MAX_SEQ and ev.seq <= last_seq:
+            return _Decision("ignore", note=f"事件序号 {ev.seq} 不晚于已处理的 {last_seq}。")
         st = case.status
         working = st in (S.DISPATCHED, S.IN_PROGRESS)
         finished = st in (S.RESOLVED, S.CLOSED)
@@ -453,11 +483,29 @@ class Dispatcher:
             raise _conflict(case, "申请延期")
         raise DispatchError("bad_type", f"未知的事件类型：{ev.type[:40]}")
 
-    def _apply(self, case: Case, ev: StatusEvent, read_at: float) -> dict[str, Any]:
-        """Mutate the case for an applied event (inside the store's read-modify-write). The decision was taken on the
-        version last updated at ``read_at``; any write since then means deciding again."""
-        if case.updated_at != read_at:
-            raise _Duplicate()
+    def _decide_and_apply(self, case: Case, ev: StatusEvent) -> dict[str, Any]:
+        """The store's read-modify-write: decide on the version being written over, so concurrent events
+        on one case are each decided on their predecessor's result instead of failing on a stale read."""
+        if self._finish_dispatch_first(case, ev):
+            raise _NotYetDispatched()
+        decision = self._decide(case, ev)
+        if decision.kind != "apply":
+            raise _Settled(decision, case)
+        if decision.target is not None:
+            try:
+                check_move(case.status, decision.target)
+            except IllegalTransition as exc:
+                raise _conflict(case, f"处理“{ev.type}”事件") from exc
+            case.status = decision.target
+        return self._apply(case, ev)
+
+    @staticmethod
+    def _finish_dispatch_first(case: Case, ev: StatusEvent) -> bool:
+        return case.status == S.CONFIRMED and bool(case.dispatch.get("order_id")) and (
+            not ev.order_id or ev.order_id == case.dispatch["order_id"])
+
+    def _apply(self, case: Case, ev: StatusEvent) -> dict[str, Any]:
+        """Mutate the case for an applied event (inside the store's read-modify-write)."""
         now = time.time()
         d = dict(case.dispatch)
         d["event_ids"] = [*(d.get("event_ids") or []), ev.event_id][-EVENT_IDS_KEPT:]
@@ -492,35 +540,45 @@ class Dispatcher:
 
     async def handle_event(self, ev: StatusEvent) -> EventOutcome:
         """Apply one backend event. Repeats answer ``duplicate``; late or superseded events ``ignored``
-        with an audit entry; an event that contradicts the case raises 409."""
+        with an audit entry; an event that contradicts the case raises 409. Concurrent events on one case
+        are serialised by the store, never refused; only a case that stays between confirmation and
+        dispatch for ``EVENT_BUSY_WAIT_S`` raises ``CaseBusy`` (503, retry)."""
         if ev.type not in EVENT_TYPES:
             raise DispatchError("bad_type", f"未知的事件类型：{ev.type[:40]}")
-        for _ in range(5):
+        deadline = time.monotonic() + EVENT_BUSY_WAIT_S
+        pause = 0.01
+        while True:
             try:
                 case = await self.store.get_case(ev.case_id)
             except CaseNotFound as exc:
                 raise DispatchError("unknown_case", f"案件 {ev.case_id} 不存在。", 404) from exc
-            if case.status == S.CONFIRMED and case.dispatch.get("order_id") and (
-                    not ev.order_id or ev.order_id == case.dispatch["order_id"]):
+            if self._finish_dispatch_first(case, ev):
                 # The backend answered before step 3 of the dispatch finished: finish it first.
                 case = await self._mark_dispatched(case.id, case.dispatch["order_id"], "dispatch:recover")
-            decision = self._decide(case, ev)
-            if decision.kind == "duplicate":
-                return EventOutcome("duplicate", case, decision.note)
-            if decision.kind == "ignore":
-                await self.store.add_event(case.id, actor=f"dispatch:{ev.source}", action="dispatch_event_ignored",
-                                           data={"event_id": ev.event_id, "type": ev.type, "note": decision.note,
-                                                 "order_id": ev.order_id})
-                return EventOutcome("ignored", case, decision.note)
             try:
-                case = await self.store.update_case(case.id, lambda c, t=case.updated_at: self._apply(c, ev, t),
-                                                    actor=f"dispatch:{ev.source}", action=ev.type,
-                                                    target=decision.target)
-            except (_Duplicate, IllegalTransition):
-                continue  # the case changed between the read and the write: decide again
+                case = await self.store.update_case(case.id, lambda c: self._decide_and_apply(c, ev),
+                                                    actor=f"dispatch:{ev.source}", action=ev.type)
+            except CaseNotFound as exc:
+                raise DispatchError("unknown_case", f"案件 {ev.case_id} 不存在。", 404) from exc
+            except _Settled as settled:
+                return await self._settled(settled.case, ev, settled.decision)
+            except _NotYetDispatched:
+                # Re-confirmed between our read and write (a new round): finish its dispatch and decide again.
+                if time.monotonic() >= deadline:
+                    raise CaseBusy(ev.case_id) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.2)
+                continue
             await self._after_event(case, ev)
             return EventOutcome("applied", case)
-        raise DispatchError("conflict", "案件正在被同时修改，请稍后重试。", 409)
+
+    async def _settled(self, case: Case, ev: StatusEvent, decision: _Decision) -> EventOutcome:
+        if decision.kind == "duplicate":
+            return EventOutcome("duplicate", case, decision.note)
+        await self.store.add_event(case.id, actor=f"dispatch:{ev.source}", action="dispatch_event_ignored",
+                                   data={"event_id": ev.event_id, "type": ev.type, "note": decision.note,
+                                         "order_id": ev.order_id})
+        return EventOutcome("ignored", case, decision.note)
 
     async def _after_event(self, case: Case, ev: StatusEvent) -> None:
         if ev.type in ("resolved", "returned"):

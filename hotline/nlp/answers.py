@@ -13,6 +13,7 @@ from ``suggest_threshold`` up.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -23,6 +24,8 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("hotline.answers")
 
 ACTIVE = "active"
 RETIRED = "retired"
@@ -101,10 +104,32 @@ def parse_date(value: str | None) -> date | None:
 
 
 def date_ts(value: str | None) -> float | None:
+    """Local midnight of the date as a Unix time; None when undated or when the platform cannot convert it
+    (``0001-01-01`` is year 0 in UTC east of Greenwich: ValueError; far dates: OverflowError/OSError)."""
     d = parse_date(value)
     if d is None:
         return None
-    return datetime(d.year, d.month, d.day).timestamp()
+    try:
+        return datetime(d.year, d.month, d.day).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _dates_of(entries: Sequence[KBEntry]) -> np.ndarray:
+    """Entry timestamps, NaN when undated. A date that reads but cannot be converted (stored before dates
+    were range-checked) counts as undated: one such entry must not stop the whole index from building."""
+    out = np.full(len(entries), np.nan, dtype=np.float64)
+    bad: list[str] = []
+    for i, e in enumerate(entries):
+        ts = date_ts(e.date)
+        if ts is not None:
+            out[i] = ts
+        elif e.date and parse_date(e.date) is not None:
+            bad.append(e.id)
+    if bad:
+        log.warning("kb entries with unusable dates indexed as undated",
+                    extra={"event": "kb_bad_dates", "count": len(bad), "entry_ids": bad[:20]})
+    return out
 
 
 @dataclass(frozen=True)
@@ -235,8 +260,7 @@ class AnswerIndex:
             matrix = vec.fit_transform([e.question for e in active]).T.tocsr()
         except ValueError:  # every n-gram pruned as too common (many copies of one question): nothing to rank by
             return cls([], None, None, np.zeros(0))
-        dates = np.array([date_ts(e.date) or np.nan for e in active], dtype=np.float64)
-        return cls(active, vec, matrix, dates)
+        return cls(active, vec, matrix, _dates_of(active))
 
     def updated(self, changed: Sequence[KBEntry]) -> AnswerIndex:
         """A new index with ``changed`` entries replaced, added or (when not active) removed.
@@ -260,7 +284,7 @@ class AnswerIndex:
             cols = self._vec.transform([e.question for e in fresh]).T.tocsr()
             matrix = sp.hstack([self._m, cols], format="csr")
             entries = [*self.entries, *fresh]
-            dates = np.concatenate([self._dates, [date_ts(e.date) or np.nan for e in fresh]])
+            dates = np.concatenate([self._dates, _dates_of(fresh)])
             alive = np.concatenate([alive, np.ones(len(fresh), dtype=bool)])
         out = AnswerIndex(entries, self._vec, matrix, dates)
         out._alive = alive

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 from redis.exceptions import WatchError
@@ -30,6 +31,10 @@ MAX_QUESTION_CHARS = 5_000
 MAX_ANSWER_CHARS = 10_000
 MAX_DEPARTMENT_CHARS = 100
 MAX_SOURCE_CHARS = 40
+# Answer dates an index can age: from 1970 (the Unix epoch; earlier dates are no 12345 answer and some
+# platforms cannot convert them) to a year ahead (room for a typo'd month, none for a typo'd century).
+MIN_DATE = date(1970, 1, 1)
+MAX_DATE_AHEAD = timedelta(days=366)
 EDITABLE = ("question", "answer", "department", "date")
 # Every id this store makes: kb-000123, and <source ≤ 40>:<source id ≤ 60> from imports.
 ENTRY_ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,100}"
@@ -107,6 +112,9 @@ def clean_fields(fields: dict[str, Any], *, partial: bool) -> dict[str, str]:
             d = parse_date(value)
             if d is None:
                 raise EntryInvalid("字段 date（答复日期）须为 YYYY-MM-DD。")
+            latest = date.today() + MAX_DATE_AHEAD
+            if not MIN_DATE <= d <= latest:
+                raise EntryInvalid(f"字段 date（答复日期）须在 {MIN_DATE.isoformat()} 至 {latest.isoformat()} 之间。")
             value = d.isoformat()
         out[name] = value
     unknown = set(fields) - set(EDITABLE)
