@@ -196,7 +196,8 @@ async def test_out_of_order_events_by_sequence(app_client: TestClient, receiver:
 async def test_returned_order_goes_back_to_call_taker_queue_first(app_client: TestClient,
                                                                   receiver: Open311Receiver) -> None:
     store = app_client.app[STORE]
-    waiting = await new_case(app_client)  # an older case already waiting
+    # An older, ordinary case already waiting (a generated text may be urgent, which ranks like a return).
+    waiting = await new_case(app_client, "公园里的长椅油漆脱落了，希望重新粉刷一下")
     case = await dispatched(app_client, receiver)
     status, body = await post_event(app_client, event(case, "returned", reason="该问题属于供电公司职责，非本单位管辖",
                                                       department="城乡建设局"))
