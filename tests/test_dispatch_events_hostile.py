@@ -26,7 +26,7 @@ from hotline.redis_server import EmbeddedRedis
 from hotline.status import Status
 from hotline.store import Store
 from tests.console_support import staff_login
-from tests.dispatch_support import CLASSIFICATION, Open311Receiver, new_case, post_event, signed
+from tests.dispatch_support import CLASSIFICATION, Open311Receiver, new_case, post_event
 from tests.test_dispatch_app import dispatch_settings, dispatched, event
 
 BIG_SEQ = 1795562000123456789  # float(BIG_SEQ) == float(BIG_SEQ + 100)
@@ -169,24 +169,25 @@ async def test_parallel_events_on_one_case_are_all_applied(app_client: TestClien
         assert (status, body["result"]) == (200, "duplicate")
 
 
-async def test_a_case_stuck_before_dispatch_answers_503_retry_after_and_the_retry_applies(
-        app_client: TestClient, receiver: Open311Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another process confirmed the case and has not finished step 3 yet (it stands still here): the event
-    is not a contradiction (409 would let the backend drop it) but a retry."""
-    async def stands_still(self: Dispatcher, case_id: str, order_id: str, actor: str) -> Case:
-        return await self.store.get_case(case_id)
+async def test_an_event_for_a_case_left_between_confirm_and_dispatch_finishes_the_dispatch_first(
+        app_client: TestClient, receiver: Open311Receiver) -> None:
+    """A process stopped after writing CONFIRMED with its order (step 1 of 3) and the backend answers: the event
+    is not decided on the CONFIRMED record (it would be a 409 a backend may drop) but after the dispatch is
+    finished, and applied."""
+    store = app_client.app[STORE]
+    dispatcher: Dispatcher = app_client.app[DISPATCHER]
+    case = await new_case(app_client)
+    cls = {**CLASSIFICATION, "category_path": ["城乡建设"], "co_departments": [], "street": "", "urgency": "normal"}
 
-    monkeypatch.setattr(service, "EVENT_BUSY_WAIT_S", 0.3)
-    monkeypatch.setattr(Dispatcher, "_mark_dispatched", stands_still)
-    case = await app_client.app[DISPATCHER].confirm((await new_case(app_client)).id, CLASSIFICATION, "staff:zhang")
-    assert case.status == Status.CONFIRMED
-    body = event(case, "accepted", "evt-stuck-1")
-    raw, headers = signed(body)
-    resp = await app_client.post("/api/v1/dispatch/events", data=raw, headers=headers)
-    out = await resp.json()
-    assert resp.status == 503 and out["error"]["code"] == "busy" and resp.headers["Retry-After"] == "2", out
-    assert "重试" in out["error"]["message"]
-    assert "evt-stuck-1" not in (await app_client.app[STORE].get_case(case.id)).dispatch.get("event_ids", [])
-    monkeypatch.undo()
-    status, again = await post_event(app_client, body)
-    assert (status, again["result"], again["status"]) == (200, "applied", "dispatched")
+    def step1(c: Case) -> dict[str, Any]:
+        c.classification = cls
+        return dispatcher._open_round(c, time.time(), redo=False, reason="")
+
+    case = await store.update_case(case.id, step1, actor="staff:a", action="confirmed", target=Status.CONFIRMED)
+    with pytest.raises(service._NotYetDispatched):  # the rule the loop waits on, on the stored record
+        dispatcher._decide_and_apply(await store.get_case(case.id), parse_event(event(case, "accepted")))
+    status, out = await post_event(app_client, event(case, "accepted", "evt-after-step1"))
+    assert (status, out["result"], out["status"]) == (200, "applied", "dispatched")
+    trail = await store.events(case.id)
+    assert [e.actor for e in trail if e.action == "dispatched"] == ["dispatch:recover"]
+    assert "evt-after-step1" in (await store.get_case(case.id)).dispatch["event_ids"]
