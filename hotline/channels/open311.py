@@ -112,15 +112,14 @@ async def _form(request: web.Request) -> dict[str, str]:
             raise Open311Error(400, "请求内容须为 JSON 对象。")
         out = {}
         for k, v in body.items():
-            # (parse_json refuses lone surrogates; form bodies can still carry them, hence drop_surrogates)
             if isinstance(v, bool) or not isinstance(v, str | int | float):
-                raise Open311Error(400, f"字段 {drop_surrogates(str(k))[:40]} 须为字符串或数字。")
-            out[drop_surrogates(str(k))] = drop_surrogates(str(v))
+                raise Open311Error(400, f"字段 {k[:40]} 须为字符串或数字。")
+            out[k] = str(v)  # parse_json has refused lone surrogates already
         return out
     if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
             form = await read_form(request)
-        except (web.HTTPBadRequest, LookupError) as exc:  # LookupError: a part with an unknown charset
+        except web.HTTPBadRequest as exc:
             raise Open311Error(400, "请求内容不是合法的表单。") from exc
         return {drop_surrogates(k): drop_surrogates(v) for k, v in form.items() if isinstance(v, str)}
     raise Open311Error(415, "请求须为 application/x-www-form-urlencoded、multipart/form-data 或 application/json。")

@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import FileField
-from multidict import MultiDictProxy
 
 from hotline.answers import intake_offer
 from hotline.appkeys import ANSWERS, ATTACHMENTS, INTAKE, SETTINGS, STORE, SURVEYS
@@ -226,14 +225,6 @@ def _photos(form: Any, limit: int) -> list[bytes]:
     return out
 
 
-async def _read_form(request: web.Request) -> MultiDictProxy[str | bytes | FileField]:
-    try:
-        return await read_form(request)
-    except LookupError as exc:
-        # A part naming a charset Python does not know (charset=bogus) is no readable form either.
-        raise web.HTTPBadRequest(text="请求内容不是合法的表单。") from exc
-
-
 NOT_A_FILE = "只有“现场照片”可以上传文件；问题描述、地址、联系电话和称呼请直接填写文字。"
 
 
@@ -249,7 +240,7 @@ async def submit_form(request: web.Request) -> web.Response:
     intake_cfg = request.app[SETTINGS]["intake"]
     max_photos, photo_bytes = int(intake_cfg["max_photos"]), int(intake_cfg["max_photo_bytes"])
     # Photos make this one form larger than any other body the service accepts.
-    form = await _read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
+    form = await read_form(request.clone(client_max_size=max_photos * photo_bytes + 256 * 1024))
 
     def text(name: str) -> str:
         # Surrogates too: a part may declare a charset (unicode_escape) that makes them, and the page echoes it.
@@ -314,7 +305,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def status_lookup(request: web.Request) -> web.Response:
-    form = await _read_form(request)
+    form = await read_form(request)
     raw_id, raw_digits = form.get("case_id", ""), form.get("last4", "")
     case_id = raw_id.strip() if isinstance(raw_id, str) else ""
     digits = raw_digits if isinstance(raw_digits, str) else ""
