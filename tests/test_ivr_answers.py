@@ -30,6 +30,8 @@ from hotline.store.kb import KnowledgeBase
 from tests.ivr_support import FakeAudioSocketPBX, early, espeak, find_in
 from tests.test_ivr_calls import call_status, start_app
 
+pytestmark = pytest.mark.realtime
+
 CALLER = "13912345678"
 # 请问新生儿医保怎么办理，需要什么材料？
 QUESTION_PINYIN = "qing3 wen4 xin1 sheng1 er2 yi1 bao3 zen3 me5 ban4 li3, xu1 yao4 shen2 me5 cai2 liao4?"

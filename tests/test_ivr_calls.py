@@ -30,6 +30,8 @@ from tests.ivr_support import (
     noise,
 )
 
+pytestmark = pytest.mark.realtime
+
 CALLER = "13800138000"
 
 

@@ -40,6 +40,8 @@ from tests.conftest import make_settings
 from tests.dispatch_support import CLASSIFICATION, SECRET, Open311Receiver, post_event, wait_for
 from tests.ivr_support import Callee, FakeAri, ko_model_dir
 
+pytestmark = pytest.mark.realtime
+
 ANSWERS = "13800138001"
 NO_ANSWER = "13800138002"
 HANGS_UP = "13800138003"

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from hotline.app import create_app
@@ -28,6 +29,8 @@ from hotline.redis_server import EmbeddedRedis
 from hotline.settings import load_settings
 from tests.conftest import make_settings
 from tests.dispatch_support import CLASSIFICATION, Open311Receiver, wait_for
+
+pytestmark = pytest.mark.realtime
 
 UP_S = 4.0  # accepting, before the outage
 REFUSED_S = 30.0  # port closed: connection refused
