@@ -497,12 +497,14 @@ class DedupService:
             await self.hotspots.opened_later(entry, fresh=fresh)
 
     async def forget(self, case_id: str) -> None:
+        """``case_id`` left the open states: out of the index, and out of its open hotspots."""
         entry = await self.index.get(case_id)
-        if entry is None:
-            return
-        await self.index.remove(case_id)
+        if entry is not None:
+            await self.index.remove(case_id)
+        # Even without an index entry: a case open longer than the longest window has been pruned from the
+        # index but still holds its hotspot open until it closes.
         if self.hotspots is not None:
-            await self.hotspots.case_closed(case_id, entry.places)
+            await self.hotspots.case_closed(case_id, entry.places if entry is not None else [])
 
     async def on_created(self, case: Case) -> None:
         """Intake hook: runs after the case is stored (and merged, when it was)."""
@@ -525,7 +527,8 @@ class DedupService:
             await self.forget(case_id)
 
     async def prune(self, now: float | None = None) -> int:
-        """Drop cases older than the longest window: they can no longer be anyone's candidate."""
+        """Drop cases older than the longest window: they can no longer be anyone's candidate. Their
+        hotspots are not told: such a case is still open, and ``forget`` closes its hotspot when it closes."""
         now = time.time() if now is None else now
         removed = 0
         while True:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from hotline import fingerprints
 from hotline.nlp.dedup import DAY_S, Fingerprint, Idf, pair_scores
 from hotline.records import Case
+from hotline.status import OPEN_STATES
 from hotline.store import CaseNotFound, Store
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.store.hotspots import Hotspot, HotspotStore
@@ -176,15 +177,21 @@ class HotspotService:
         if existing is not None:
             members |= set(existing.open_case_ids)
         cases = await self.store.get_cases(sorted(members))
-        indexed = await self.index.contains_many([c.id for c in cases])
-        open_ids = [c.id for c in cases if c.id in indexed]
+        # Open by the records, not by the candidate index: a case open longer than the index keeps cases
+        # (the longest category window) is pruned from it, yet holds its hotspot open until it closes.
+        open_ids = [c.id for c in cases if c.status in OPEN_STATES and not c.duplicate_of]
         reporters = sum(self._reporters(c, since) for c in cases if c.id in open_ids)
         if existing is not None:
             existing.case_ids = sorted(set(existing.case_ids) | set(open_ids))
             existing.open_case_ids = open_ids
             existing.reporters = max(existing.reporters, reporters)
             existing.updated_at = now
-            await self.hs.save(existing, event="updated")
+            if not open_ids:
+                # Its cases closed after the seed was read. Saved as open with none open, no later
+                # case_closed would find a case to close it with.
+                await self._close(existing, now)
+            else:
+                await self.hs.save(existing, event="updated")
             return existing
         if reporters < self.min_reporters:
             return None
@@ -210,14 +217,17 @@ class HotspotService:
             hs.open_case_ids = [c for c in hs.open_case_ids if c != case_id]
             hs.updated_at = now
             if not hs.open_case_ids:
-                hs.status, hs.closed_at = "closed", now
-                await self.hs.save(hs, event="closed")
-                for cid in hs.case_ids:
-                    await self._audit(cid, "hotspot_closed", hs)
+                await self._close(hs, now)
             else:
                 await self.hs.save(hs, event="updated")
             changed.append(hs)
         return changed
+
+    async def _close(self, hs: Hotspot, now: float) -> None:
+        hs.status, hs.closed_at = "closed", now
+        await self.hs.save(hs, event="closed")
+        for cid in hs.case_ids:
+            await self._audit(cid, "hotspot_closed", hs)
 
     async def _audit(self, case_id: str, action: str, hs: Hotspot) -> None:
         with contextlib.suppress(CaseNotFound):

@@ -56,29 +56,46 @@ _GENERIC_TAIL = re.compile(
 # A core holding one of these characters is a clause fragment ("目前我们", "回复称该"), not a name. Characters
 # that also occur in names (丽都, 太阳城, 能源, 会展) are left out.
 _CLAUSE_CHARS = frozenset("我你他她们的了是这那该其此请让就也还要把被说已没不很")
-_NUM_ONLY = re.compile(r"^[\dA-Za-z]+$")
+# A number names no place. "3期", "五号楼", "A区", "七队", "2013年", "2000多" are the phase, building or group
+# of *some* estate, a date or a count, so 竹韵小区3期 and 玫瑰苑3期 must not meet on "3期"; digits or letters
+# alone ("15", "KTV") are no name either. The units are the words a count or an address number takes; 家, 台,
+# 方, 平 and 点 are left out because they follow a numeral in names too (万家, 九台, 四方, 四平, 一点点).
+_DIGITS = "0-9A-Za-z零〇一二三四五六七八九十百千万两"
+_UNITS = ("单元|小时|平米|平方|期|区|号|栋|幢|座|楼|层|组|队|社|排|户|室|门|段|巷|弄|条|元|块|米|吨|个|次|天|年|月|"
+          "日|时|分|秒|人|位|名|辆|间|套|处|届|周|岁|项|件|批|亩")
+_NUMBER = re.compile(rf"(?:[{_DIGITS}第几多余]|{_UNITS})+")
+_HAS_DIGIT = re.compile(rf"[{_DIGITS}]")
+# A bare Chinese number or ordinal ("二十", "五四", "第七") keeps its suffix instead, like an everyday word: with
+# it, it is a name (二十中学, 五四广场, 八一路).
+_BARE_NUMBER = re.compile("第?[零〇一二三四五六七八九十百千两]+")
 # Names that say what kind of place it is, not which one ("烧烤店", "垃圾站", "民办学校", "高速公路"): two
 # reports naming one of these are not thereby at the same place.
 _KIND_ONLY = frozenset({
     "公交", "公交线", "公交车", "自来水", "垃圾", "供热", "供暖", "燃气", "烧烤", "麻将", "加油", "搅拌", "水泥",
     "餐饮", "物流", "社保", "卫生", "住宅", "安置", "配套", "改造", "商业", "人才", "收费", "幼儿", "民办", "公办",
     "公立", "私立", "市区", "城区", "区区", "客运", "高铁", "地铁", "火车", "汽车", "步行", "人行", "快速", "城市",
-    "高速公", "城市道", "城际铁", "铁", "断头", "必经之", "走投无", "同一", "当地", "新建", "两个", "一名", "哪个",
+    "高速公", "城市道", "城际铁", "铁", "断头", "必经之", "走投无", "同一", "当地", "新建", "哪个",
     "全体", "部分", "附近搅拌", "棚改", "小产权", "商品房", "回迁", "廉租", "公租", "保障", "培训", "辅导",
     "施工", "夜宵", "游泳", "移动", "公积金", "住房公积金", "房地产", "乡镇", "起点", "市长", "进出", "十字", "交叉",
-    "过马", "建筑", "开发商", "以人民为", "一期", "二期", "三期", "四期", "同一个", "城中", "群众", "棚户区改造",
+    "过马", "建筑", "开发商", "以人民为", "同一个", "城中", "群众", "棚户区改造",
     "在建搅拌", "建搅拌",
 })
 # Suffixes after an everyday word that still name no particular place ("建设项目", "科技公司").
 _KIND_SUFFIXES = ("项目", "工地", "公司", "有限公司", "分公司", "集团", "物业")
-# Names that are also everyday words (人民, 建设, 解放, 第一): as a bare core they would be "found" in any
-# text using the word, so the core keeps its suffix ("人民路" does not meet "人民医院" or "人民群众").
+# Names that are also everyday words (人民, 建设, 解放): as a bare core they would be "found" in any text
+# using the word, so the core keeps its suffix ("人民路" does not meet "人民医院" or "人民群众"). Bare numbers
+# (八一, 第一) are treated alike by ``_BARE_NUMBER``.
 _COMMON_WORDS = frozenset({
-    "人民", "建设", "解放", "胜利", "友谊", "中山", "红旗", "和平", "新华", "八一", "五一", "朝阳", "光明", "文化",
-    "体育", "图书", "博物", "中心", "第一", "第二", "第三", "第四", "第五", "实验", "东方", "北方", "南方", "希望",
-    "劳动", "合作", "国际", "江南", "长安", "中华", "美丽", "幸福", "阳光", "金融", "工业", "教育", "儿童", "附属",
-    "中南", "中医", "口腔", "妇幼", "农贸", "科技", "开发", "政务", "职业", "技术", "师范", "民族", "青年", "老年",
+    "人民", "建设", "解放", "胜利", "友谊", "中山", "红旗", "和平", "新华", "朝阳", "光明", "文化", "体育", "图书",
+    "博物", "中心", "实验", "东方", "北方", "南方", "希望", "劳动", "合作", "国际", "江南", "长安", "中华", "美丽",
+    "幸福", "阳光", "金融", "工业", "教育", "儿童", "附属", "中南", "中医", "口腔", "妇幼", "农贸", "科技", "开发",
+    "政务", "职业", "技术", "师范", "民族", "青年", "老年",
 })
+
+
+def _numbered(name: str) -> bool:
+    """Nothing but a number, with or without units ("3期", "五号楼", "A区", "15"), and not a bare Chinese one."""
+    return bool(_NUMBER.fullmatch(name) and _HAS_DIGIT.search(name) and not _BARE_NUMBER.fullmatch(name))
 
 
 def _clean(text: str) -> str:
@@ -111,12 +128,13 @@ def place_cores(text: str, limit: int = 12, plain: Collection[str] = frozenset()
         # "人民政府", "市政府": 府 ends a government, not an estate.
         if match.group(0).endswith("政府") or name.endswith("政"):
             continue
-        if (len(name) < 2 or name in _GENERIC or name in _KIND_ONLY or _NUM_ONLY.match(name)
-                or _CLAUSE_CHARS.intersection(name)):
+        if (len(name) < 2 or name in _GENERIC or name in _KIND_ONLY or _CLAUSE_CHARS.intersection(name)
+                or _numbered(name)):
             continue
-        if name in _COMMON_WORDS:
+        if name in _COMMON_WORDS or _BARE_NUMBER.fullmatch(name):
             suffix = match.group(0)[len(match.group(1)):]
-            if suffix in _KIND_SUFFIXES:
+            # "二十栋" is a building number again.
+            if suffix in _KIND_SUFFIXES or _numbered(name + suffix):
                 continue
             name += suffix
         if name not in out and name not in plain:

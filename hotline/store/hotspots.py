@@ -113,13 +113,26 @@ class HotspotStore:
                        reporters=0, status="open", opened_at=now, updated_at=now)
 
     async def listing(self, *, status: str = "open", limit: int = 50) -> list[Hotspot]:
-        key = self.k_open if status == "open" else self.k_all
-        ids = await self.r.zrevrange(key, 0, limit - 1)
-        out = []
-        for hid in ids:
-            hs = await self.get(hid)
-            if hs is not None and (status in ("open", "all") or hs.status == status):
-                out.append(hs)
+        """Up to ``limit`` hotspots of ``status`` (open, closed or all), newest first."""
+        if status == "open":
+            key, page = self.k_open, limit
+        else:
+            # Closed hotspots have no index of their own: they are the ones of the full list that are not
+            # open. Among the newest limit + (open count) at least ``limit`` are closed, so one page mostly does.
+            key, page = self.k_all, limit + (await self.r.zcard(self.k_open) if status == "closed" else 0)
+        out: list[Hotspot] = []
+        start = 0
+        while len(out) < limit:
+            ids = await self.r.zrevrange(key, start, start + page - 1)
+            if not ids:
+                break
+            start += len(ids)
+            for raw in await self.r.mget([self.k_rec(hid) for hid in ids]):
+                hs = Hotspot(**json.loads(raw)) if raw else None
+                if hs is not None and status in ("all", hs.status):
+                    out.append(hs)
+                    if len(out) == limit:
+                        break
         return out
 
     async def events(self, count: int = 100) -> list[dict[str, str]]:
