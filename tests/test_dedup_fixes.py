@@ -3,7 +3,6 @@ closed once its case had outlived the candidate index, and listings of closed ho
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from hotline.records import Case
 from hotline.status import Status
 from hotline.store.dedup import DedupIndex
 from tests.conftest import make_settings
+from tests.test_hotspots import _wait_for
 
 # number-only place cores ------------------------------------------------------------------------
 
@@ -111,13 +111,6 @@ async def _raise(client: Any) -> tuple[list[str], dict[str, Any]]:
     return ids, hot
 
 
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_hotspot_closes_when_its_cases_close_after_the_index_pruned_them(hs_client: Any) -> None:
     app = hs_client.app
     ids, hot = await _raise(hs_client)
@@ -131,7 +124,7 @@ async def test_a_hotspot_closes_when_its_cases_close_after_the_index_pruned_them
     async def closed() -> bool:
         return (await _hotspot(hs_client, hot["id"]))["status"] == "closed"
 
-    await _until(closed)
+    await _wait_for(closed)
     assert (await _hotspot(hs_client, hot["id"]))["open_case_ids"] == []
     assert "hotspot_closed" in [e.action for e in await app[STORE].events(ids[0])]
 
@@ -153,14 +146,14 @@ async def test_a_pruned_open_case_keeps_its_hotspot_open_when_others_join(hs_cli
     async def only_first_left() -> bool:
         return (await _hotspot(hs_client, hot["id"]))["open_case_ids"] == [ids[0]]
 
-    await _until(only_first_left)
+    await _wait_for(only_first_left)
     assert (await _hotspot(hs_client, hot["id"]))["status"] == "open"
     await _close(store, ids[0])
 
     async def closed() -> bool:
         return (await _hotspot(hs_client, hot["id"]))["status"] == "closed"
 
-    await _until(closed)
+    await _wait_for(closed)
 
 
 async def test_an_evaluation_that_finds_every_case_closed_closes_the_hotspot(
