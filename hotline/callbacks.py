@@ -28,8 +28,8 @@ from hotline.records import mask_phone
 from hotline.secret import service_secret
 from hotline.store import CaseNotFound
 from hotline.store.cases import FEED_BATCH, FEED_BATCH_S
-from hotline.store.surveys import MAIN
-from hotline.surveys import KIND, SATISFACTIONS, CallbackSettings, SurveyError, SurveyService
+from hotline.store.surveys import ANSWERED, MAIN
+from hotline.surveys import KIND, SATISFACTIONS, CallbackSettings, SurveyError, SurveyService, ended_error
 from hotline.tasks import stop_tasks
 
 log = logging.getLogger("hotline.callbacks")
@@ -133,8 +133,17 @@ async def survey_page(request: web.Request) -> web.Response:
         return render(request, "survey.html", status=exc.status, case_id="", error=exc.message, done="")
     survey = await service.surveys.get(case_id)
     rec = survey.recipients[rid] if survey else None
-    done = "您已完成本次回访，感谢您的参与。" if rec is not None and rec.state == "answered" else ""
-    return render(request, "survey.html", case_id=case_id, error="", done=done)
+    if rec is not None and rec.state == ANSWERED:
+        return render(request, "survey.html", case_id=case_id, error="", done="您已完成本次回访，感谢您的参与。")
+    try:
+        # No form for an answer that would be refused (the case reopened since, the citizen unreachable).
+        refused = ended_error(rec.state, "web:citizen") if rec is not None else None
+        if refused is not None:
+            raise refused
+        await service.open_for(case_id, rid)
+    except SurveyError as exc:
+        return render(request, "survey.html", status=exc.status, case_id="", error=exc.message, done="")
+    return render(request, "survey.html", case_id=case_id, error="", done="")
 
 
 async def survey_submit(request: web.Request) -> web.Response:

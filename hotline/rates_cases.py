@@ -33,6 +33,27 @@ def _top(head: dict[str, Any] | None) -> str:
     return str(top[0].get("label", "")) if top else ""
 
 
+def _answer(entry: Any) -> tuple[bool, str | None] | None:
+    """(resolved, satisfaction) of one stored survey answer; None when it holds no evaluation."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("resolved"), bool):
+        return None
+    return entry["resolved"], entry.get("satisfaction") or None
+
+
+def _report_answers(case: Case) -> tuple[tuple[bool, str | None], ...]:
+    """Answers of the reporters merged into the case. A report unmerged since it answered has its own case
+    now and is counted there, not here as well."""
+    stored = (case.survey or {}).get("reports")
+    if not isinstance(stored, dict):
+        return ()
+    out = []
+    for report in case.reports:
+        answer = _answer(stored.get(report.report_id))
+        if answer is not None:
+            out.append(answer)
+    return tuple(out)
+
+
 def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | None:
     """None for cases that are not units of work: merged repeats and cases never confirmed."""
     if case.status == Status.MERGED:
@@ -53,12 +74,10 @@ def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | No
     # The urgency the case was dispatched with: the call-taker's, else intake's rules.
     urgent = urgency_of(case, cls) in URGENT_LEVELS
     limit_h = cfg.urgent_response_hours if urgent else cfg.response_hours
-    survey = case.survey or {}
-    resolved = survey.get("resolved") if isinstance(survey.get("resolved"), bool) else None
-    satisfaction = survey.get("satisfaction") if resolved is not None else None
+    own = _answer(case.survey or {})
     return RateRow(
         case_id=case.id, department=department, street=street, category=category, created_at=case.created_at,
         dispatched=dispatched_at is not None,
         accept_delay_s=None if accepted_at is None or dispatched_at is None else accepted_at - dispatched_at,
         response_limit_s=limit_h * 3600, answered_at_intake=answered and dispatched_at is None,
-        resolved=resolved, satisfaction=satisfaction or None)
+        resolved=own[0] if own else None, satisfaction=own[1] if own else None, reports=_report_answers(case))

@@ -3,7 +3,12 @@
 What a case keeps for statistics and the record of the city's work stays: the problem (with phone and ID
 numbers masked), the place, the category, the department, the dates and the audit trail. What identifies
 or records the citizen goes: phone, name, the channel's sender id, merged reporters' numbers, photos and the
-call recording, the case's entries in the caller index, and the numbers its satisfaction survey called.
+call recording, the case's entries in the caller index, and the numbers its satisfaction survey called
+(phone and ID numbers typed into survey comments are masked).
+
+A merged report keeps a case record of its own (status merged) with the citizen's number: it goes once the
+case it was merged into (the end of its duplicate_of chain) is finished, as its number is then of no more use
+than the master's own.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ log = logging.getLogger("hotline.retention")
 
 FINISHED = frozenset({Status.CLOSED})
 ACTOR = "system:retention"
+MAX_CHAIN = 8  # as hotline/dedup.py follows duplicate_of links
 
 
 @dataclass
@@ -39,10 +45,19 @@ class PurgeResult:
                 "files_failed": self.files_failed}
 
 
+def _survey_answers(case: Case) -> list[dict[str, Any]]:
+    """The stored survey answers of the case: its own reporter's and each merged reporter's."""
+    survey = case.survey if isinstance(case.survey, dict) else {}
+    reports = survey.get("reports")
+    return [survey, *(a for a in (reports.values() if isinstance(reports, dict) else ()) if isinstance(a, dict))]
+
+
 def holds_personal_data(case: Case) -> bool:
     return bool(case.contact or case.name or case.sender or case.audio_ref
                 or any(name_of(a) for a in case.attachments)
-                or any(r.contact or r.sender for r in case.reports))
+                or any(r.contact or r.sender for r in case.reports)
+                or any(isinstance(a.get("comment"), str) and mask_pii(a["comment"]) != a["comment"]
+                       for a in _survey_answers(case)))
 
 
 def scrub(case: Case) -> dict[str, Any]:
@@ -58,6 +73,10 @@ def scrub(case: Case) -> dict[str, Any]:
     for r in case.reports:
         r.contact = r.sender = ""
         r.text = mask_pii(r.text)
+    # The answers stay for the 三率; a number the citizen typed into the comment does not.
+    for answer in _survey_answers(case):
+        if isinstance(answer.get("comment"), str):
+            answer["comment"] = mask_pii(answer["comment"])
     return {"photos": len(photos), "recording": had_audio, "reports": len(case.reports)}
 
 
@@ -82,15 +101,40 @@ class Retention:
         cutoff = (time.time() if now is None else now) - older_than_s
         result = PurgeResult()
         ids = await self.store.case_ids_between(0, cutoff, limit=10_000_000)
+        roots: dict[str, Status | None] = {}
         for start in range(0, len(ids), 500):
             for case in await self.store.get_cases(ids[start:start + 500]):
                 result.scanned += 1
-                if case.status not in FINISHED or not holds_personal_data(case):
+                if not holds_personal_data(case) or not await self._finished(case, roots):
                     continue
                 result.purged.append(case.id)
                 if not dry_run:
                     await self._purge_one(case, result)
         return result
+
+    async def _finished(self, case: Case, roots: dict[str, Status | None]) -> bool:
+        """A closed case, or a merged report whose master (the end of its duplicate_of chain) is closed."""
+        if case.status in FINISHED:
+            return True
+        if case.status != Status.MERGED or not case.duplicate_of:
+            return False
+        if case.duplicate_of not in roots:
+            roots[case.duplicate_of] = await self._root_status(case)
+        return roots[case.duplicate_of] in FINISHED
+
+    async def _root_status(self, case: Case) -> Status | None:
+        seen = {case.id}
+        current = case.duplicate_of
+        while current and current not in seen and len(seen) <= MAX_CHAIN:
+            seen.add(current)
+            try:
+                master = await self.store.get_case(current)
+            except CaseNotFound:
+                return None  # a broken chain: keep the data rather than guess
+            if not master.duplicate_of:
+                return master.status
+            current = master.duplicate_of
+        return None
 
     async def _purge_one(self, case: Case, result: PurgeResult) -> None:
         callers = caller_keys(case)

@@ -9,6 +9,9 @@ reporter that is neither closes it (核实结案).
 A round's recipients are fixed when it is scheduled, but a merge may be undone afterwards: a recipient
 whose report is no longer in ``case.reports`` is withdrawn when next met (worker, worklist, an answer) and
 nothing is recorded for it. A recipient found unreachable has ended its survey: a later answer is refused.
+A round ends for everybody who has not answered yet when the case is reopened (one reporter's 未解决 or
+不满意): the case is being handled again, so there is nothing to rate until it is resolved anew, and that
+resolution starts the next round with every reporter.
 """
 
 from __future__ import annotations
@@ -59,8 +62,15 @@ CHAT_CHANNELS = frozenset({"telegram", "wechat"})
 SURVEYED_STATES = frozenset({Status.RESOLVED, Status.ANSWERED})
 AGENT_OUTCOMES = ("answered", "no_answer", "wrong_number", "call_back_later")
 MAX_COMMENT_CHARS = 1000
+# A recipient who had not answered when the case was reopened; the next resolution asks them again.
+SUPERSEDED = "superseded"
 # Recipients whose survey is over: nothing more is asked or recorded.
-ENDED_STATES = frozenset({ANSWERED, UNREACHABLE, WITHDRAWN})
+ENDED_STATES = frozenset({ANSWERED, UNREACHABLE, WITHDRAWN, SUPERSEDED})
+WAITING_STATES = frozenset({SCHEDULED, ASKED, FOLLOWUP})
+# Case states in which the round's result may still be rated: after resolution (or a direct answer), and
+# once closed (merged reporters still answer after the case's own reporter closed it). Anything else means
+# the case was reopened and is being handled again.
+RATEABLE_STATES = SURVEYED_STATES | {Status.CLOSED}
 
 
 class SurveyError(ApiError):
@@ -74,6 +84,24 @@ def belongs(case: Case, rid: str) -> bool:
 
 def _unmerged_error() -> SurveyError:
     return SurveyError("not_a_reporter", "该反映已撤销合并，不再属于本案件，不能登记本案件的回访。", 409)
+
+
+def _reopened_error() -> SurveyError:
+    return SurveyError("case_reopened", "该案件已重新办理，本次回访已结束；办理完毕后将再次回访。", 409)
+
+
+def ended_error(state: str, actor: str) -> SurveyError | None:
+    """Why a recipient in ``state`` can give no answer (None: it still can, or already did)."""
+    if state == UNREACHABLE:
+        # README: unreachable ends the survey and the case closed without an evaluation; a late answer
+        # would reopen or rate a case the agents already finished.
+        who = "该市民已记为联系不上，" if actor.startswith("staff:") else ""
+        return SurveyError("survey_ended", f"{who}本次回访已结束，不再登记评价。", 409)
+    if state == WITHDRAWN:
+        return _unmerged_error()
+    if state == SUPERSEDED:
+        return _reopened_error()
+    return None
 
 
 class SurveyCaller(Protocol):
@@ -231,8 +259,11 @@ class SurveyService:
             # Asking would tell this citizen that someone else's case is done.
             await self.withdraw(case_id, rid)
             return
+        if case.status not in RATEABLE_STATES:
+            await self.close_round(case_id, rid)  # reopened meanwhile: nothing to rate until it is resolved again
+            return
         if case.status not in SURVEYED_STATES:
-            return  # reopened or turned into a normal case meanwhile: this round is moot
+            return  # closed by its own reporter's answer meanwhile
         if rec.attempts >= self.cfg.max_attempts:
             await self._to_followup(case_id, rid, "no_reply", now)
             return
@@ -269,8 +300,14 @@ class SurveyService:
 
             await self.surveys.update(case_id, rid, called)
             if answers and "resolved" in answers:
-                await self.answer(case_id, rid, resolved=bool(answers["resolved"]),
-                                  satisfaction=answers.get("satisfaction", ""), comment="", actor="voice:survey")
+                try:
+                    await self.answer(case_id, rid, resolved=bool(answers["resolved"]),
+                                      satisfaction=answers.get("satisfaction", ""), comment="", actor="voice:survey")
+                except SurveyError as exc:
+                    # The case was reopened or the report unmerged during the call: nothing to record, and
+                    # not a fault of the worker (the other recipients it runs beside must go on).
+                    log.info("survey call answer refused", extra={"event": "survey_call_refused",
+                                                                  "case_id": case_id, "code": exc.code})
             return
         # Phone and web reporters: a person calls (the web status page also offers the signed link).
         await self._to_followup(case_id, rid, "needs_call", now)
@@ -289,10 +326,16 @@ class SurveyService:
         rid = reply.report_id or MAIN
         survey = await self.surveys.get(reply.case_id)
         rec = survey.recipients.get(rid) if survey else None
-        if rec is None or rec.state in ENDED_STATES:
+        if rec is None or (rec.state in ENDED_STATES and rec.state != SUPERSEDED):
             return "本次回访已结束，感谢您的参与。"
         if rec.channel != reply.channel or rec.sender != reply.sender:
             return "未找到您的回访。"
+        if rec.state == SUPERSEDED:
+            return _reopened_error().message
+        try:
+            await self.open_for(reply.case_id, rid)
+        except SurveyError as exc:
+            return exc.message
         if reply.value in ("q1:resolved", "q1:unresolved"):
             resolved = reply.value == "q1:resolved"
 
@@ -312,12 +355,13 @@ class SurveyService:
                                          satisfaction=reply.value[3:], comment=reply.comment,
                                          actor=f"{reply.channel}:citizen")
             except SurveyError as exc:
-                return exc.message  # ended (unmerged, unreachable) since the check above
+                return exc.message  # ended (unmerged, unreachable, reopened) since the check above
         return "未能识别您的选择，请点击或回复选项编号。"
 
-    async def _still_a_reporter(self, case_id: str, rid: str) -> None:
-        """Refuse (and withdraw) a recipient whose report was unmerged after the round began: its answer must
-        not reopen or close this case."""
+    async def open_for(self, case_id: str, rid: str) -> Case:
+        """The case, when this recipient may still rate it. Refuse (and take out of the round) a recipient
+        whose report was unmerged after the round began, or whose case was reopened since: the answer would
+        reopen or close a case that is not theirs, or rate a result the case no longer has."""
         try:
             case = await self.store.get_case(case_id)
         except CaseNotFound as exc:
@@ -325,6 +369,10 @@ class SurveyService:
         if not belongs(case, rid):
             await self.withdraw(case_id, rid)
             raise _unmerged_error()
+        if case.status not in RATEABLE_STATES:
+            await self.close_round(case_id, rid)
+            raise _reopened_error()
+        return case
 
     async def answer(self, case_id: str, rid: str, *, resolved: bool, satisfaction: str, comment: str,
                      actor: str, round_: int | None = None) -> str:
@@ -337,7 +385,7 @@ class SurveyService:
         survey = await self.surveys.get(case_id)
         if survey is None or rid not in survey.recipients:
             raise SurveyError("not_found", "未找到该回访。", 404)
-        await self._still_a_reporter(case_id, rid)
+        await self.open_for(case_id, rid)
 
         def record(r: Recipient, s: Survey) -> None:
             if round_ is not None and s.round != round_:
@@ -345,13 +393,9 @@ class SurveyService:
             if r.state == ANSWERED:
                 state["already"] = True
                 return
-            if r.state == UNREACHABLE:
-                # README: unreachable ends the survey and the case closed without an evaluation; a late answer
-                # would reopen or rate a case the agents already finished.
-                who = "该市民已记为联系不上，" if actor.startswith("staff:") else ""
-                raise SurveyError("survey_ended", f"{who}本次回访已结束，不再登记评价。", 409)
-            if r.state == WITHDRAWN:
-                raise _unmerged_error()
+            refused = ended_error(r.state, actor)
+            if refused is not None:
+                raise refused
             r.state, r.question = ANSWERED, ""
             r.resolved, r.satisfaction, r.comment = resolved, satisfaction, comment
             r.answered_at, r.answered_by = now, actor
@@ -377,6 +421,10 @@ class SurveyService:
                     "satisfaction": SATISFACTION_LABELS_ZH[satisfaction], "comment": comment}
 
         case = await self.store.update_case(case_id, on_case, actor=actor, action="survey_answered")
+        if unhappy and case.status in RATEABLE_STATES:
+            # Before the case moves: an answer arriving meanwhile is either in already or refused, never
+            # recorded against the case as it is handled again.
+            await self.close_round(case_id)
         if unhappy and case.status == Status.ANSWERED:
             # The answer given at intake did not help: the contact becomes a normal case for a call-taker.
             reason = comment or "市民反映直接答复未解决问题"
@@ -409,11 +457,16 @@ class SurveyService:
         if outcome == "call_back_later" and not (now < call_back_at < now + 30 * 86400):
             raise SurveyError("bad_call_back_at", "请填写 30 天内的回拨时间。")
 
-        await self._still_a_reporter(case_id, rid)
+        survey = await self.surveys.get(case_id)
+        if survey is None or rid not in survey.recipients:
+            raise SurveyError("not_found", "未找到该回访。", 404)
+        await self.open_for(case_id, rid)
 
         def log_call(r: Recipient, _s: Survey) -> None:
             if r.state == WITHDRAWN:
                 raise _unmerged_error()
+            if r.state == SUPERSEDED:
+                raise _reopened_error()
             if r.state != FOLLOWUP:
                 raise SurveyError("not_waiting", "该回访不在待回访列表中。", 409)
             r.notes.append({"at": now, "by": actor, "outcome": outcome, "note": note[:MAX_COMMENT_CHARS]})
@@ -454,6 +507,9 @@ class SurveyService:
             if not belongs(case, rid):
                 await self.withdraw(case_id, rid)
                 continue
+            if case.status not in RATEABLE_STATES:
+                await self.close_round(case_id, rid)
+                continue
             rec = survey.recipients[rid]
             rows.append({"case": case, "rid": rid, "recipient": rec, "since": since, "round": survey.round})
         return rows
@@ -461,21 +517,33 @@ class SurveyService:
     async def withdraw(self, case_id: str, rid: str) -> bool:
         """Take a recipient that is no longer the case's reporter out of the round (off the schedule and the
         worklist); True when this call did it. Answers already given stay as they were."""
+        return await self._end(case_id, rid, WITHDRAWN, "unmerged")
+
+    async def close_round(self, case_id: str, rid: str | None = None) -> list[str]:
+        """End the round for its recipients still waiting (``rid``: just that one) because the case was
+        reopened: off the schedule and the worklist, their link and answers refused. Returns those closed."""
+        survey = await self.surveys.get(case_id)
+        if survey is None:
+            return []
+        return [one for one in ([rid] if rid is not None else list(survey.recipients))
+                if await self._end(case_id, one, SUPERSEDED, "reopened")]
+
+    async def _end(self, case_id: str, rid: str, state: str, reason: str) -> bool:
         changed: dict[str, bool] = {"done": False}
 
-        def drop(r: Recipient, _s: Survey) -> None:
-            if r.state in (SCHEDULED, ASKED, FOLLOWUP):
-                r.state, r.question, r.next_at = WITHDRAWN, "", 0.0
+        def end(r: Recipient, _s: Survey) -> None:
+            if r.state in WAITING_STATES:
+                r.state, r.question, r.next_at = state, "", 0.0
                 changed["done"] = True
 
         try:
-            await self.surveys.update(case_id, rid, drop)
+            await self.surveys.update(case_id, rid, end)
         except KeyError:
             return False
         if changed["done"]:
             with contextlib.suppress(CaseNotFound):
                 await self.store.add_event(case_id, actor="system", action="survey_withdrawn",
-                                           data={"report_id": rid, "reason": "unmerged"})
+                                           data={"report_id": "" if rid == MAIN else rid, "reason": reason})
         return changed["done"]
 
     # web link ---------------------------------------------------------------
@@ -489,6 +557,12 @@ class SurveyService:
         rec = survey.recipients.get(MAIN) if survey else None
         if survey is None or rec is None or rec.state in ENDED_STATES:
             return ""
+        try:
+            case = await self.store.get_case(case_id)
+        except CaseNotFound:
+            return ""
+        if case.status not in RATEABLE_STATES:
+            return ""  # reopened: no evaluation asked for until it is resolved again
         return self.link(case_id, MAIN, survey.round)
 
     def read_link(self, token: str) -> tuple[str, str, int]:

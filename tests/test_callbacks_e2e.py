@@ -26,14 +26,15 @@ from tests.console_support import staff_login
 from tests.dispatch_support import CLASSIFICATION, SECRET, Open311Receiver, RecordingNotifier, post_event, wait_for
 
 
-def callback_settings(redis_server: EmbeddedRedis, tmp_path: Path, prefix: str, dispatch_url: str) -> Any:
+def callback_settings(redis_server: EmbeddedRedis, tmp_path: Path, prefix: str, dispatch_url: str, *,
+                      merging: bool = False) -> Any:
     dispatch = {"backend": "open311", "url": dispatch_url, "api_key": "city-key", "secret": SECRET,
                 "backoff_base_s": 0.05, "backoff_max_s": 0.2, "max_attempts": 3, "request_timeout_s": 2.0,
                 "sweep_interval_s": 3600.0}
     # Due at once at any hour; the due worker runs once at start-up, the tests drive run_due themselves.
     callbacks = {"delay_s": 0, "hours_start": 0, "hours_end": 24, "poll_s": 3600.0}
     return make_settings(redis_server.url, tmp_path, prefix, dispatch=dispatch, callbacks=callbacks,
-                         rates={"min_cases_for_ranking": 1}, dedup={"enabled": False})
+                         rates={"min_cases_for_ranking": 1}, dedup={"enabled": merging})
 
 
 @pytest.fixture

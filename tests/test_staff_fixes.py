@@ -24,8 +24,8 @@ from hotline.store.users import UserError, Users, hash_password
 from hotline.surveys import KIND
 from tests.conftest import make_settings
 from tests.console_support import DEFAULT_PASSWORD, add_user, login_form, new_session, staff_login
-from tests.dispatch_support import SECRET, Open311Receiver, RecordingNotifier
-from tests.test_callbacks_e2e import dispatch_and_resolve
+from tests.dispatch_support import Open311Receiver, RecordingNotifier
+from tests.test_callbacks_e2e import callback_settings, dispatch_and_resolve
 from tests.test_console_queue import submit, suggest
 
 
@@ -168,13 +168,8 @@ async def test_wrong_tries_under_a_name_of_no_account_lock_out_no_real_account(
 @pytest.fixture
 async def survey_client(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
                         receiver: Open311Receiver) -> TestClient:
-    # As tests/test_callbacks_e2e.py, with the dedup service on: these tests merge and unmerge reports.
-    dispatch = {"backend": "open311", "url": receiver.url, "api_key": "city-key", "secret": SECRET,
-                "backoff_base_s": 0.05, "backoff_max_s": 0.2, "max_attempts": 3, "request_timeout_s": 2.0,
-                "sweep_interval_s": 3600.0}
-    callbacks = {"delay_s": 0, "hours_start": 0, "hours_end": 24, "poll_s": 3600.0}
-    settings = make_settings(redis_server.url, tmp_path, key_prefix, dispatch=dispatch, callbacks=callbacks,
-                             rates={"min_cases_for_ranking": 1})
+    # With the dedup service on: these tests merge and unmerge reports.
+    settings = callback_settings(redis_server, tmp_path, key_prefix, receiver.url, merging=True)
     return await aiohttp_client(create_app(settings))
 
 
