@@ -17,6 +17,7 @@ import soxr
 
 SAMPLE_WIDTH = 2
 RATES = (8000, 16000)
+MIN_FILE_RATE, MAX_FILE_RATE = 4000, 192000  # sample rates a WAV file may have
 
 
 class AudioError(Exception):
@@ -100,6 +101,9 @@ def read_wav(data: bytes) -> PcmAudio:
         raise AudioError(f"not a PCM WAV file: {exc}") from exc
     if width != SAMPLE_WIDTH:
         raise AudioError(f"WAV sample width {width * 8} bit is not supported (16 bit needed)")
+    if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+        # 0 Hz makes the resampler raise; 1 Hz would turn a short file into hours of audio.
+        raise AudioError(f"WAV sample rate {rate} Hz is not supported ({MIN_FILE_RATE}–{MAX_FILE_RATE} Hz)")
     if channels > 1:
         samples = np.frombuffer(frames[: len(frames) - len(frames) % (2 * channels)], dtype="<i2")
         frames = samples.reshape(-1, channels).mean(axis=1).astype("<i2").tobytes()
@@ -146,12 +150,14 @@ class WavRecorder:
     """Writes a call's inbound audio to a WAV file as it arrives, up to a maximum length."""
 
     def __init__(self, path: Path, rate: int, max_s: float) -> None:
+        """Raises FileExistsError rather than overwrite: another call's case may point at that recording."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.rate = rate
         self._left = int(max_s * rate) * SAMPLE_WIDTH
         self._carry = b""
-        self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the whole call)
+        self._file = path.open("xb")
+        self._wav: wave.Wave_write | None = wave.open(self._file, "wb")  # noqa: SIM115 (open for the whole call)
         self._wav.setnchannels(1)
         self._wav.setsampwidth(SAMPLE_WIDTH)
         self._wav.setframerate(rate)
@@ -169,8 +175,11 @@ class WavRecorder:
 
     def close(self) -> None:
         if self._wav is not None:
-            self._wav.close()
-            self._wav = None
+            try:
+                self._wav.close()  # writes the header's lengths; leaves a file it did not open to us
+            finally:
+                self._wav = None
+                self._file.close()
 
     @property
     def duration_s(self) -> float:

@@ -19,7 +19,7 @@ import uuid
 
 from hotline.ivr import audio
 from hotline.ivr.service import VoiceService
-from hotline.ivr.session import CallOutcome
+from hotline.ivr.session import DTMF_KEYS, CallOutcome
 
 log = logging.getLogger("hotline.ivr.audiosocket")
 
@@ -33,6 +33,10 @@ RATE_OF_KIND = {KIND_SLIN: 8000, KIND_SLIN16: 16000}
 KIND_OF_RATE = {8000: KIND_SLIN, 16000: KIND_SLIN16}
 HEADER = struct.Struct(">BH")
 FIRST_MESSAGE_TIMEOUT_S = 10.0
+# From the UUID to the first audio message, however many other messages come in between: until audio
+# arrives the connection is no call yet (no session, not counted in voice.max_calls).
+FIRST_AUDIO_TIMEOUT_S = 10.0
+MAX_EARLY_DIGITS = 32  # keys pressed before the first audio that are kept for the menu's type-ahead
 READ_TIMEOUT_S = 30.0  # Asterisk sends audio every 20 ms; this long without any message is a dead peer
 LEAD_FRAMES = 3  # frames sent ahead of the clock so the PBX's jitter buffer never runs dry
 
@@ -51,6 +55,26 @@ async def read_message(reader: asyncio.StreamReader, timeout_s: float) -> tuple[
         kind, length = HEADER.unpack(head)
         payload = await reader.readexactly(length) if length else b""
     return kind, payload
+
+
+async def read_until_audio(reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+    """The messages after the UUID up to the first audio: (its kind, its payload, the keys pressed before).
+
+    Kind 0 when the PBX hung up or reported an error first. Raises TimeoutError when no audio came within
+    ``FIRST_AUDIO_TIMEOUT_S`` in all. Only DTMF digits are kept, and only ``MAX_EARLY_DIGITS`` of them: other
+    messages are read and dropped, so a peer cannot fill memory before it is a call.
+    """
+    digits = ""
+    async with asyncio.timeout(FIRST_AUDIO_TIMEOUT_S):
+        while True:
+            kind, payload = await read_message(reader, FIRST_AUDIO_TIMEOUT_S)
+            if kind in RATE_OF_KIND:
+                return kind, payload, digits
+            if kind in (KIND_HANGUP, KIND_ERROR):
+                return 0, b"", digits
+            digit = payload[:1].decode("ascii", "replace") if kind == KIND_DTMF else ""
+            if digit in DTMF_KEYS and len(digits) < MAX_EARLY_DIGITS:
+                digits += digit
 
 
 class AudioSocketTransport:
@@ -116,23 +140,22 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
             return
         call_id = str(uuid.UUID(bytes=payload))
         # The rate is known from the first audio message (0x10 = 8 kHz, 0x11 = 16 kHz).
-        early: list[tuple[int, bytes]] = []
-        rate = 0
-        while not rate:
-            try:
-                kind, payload = await read_message(reader, FIRST_MESSAGE_TIMEOUT_S)
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                return
-            if kind in (KIND_HANGUP, KIND_ERROR):
-                return
-            if kind in RATE_OF_KIND:
-                rate = RATE_OF_KIND[kind]
-            early.append((kind, payload))
+        try:
+            first_kind, first_audio, early_digits = await read_until_audio(reader)
+        except TimeoutError:
+            log.warning("audiosocket: no audio after the UUID", extra={"event": "audiosocket_no_audio",
+                                                                      "call_id": call_id})
+            return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        if not first_kind:
+            return
+        rate = RATE_OF_KIND[first_kind]
         transport = AudioSocketTransport(writer, rate)
         session = await service.open_call(transport, call_id=call_id, caller="", rate=rate)
         resamplers: dict[int, audio.Resampler] = {}
         flow_task = asyncio.create_task(service.run_flow(session), name=f"ivr-{session.call_id}")
-        pending = list(early)
+        pending = [*((KIND_DTMF, d.encode()) for d in early_digits), (first_kind, first_audio)]
         while not flow_task.done():
             if pending:
                 kind, payload = pending.pop(0)

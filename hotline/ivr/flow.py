@@ -226,6 +226,9 @@ class IvrFlow:
                                          "path": "→".join(st.history), "transfer": st.transfer_reason})
         if st.transfer_reason:
             return CallOutcome("transfer", st.transfer_reason, st.case_id)
+        if s.timed_out:
+            # The line is still up after voice.max_call_s: a person finds out why.
+            return CallOutcome("transfer", "max_call", st.case_id)
         return CallOutcome("hangup", "caller_hung_up" if s.hung_up else "done", st.case_id)
 
     # states -----------------------------------------------------------------------------------------
@@ -300,7 +303,9 @@ class IvrFlow:
                 st.transfer_reason = "no_input" if got.no_input else "no_match"
                 return State.TRANSFER
             return await self._retry(s, st, got, State.CAPTURE)
-        if got.transcript is not None and got.transcript.confidence < self.opt.low_confidence:
+        # 1.0 sends every spoken complaint to a person, however sure the recogniser is.
+        low = self.opt.low_confidence
+        if got.transcript is not None and (got.transcript.confidence < low or low >= 1.0):
             st.transfer_reason = "low_confidence"
             await self._submit_case(s, st)
             await s.play(["kept"], barge_in=False)
@@ -369,7 +374,9 @@ class IvrFlow:
             try:
                 case = await self.store.get_case(f"{m.group(1)}-{m.group(2)}")
                 # Only the reporter's own phone hears the status (the web status page asks for the last 4 digits).
-                if s.caller and last4(case.contact) == last4(s.caller):
+                # No digits on either side is no match: a case without a contact belongs to no phone.
+                mine = last4(s.caller)
+                if mine and last4(case.contact) == mine:
                     status = str(case.status)
             except CaseNotFound:
                 pass
@@ -417,7 +424,7 @@ class IvrFlow:
         action = {"1": "text", "2": "call_taker", "3": "register"}.get(choice, "none")
         await self._case_event(st.case_id, "ivr_answer_offered", {
             "call_id": s.call_id, "entry_id": offer.entry_id, "department": offer.department,
-            "date": offer.date, "choice": action, "hung_up": s.hung_up})
+            "date": offer.date, "choice": action, "hung_up": s.caller_hung_up})
         if s.hung_up:
             return State.DONE
         if choice == "1":
@@ -512,6 +519,16 @@ class IvrFlow:
         if not st.submitted and (st.spoke or (st.transcript is not None and st.transcript.text)):
             await self._submit_case(s, st)
 
+    @staticmethod
+    def _call_facts(s: CallSession) -> dict[str, Any]:
+        """Only when they say something: the PBX's own id when the call got another, a call cut at max_call_s."""
+        facts: dict[str, Any] = {}
+        if s.pbx_id != s.call_id:
+            facts["pbx_call_id"] = s.pbx_id
+        if s.timed_out:
+            facts["timed_out"] = True
+        return facts
+
     async def _submit_case(self, s: CallSession, st: CallState) -> Any:
         if st.submitted:
             return None
@@ -522,10 +539,10 @@ class IvrFlow:
             text = f"【咨询】{text}"
         msg = InboundMessage(
             channel="voice", sender=s.caller or "unknown", contact=s.caller, text=text,
-            transcript=transcript.text, audio_ref=self.opt.audio_ref, idempotency_key=s.call_id,
+            transcript=transcript.text, audio_ref=self.opt.audio_ref, idempotency_key=s.submission_key,
             meta={"call_id": s.call_id, "adapter": self.opt.adapter, "intent": st.intent,
                   "confidence": transcript.confidence, "duration_s": transcript.duration_s,
-                  "emergency_word": st.emergency_word, "hung_up": s.hung_up},
+                  "emergency_word": st.emergency_word, "hung_up": s.caller_hung_up, **self._call_facts(s)},
         )
         try:
             result = await self.intake.submit(msg)
@@ -545,7 +562,7 @@ class IvrFlow:
                     "call_id": s.call_id, "adapter": self.opt.adapter, "intent": st.intent,
                     "confidence": transcript.confidence, "duration_s": transcript.duration_s,
                     "words": len(transcript.words), "emergency_word": st.emergency_word,
-                    "hung_up": s.hung_up, "audio_ref": self.opt.audio_ref})
+                    "hung_up": s.caller_hung_up, "audio_ref": self.opt.audio_ref, **self._call_facts(s)})
             except Exception:
                 log.exception("voice call event failed", extra={"event": "voice_event_failed", "case_id": case.id})
         top = ((case.suggestion or {}).get("category") or {}).get("top") or []

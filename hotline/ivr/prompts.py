@@ -93,11 +93,16 @@ def build(prompts: dict[str, str], digits: dict[str, str], out_dir: Path, *, voi
 
 
 class PromptLibrary:
-    """Prompt PCM by name and rate; recorded prompts in ``override_dir`` win over the shipped ones."""
+    """Prompt PCM by name and rate; recorded prompts in ``override_dir`` win over the shipped ones.
+
+    A recorded prompt that cannot be read (not a WAV, 8-bit, a broken header) is logged and the next
+    directory's is played instead: one bad file must neither silence the menu nor stop the service.
+    """
 
     def __init__(self, override_dir: Path | None = None, shipped_dir: Path = SHIPPED_DIR) -> None:
         self.dirs = [d for d in (override_dir, shipped_dir) if d is not None]
         self._cache: dict[tuple[str, int], bytes] = {}
+        self._decoded: dict[str, audio.PcmAudio | None] = {}
         self._missing: set[str] = set()
 
     def path(self, name: str) -> Path | None:
@@ -108,27 +113,35 @@ class PromptLibrary:
         return None
 
     def has(self, name: str) -> bool:
-        return self.path(name) is not None
+        return self._decode(name) is not None
+
+    def _decode(self, name: str) -> audio.PcmAudio | None:
+        if name in self._decoded:
+            return self._decoded[name]
+        found: audio.PcmAudio | None = None
+        for d in self.dirs:
+            p = d / f"{name}.wav"
+            if not p.is_file():
+                continue
+            try:
+                found = audio.read_wav(p.read_bytes())
+                break
+            except (OSError, audio.AudioError) as exc:
+                log.error(f"prompt unreadable: {p}: {exc}", extra={"event": "prompt_unreadable", "prompt": name})
+        self._decoded[name] = found
+        return found
 
     def pcm(self, name: str, rate: int) -> bytes:
         key = (name, rate)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        p = self.path(name)
-        if p is None:
-            if name not in self._missing:
-                self._missing.add(name)
-                log.warning("prompt missing; run `hotline ivr prompts build`",
-                            extra={"event": "prompt_missing", "prompt": name})
-            pcm = b""
-        else:
-            try:
-                decoded = audio.read_wav(p.read_bytes())
-                pcm = audio.resample(decoded.pcm, decoded.rate, rate)
-            except (OSError, audio.AudioError):
-                log.exception("prompt unreadable", extra={"event": "prompt_unreadable", "prompt": name})
-                pcm = b""
+        decoded = self._decode(name)
+        if decoded is None and name not in self._missing:
+            self._missing.add(name)
+            log.warning("prompt missing; run `hotline ivr prompts build`",
+                        extra={"event": "prompt_missing", "prompt": name})
+        pcm = audio.resample(decoded.pcm, decoded.rate, rate) if decoded is not None else b""
         self._cache[key] = pcm
         return pcm
 

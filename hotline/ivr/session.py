@@ -36,6 +36,7 @@ _CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _NUMBER = re.compile(r"^\+?[\d\s\-()]{3,24}$")
 STT_CHUNK_MS = 100  # audio is handed to the recognizer in chunks this long (fewer thread hops than 20 ms frames)
 INBOX_EVENTS = 400  # ~8 s of 20 ms frames; beyond that the adapter waits (TCP back-pressure)
+MIN_NUMBER_DIGITS = 3  # 110, 119, 120 are the shortest numbers a call can come from
 
 
 def clean_call_id(raw: str) -> str:
@@ -45,8 +46,10 @@ def clean_call_id(raw: str) -> str:
 
 
 def clean_number(raw: str) -> str:
+    """The caller's number, or "" (no caller ID). A "number" of dashes and spaces is none: its empty last four
+    digits would match every case that has no contact."""
     raw = (raw or "").strip()
-    return raw if _NUMBER.match(raw) else ""
+    return raw if _NUMBER.match(raw) and sum(c.isdigit() for c in raw) >= MIN_NUMBER_DIGITS else ""
 
 
 class Transport(Protocol):
@@ -105,10 +108,16 @@ class Input:
 
 class CallSession:
     def __init__(self, *, call_id: str, caller: str, rate: int, transport: Transport, stt: VoskSTT | None,
-                 prompts: PromptLibrary, timings: VoiceTimings, recording: Path | None = None) -> None:
+                 prompts: PromptLibrary, timings: VoiceTimings, recording: Path | None = None,
+                 pbx_id: str = "") -> None:
         if rate not in audio.RATES:
             raise ValueError(f"unsupported session rate {rate}")
+        # ``call_id`` is ours: it names the recording and the case's call. ``pbx_id`` is the one the dialplan
+        # asks about; they differ when the PBX reuses an id (a retry, a UNIQUEID after a restart).
         self.call_id = call_id
+        self.pbx_id = pbx_id or call_id
+        # The intake's idempotency key: the same for every submission of this call, never another call's.
+        self.submission_key = f"{call_id}:{uuid.uuid4().hex[:12]}"
         self.caller = caller
         self.rate = rate
         self.transport = transport
@@ -124,7 +133,8 @@ class CallSession:
         self._voiced_ms = 0.0
         self._silent_ms = 0.0
         self.speaking = False
-        self.hung_up = False
+        self.hung_up = False  # the caller hung up, or the call reached its time limit (then ``timed_out`` too)
+        self.timed_out = False
         self.rx_bytes = 0
         self.stream: SttStream | None = None
         self.heard: list[str] = []  # prompt sequences played, for the call log
@@ -168,6 +178,18 @@ class CallSession:
         self.hung_up = True
         self._put_control(("hangup", ""))
         self._wakeup.set()
+
+    def time_up(self) -> None:
+        """The call reached ``max_call_s``: the flow stops as on a hang-up (keeping what was said), but the
+        line is still there, so the service ends the leg itself."""
+        if self.hung_up:
+            return
+        self.timed_out = True
+        self.hangup_in()
+
+    @property
+    def caller_hung_up(self) -> bool:
+        return self.hung_up and not self.timed_out
 
     def _put_control(self, event: tuple[str, str]) -> None:
         # Control events must never be lost to a full inbox of audio: drop the oldest audio instead.

@@ -45,13 +45,25 @@ def parse_notification(text: str) -> tuple[str, dict[str, str], list[str]]:
     return parts[0], fields, bare
 
 
+def usable_frame_size(frame_size: int, rate: int) -> int:
+    """Asterisk's ``optimal_frame_size`` if we can send whole frames of it, else 20 ms at ``rate``.
+
+    It must hold whole samples (even) and fit in one message: a frame larger than a message would leave no
+    whole frame to send at all, and an odd one would split samples between messages.
+    """
+    if 2 <= frame_size <= MAX_MESSAGE and frame_size % audio.SAMPLE_WIDTH == 0:
+        return frame_size
+    return audio.frame_bytes(rate)
+
+
 class WebSocketTransport:
     name = "websocket"
 
     def __init__(self, ws: web.WebSocketResponse, rate: int, frame_size: int) -> None:
         self.ws = ws
         self.rate = rate
-        self.frame_size = frame_size if frame_size > 0 else audio.frame_bytes(rate)
+        self.frame_size = usable_frame_size(frame_size, rate)
+        self.xon_timeouts = 0
         self._xon = asyncio.Event()
         self._xon.set()
         self._completed: dict[str, asyncio.Future[None]] = {}
@@ -75,15 +87,26 @@ class WebSocketTransport:
         self._completed[mark] = fut
         # Whole frames per message, each message under Asterisk's 65500-byte limit.
         step = (MAX_MESSAGE // self.frame_size) * self.frame_size
+        # Asterisk plays in real time: everything, pauses for MEDIA_XOFF included, is over within the prompt's
+        # length. A PBX that never sends MEDIA_XON or MEDIA_BUFFERING_COMPLETED must not hold the call.
+        deadline = asyncio.get_running_loop().time() + audio.duration_s(len(pcm), self.rate) + COMPLETION_SLACK_S
+        sent = 0
         try:
-            await self.ws.send_str("START_MEDIA_BUFFERING")
-            for i in range(0, len(pcm), step):
-                await self._xon.wait()
-                await self.ws.send_bytes(pcm[i:i + step])
-            await self.ws.send_str(f"STOP_MEDIA_BUFFERING {mark}")
-            # Asterisk plays it in real time and says when the last frame went out.
-            await asyncio.wait_for(fut, audio.duration_s(len(pcm), self.rate) + COMPLETION_SLACK_S)
-        except (TimeoutError, ConnectionError):
+            async with asyncio.timeout_at(deadline):
+                await self.ws.send_str("START_MEDIA_BUFFERING")
+                for i in range(0, len(pcm), step):
+                    await self._xon.wait()
+                    await self.ws.send_bytes(pcm[i:i + step])
+                    sent = i + step
+                await self.ws.send_str(f"STOP_MEDIA_BUFFERING {mark}")
+                # Asterisk says when the last frame went out.
+                await fut
+        except TimeoutError:
+            if sent < len(pcm):
+                self.xon_timeouts += 1
+                log.warning("websocket: no MEDIA_XON, prompt given up", extra={"event": "ws_xon_timeout",
+                                                                               "paused": not self._xon.is_set()})
+        except ConnectionError:
             pass
         finally:
             self._completed.pop(mark, None)
@@ -126,6 +149,9 @@ async def media_handler(service: VoiceService, request: web.Request) -> web.Stre
         except ValueError:
             frame_size = 0
         transport = WebSocketTransport(ws, rate, frame_size)
+        if frame_size and transport.frame_size != frame_size:
+            log.warning("websocket: unusable optimal_frame_size, 20 ms frames instead",
+                        extra={"event": "ws_bad_frame_size", "frame_size": frame_size})
         call_id = request.query.get("call_id") or fields.get("connection_id", "")
         session = await service.open_call(transport, call_id=call_id, caller=request.query.get("caller", ""), rate=rate)
         flow_task = asyncio.create_task(service.run_flow(session), name=f"ivr-{session.call_id}")
