@@ -161,7 +161,10 @@ def load_idf(settings: Settings) -> Idf:
     if not path.is_file():
         log.warning("no dedup idf table at %s; every bigram weighs the same", path)
         return Idf.uniform()
-    return Idf.load(path)
+    try:
+        return Idf.load(path)
+    except (OSError, ValueError) as exc:  # IdfError is a ValueError, naming the file and line
+        raise SettingsError(f"dedup.idf_file: {exc}") from exc
 
 
 def category_of(case: Case) -> str:

@@ -88,3 +88,33 @@ def test_errors(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["kb", "build", "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert main(["kb", "build", "--data", str(env), "--holdout", "1.5"]) == 2
     assert main(["kb", "eval", "--data", str(env), "--now", "soon"]) == 2
+
+
+def test_build_counts_and_names_the_lines_it_leaves_out(env: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    good = [json.dumps({"id": f"g{i}", "title": q, "text": q, "reply": a, "department": d}, ensure_ascii=False)
+            for i, (q, a, d) in enumerate(TOPICS)]
+    lines = [("\ufeff" + good[0]).encode(), good[1].encode(), b'{"title": "\xff\xfe", "reply": "x"}', b"not json",
+             b"[1, 2]", b'{"title": "t", "text": "x", "reply": 123}', b'{"title": "t", "text": "x"}',
+             b'{"title": {"a": 1}, "reply": "r"}', good[2].encode(), good[3].encode()]
+    data = tmp_path / "mixed.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["kb", "build", "--data", str(data), "--json"]) == 0
+    captured = capsys.readouterr()
+    built = json.loads(captured.out.strip().splitlines()[-1])["files"][0]
+    # The first row keeps its byte order mark out of the JSON: all four good rows are in.
+    assert built["rows"] == 4 and built["created"] == 4
+    assert built["skipped"] == 6
+    assert built["skipped_reasons"] == {"not UTF-8": 1, "not JSON": 1, "not a JSON object": 1,
+                                        "reply is not a string": 1, "no reply": 1,
+                                        "title or text is not a string": 1}
+    assert "skipped 6 lines" in captured.err and f"not UTF-8 ({data}:3)" in captured.err
+
+
+def test_eval_limit_must_be_positive(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kb", "build", "--data", str(env)]) == 0
+    for limit in ("-1", "0"):
+        assert main(["kb", "eval", "--data", str(env), "--json", "--limit", limit]) == 2
+        assert "--limit must be at least 1" in capsys.readouterr().err
+    assert main(["kb", "eval", "--data", str(env), "--json", "--limit", "5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 5

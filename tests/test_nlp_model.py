@@ -193,3 +193,121 @@ def test_category_head_also_learns_the_category_tree(tmp_path: Path, capsys: pyt
     assert other["taxonomy_rows"] == 0
     forced = run_json(capsys, [*base, "--head", "topic", "--taxonomy", "--out", str(tmp_path / "c4")])
     assert forced["taxonomy_rows"] == expected
+
+
+# saving and loading: failures leave the model whole and are one-line errors ------------------------------
+
+def _train(out: Path, rows: list[dict], data_dir: Path) -> int:
+    data = write_jsonl(data_dir / "rows.jsonl", rows)
+    return main(["nlp", "train", "--head", "topic", "--data", str(data), "--label", "label1", "--out", str(out),
+                 "--folds", "0", "--min-df", "1"])
+
+
+def test_a_failed_save_leaves_the_previous_model_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import scipy.sparse
+
+    out = tmp_path / "head"
+    assert _train(out, make_rows(4, seed=1), tmp_path) == 0
+    before = LinearHead.load(out)
+
+    def disk_full(file: Path, *_args: object, **_kwargs: object) -> None:
+        Path(file).write_bytes(b"PK\x03\x04 cut off")
+        raise OSError(errno.EFBIG, "File too large")
+
+    # A second model (other rows, another vocabulary) whose save fails half-way, as under `ulimit -f`.
+    monkeypatch.setattr(scipy.sparse, "save_npz", disk_full)
+    capsys.readouterr()
+    assert _train(out, make_rows(9, seed=2), tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert "File too large" in err and "unchanged" in err and len(err.splitlines()) == 1
+    after = LinearHead.load(out)
+    assert after.vocab == before.vocab and np.array_equal(after.idf, before.idf)
+    assert sorted(p.name for p in out.iterdir()) == ["coef.npz", "head.json", "vocab.txt", "weights.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head", "rows.jsonl"]  # no temporary left
+    # A save that works replaces the model as a whole.
+    monkeypatch.undo()
+    assert _train(out, make_rows(9, seed=2), tmp_path) == 0
+    assert LinearHead.load(out).vocab != before.vocab
+
+
+def test_an_out_that_cannot_hold_a_model_is_refused_before_training(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    models = tmp_path / "models"
+    (models / "category").mkdir(parents=True)
+    for out, says in ((afile, "is a file"), (afile / "sub", "is a file"), (models, "holds other files")):
+        assert _train(out, make_rows(3, seed=1), tmp_path) == 2
+        assert says in capsys.readouterr().err
+    assert afile.read_text(encoding="utf-8") == "x" and [p.name for p in models.iterdir()] == ["category"]
+
+
+def test_a_damaged_model_is_a_model_error(trained: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def copy(name: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        for f in trained.iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        return d
+
+    cut = copy("cut")
+    (cut / "coef.npz").write_bytes((trained / "coef.npz").read_bytes()[:100])
+    with pytest.raises(ModelError, match=r"coef\.npz: damaged or cut off"):
+        LinearHead.load(cut)
+    novocab = copy("novocab")
+    (novocab / "vocab.txt").unlink()
+    with pytest.raises(ModelError, match=r"vocab\.txt: missing"):
+        LinearHead.load(novocab)
+    array = copy("array")
+    (array / "head.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        LinearHead.load(array)
+    head = json.loads((trained / "head.json").read_text(encoding="utf-8"))
+    badfeat = copy("badfeat")
+    (badfeat / "head.json").write_text(json.dumps({**head, "features": {"char_max": "3"}}), encoding="utf-8")
+    with pytest.raises(ModelError, match="char_max must be int"):
+        LinearHead.load(badfeat)
+    afile = tmp_path / "small.jsonl"
+    afile.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(ModelError, match="not a model directory"):
+        LinearHead.load(afile)
+    for model in (cut, afile):
+        assert main(["nlp", "eval", "--model", str(model), "--data", str(afile), "--label", "label1"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_train_counts_the_rows_it_leaves_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = make_rows(4, seed=1)
+    odd = [{"text": "停水了", "label1": True}, {"text": "停水了", "label1": 1}, {"text": "停水了", "label1": 2.0},
+           {"text": "停水了", "label1": ["供水"]}, {"text": "停水了", "label1": None}, {"text": "停水了"},
+           {"text": {"x": 1}, "label1": "供水"}, {"title": 5, "text": "停水", "label1": "供水"},
+           {"tokens": 5, "label1": "供水"}, {"tokens": [1, 2], "label1": "供水"}, {"title": "", "label1": "供水"}]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows + odd)
+    result = run_json(capsys, ["nlp", "train", "--head", "topic", "--data", str(data), "--label", "label1",
+                               "--out", str(tmp_path / "m"), "--folds", "0", "--json"])
+    assert result["rows"] == len(rows)
+    assert result["skipped"] == {"label is not a string": 4, "no label": 2, "text is not a string": 1,
+                                 "title is not a string": 1, "tokens is neither a string nor a list of strings": 2,
+                                 "no text": 1}
+    assert set(LinearHead.load(tmp_path / "m").labels) == {"供水", "教育", "交通"}  # no "True", "1", "2.0"
+    main(["nlp", "train", "--head", "topic", "--data", str(data), "--label", "label1",
+          "--out", str(tmp_path / "m"), "--folds", "0"])
+    assert f"skipped 11 rows: 4 label is not a string ({data}:{len(rows) + 1}," in capsys.readouterr().err
+
+
+def test_eval_refuses_another_label_field_the_model_knows_nothing_of(trained: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The model learnt label1 (供水/教育/交通); the rows' `type` holds request types it has never seen.
+    rows = [{**r, "type": "投诉"} for r in make_rows(3, seed=8)]
+    data = write_jsonl(tmp_path / "typed.jsonl", rows)
+    assert main(["nlp", "eval", "--model", str(trained), "--data", str(data), "--label", "type", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on the field 'label1'" in err and "--label label1" in err
+    # The model's own field with labels it does not know: measured, with a warning.
+    unknown = write_jsonl(tmp_path / "unknown.jsonl", [{**r, "label1": "未知"} for r in rows])
+    assert main(["nlp", "eval", "--model", str(trained), "--data", str(unknown), "--label", "label1"]) == 0
+    assert "9 of 9 rows have a label the model does not know" in capsys.readouterr().err

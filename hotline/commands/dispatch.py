@@ -55,7 +55,8 @@ async def _dead(args: argparse.Namespace) -> int:
     async with open_store(settings) as store:
         letters = await _dispatcher(settings, store).outbox.dead_letters(args.limit)
     if not letters:
-        print("no dead letters")
+        # --json prints one object per letter: none is no line, and the notice goes where no parser reads.
+        print("no dead letters", file=sys.stderr if args.json else sys.stdout)
         return 0
     for d in letters:
         if args.json:
@@ -94,6 +95,9 @@ async def _stats(args: argparse.Namespace) -> int:
 
 
 def run_dead(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        print("hotline: --limit must be at least 1", file=sys.stderr)
+        return 2
     return asyncio.run(_dead(args))
 
 

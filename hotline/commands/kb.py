@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
+from hotline.commands.jsonl import JsonlError, Skipped, read_jsonl
 from hotline.nlp.answers import ACTIVE, AnswerIndex, RetrievalConfig, clean_text, date_ts, parse_date
 from hotline.store.kb import KnowledgeBase
 
@@ -57,28 +58,33 @@ def source_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "", path.stem.split("_")[0])[:40] or "import"
 
 
-def read_rows(path: Path, source: str = "") -> Iterator[Row]:
+def read_rows(path: Path, source: str = "", skipped: Skipped | None = None) -> Iterator[Row]:
+    """The question/answer rows of a file. Lines that give none are counted in ``skipped`` by reason (not
+    UTF-8, not JSON, no reply …), so a build can say what it left out; an unreadable file is a JsonlError."""
     source = source or source_name(path)
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(r, dict):
-                continue
-            reply = r.get("reply")
-            if not isinstance(reply, str) or not reply.strip():
-                continue
-            title, text = str(r.get("title") or ""), str(r.get("text") or "")
-            question = f"{title}\n{text}".strip()
-            if not question:
-                continue
-            day = parse_date(r.get("reply_time")) or parse_date(r.get("time"))
-            sid = re.sub(r"[^A-Za-z0-9_.-]", "", str(r.get("id") or r.get("ticket_no") or ""))[:60] or f"line{n}"
-            yield Row(source=source, source_id=sid, question=question, answer=reply.strip(),
-                      department=str(r.get("department") or "").strip(), date=day.isoformat() if day else "",
-                      type=str(r.get("type") or ""))
+    skip = skipped if skipped is not None else Skipped()
+    for where, r in read_jsonl(path, on_bad=skip):
+        reply = r.get("reply")
+        if reply is None or (isinstance(reply, str) and not reply.strip()):
+            skip(where, "no reply")
+            continue
+        if not isinstance(reply, str):
+            skip(where, "reply is not a string")
+            continue
+        title, text = r.get("title"), r.get("text")
+        if not isinstance(title, str | None) or not isinstance(text, str | None):
+            skip(where, "title or text is not a string")
+            continue
+        question = f"{title or ''}\n{text or ''}".strip()
+        if not question:
+            skip(where, "no question")
+            continue
+        day = parse_date(r.get("reply_time")) or parse_date(r.get("time"))
+        n = where.rpartition(":")[2]
+        sid = re.sub(r"[^A-Za-z0-9_.-]", "", str(r.get("id") or r.get("ticket_no") or ""))[:60] or f"line{n}"
+        yield Row(source=source, source_id=sid, question=question, answer=reply.strip(),
+                  department=str(r.get("department") or "").strip(), date=day.isoformat() if day else "",
+                  type=str(r.get("type") or ""))
 
 
 def held_out(row: Row, fraction: float) -> bool:
@@ -118,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "eval":
             p.add_argument("--now", default="",
                            help="date to age entries from (YYYY-MM-DD); default: each row's own date")
-            p.add_argument("--limit", type=int, default=0, help="evaluate at most this many rows")
+            p.add_argument("--limit", type=int, help="evaluate at most this many rows (≥ 1)")
     parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
 
 
@@ -142,16 +148,31 @@ def cmd_build(args: argparse.Namespace) -> int:
 async def _build(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     totals: dict[str, Any] = {"files": []}
+    # Every file is read before the store is touched: a file that cannot be read imports nothing.
+    read: list[tuple[Path, str, list[Row], Skipped]] = []
+    for path in args.data:
+        source, skipped = source_name(path), Skipped()
+        try:
+            rows = _select(read_rows(path, source, skipped), args, part="train")
+        except JsonlError as exc:
+            print(f"hotline kb build: {exc}", file=sys.stderr)
+            return 1
+        _report_skipped("build", skipped)
+        read.append((path, source, rows, skipped))
     async with open_store(settings) as store:
         kb = KnowledgeBase(store)
-        for path in args.data:
-            source = source_name(path)
-            rows = _select(read_rows(path, source), args, part="train")
+        for path, source, rows, skipped in read:
             counts = await kb.import_many(
                 ({"source_id": r.source_id, "question": r.question, "answer": r.answer,
                   "department": r.department, "date": r.date} for r in rows),
                 actor="cli:kb-build", source=source)
-            totals["files"].append({"file": str(path), "source": source, "rows": len(rows), **counts})
+            # ``skipped``: every line left out, those the import refused (a bad date) and those never read.
+            reasons = skipped.as_dict()
+            if counts["skipped"]:
+                reasons["refused by the import (date out of range, no id)"] = counts["skipped"]
+            counts["skipped"] += skipped.total
+            totals["files"].append({"file": str(path), "source": source, "rows": len(rows), **counts,
+                                    "skipped_reasons": reasons})
         totals["entries"] = await kb.count()
         totals["version"] = await kb.version()
     if args.json:
@@ -164,10 +185,17 @@ async def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_skipped(command: str, skipped: Skipped) -> None:
+    if skipped:
+        print(f"hotline kb {command}: skipped {_lines(skipped.total)}: {skipped.describe()}", file=sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     problem = _check(args)
     if not problem and args.now and parse_date(args.now) is None:
         problem = "--now must be a date YYYY-MM-DD"
+    if not problem and args.limit is not None and args.limit < 1:
+        problem = "--limit must be at least 1"
     if problem:
         print(f"hotline kb eval: {problem}", file=sys.stderr)
         return 2
@@ -195,8 +223,13 @@ async def _eval(args: argparse.Namespace) -> dict[str, Any]:
     records = [r for r in records if r.status == ACTIVE]
     if not records:
         return {"error": "the knowledge base is empty: run `hotline kb build` first"}
-    rows = [row for path in args.data for row in _select(read_rows(path), args, part="test")]
-    if args.limit:
+    skipped = Skipped()
+    try:
+        rows = [row for path in args.data for row in _select(read_rows(path, skipped=skipped), args, part="test")]
+    except JsonlError as exc:
+        return {"error": str(exc)}
+    _report_skipped("eval", skipped)
+    if args.limit is not None:
         rows = rows[: args.limit]
     if not rows:
         return {"error": "no rows to evaluate"}
@@ -204,7 +237,7 @@ async def _eval(args: argparse.Namespace) -> dict[str, Any]:
     index = AnswerIndex.build(r.to_entry() for r in records)
     build_s = time.perf_counter() - t0
     fixed = date_ts(args.now) if args.now else None
-    return evaluate(index, rows, records, cfg, now=fixed, build_s=build_s)
+    return {**evaluate(index, rows, records, cfg, now=fixed, build_s=build_s), "skipped_lines": skipped.total}
 
 
 def evaluate(index: AnswerIndex, rows: list[Row], records: list[Any], cfg: RetrievalConfig, *,
@@ -263,3 +296,7 @@ def evaluate(index: AnswerIndex, rows: list[Row], records: list[Any], cfg: Retri
         "index_build_s": round(build_s, 2),
         "threshold": cfg.threshold,
     }
+
+
+def _lines(n: int) -> str:
+    return "1 line" if n == 1 else f"{n} lines"

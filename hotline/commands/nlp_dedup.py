@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hotline.commands.jsonl import JsonlError, Skipped, read_jsonl
 from hotline.nlp.dedup import (
     BIAS,
     FEATURES,
@@ -75,7 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_idf(settings: Any) -> Idf:
     path = Path(settings["dedup"]["idf_file"])
     path = path if path.is_absolute() else PROJECT_ROOT / path
-    return Idf.load(path) if path.is_file() else Idf.uniform()
+    if not path.is_file():
+        return Idf.uniform()
+    try:
+        return Idf.load(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"hotline: dedup.idf_file: {exc}") from exc
 
 
 def load_plain(settings: Any) -> frozenset[str]:
@@ -86,25 +92,24 @@ def load_plain(settings: Any) -> frozenset[str]:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise SystemExit(f"hotline: {path}:{n}: not JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise SystemExit(f"hotline: {path}:{n}: not a JSON object")
-            rows.append({**row, "_where": f"{path}:{n}"})
-    return rows
+    try:
+        return [{**row, "_where": where} for where, row in read_jsonl(path)]
+    except JsonlError as exc:
+        raise SystemExit(f"hotline: {exc}") from exc
+
+
+def _text_fields(row: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    """A title or text that is not a string would be scored as its str() ("123", "['x']"): refused."""
+    for key in keys:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            raise SystemExit(f"hotline: {where}: {key} must be a string, not {type(value).__name__}")
 
 
 def read_pairs(paths: Sequence[Path], letters: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """Labelled pairs. A pair may name its letters by ``a_id``/``b_id`` instead of carrying their texts: they
     are then taken (title, text, time) from the ``letters`` files, so a label set can be shared without the
-    letters themselves."""
+    letters themselves. No pairs at all, or a title or text that is not a string, is an error."""
     by_id: dict[str, dict[str, Any]] = {}
     for path in letters:
         for row in _jsonl(path):
@@ -116,6 +121,7 @@ def read_pairs(paths: Sequence[Path], letters: Sequence[Path] = ()) -> list[dict
             where = row.pop("_where")
             if row.get("label") not in LABELS:
                 raise SystemExit(f"hotline: {where}: needs a label in {LABELS}")
+            _text_fields(row, ("a_title", "a_text", "b_title", "b_text"), where)
             for side_ in ("a", "b"):
                 if row.get(f"{side_}_text") or row.get(f"{side_}_title"):
                     continue
@@ -125,9 +131,13 @@ def read_pairs(paths: Sequence[Path], letters: Sequence[Path] = ()) -> list[dict
                 letter = by_id.get(str(ref))
                 if letter is None:
                     raise SystemExit(f"hotline: {where}: letter {ref} is in none of the --letters files")
+                _text_fields(letter, ("title", "text"), letter["_where"])
                 for field in ("title", "text", "time"):
                     row[f"{side_}_{field}"] = letter.get(field) or ""
+            row["_where"] = where
             pairs.append(row)
+    if not pairs:
+        raise SystemExit(f"hotline: no labelled pairs in {', '.join(map(str, paths))}")
     return pairs
 
 
@@ -148,6 +158,23 @@ def parse_time(value: Any) -> datetime | None:
 def gap_days(row: dict[str, Any]) -> float | None:
     a, b = parse_time(row.get("a_time")), parse_time(row.get("b_time"))
     return abs((a - b).total_seconds()) / 86400 if a and b else None
+
+
+def unparsed_times(pairs: list[dict[str, Any]]) -> Skipped:
+    """Pairs with a time given that is no time: scored as if it were missing (no age), so counted and
+    reported rather than passed over in silence."""
+    bad = Skipped()
+    for row in pairs:
+        for key in ("a_time", "b_time"):
+            value = row.get(key)
+            if str(value if value is not None else "").strip() and parse_time(value) is None:
+                bad(row.get("_where", "?"), f"{key} is no time")
+    return bad
+
+
+def _warn_times(bad: Skipped) -> None:
+    if bad:
+        print(f"hotline: warning: times that are no time, scored as missing: {bad.describe()}", file=sys.stderr)
 
 
 def side(row: dict[str, Any], prefix: str, idf: Idf, plain: frozenset[str] = frozenset()) -> Fingerprint:
@@ -263,8 +290,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print("hotline: --cv needs a positive number of seeds", file=sys.stderr)
         return 2
     pairs = read_pairs(args.data, args.letters)
+    bad_times = unparsed_times(pairs)
+    _warn_times(bad_times)
     idf, plain = load_idf(settings), load_plain(settings)
     result = evaluate(pairs, idf, Thresholds(cfg["auto_merge"], cfg["suggest"]), plain)
+    result["unparsed_times"] = bad_times.total
     errors = result.pop("errors")
     if args.cv:
         x, y = feature_matrix(pairs, idf, plain)
@@ -291,7 +321,9 @@ def run_fit(args: argparse.Namespace) -> int:
         print("hotline: --c must be positive", file=sys.stderr)
         return 2
     settings = load_settings(extra_file=args.config)
-    x, y = feature_matrix(read_pairs(args.data, args.letters), load_idf(settings), load_plain(settings))
+    pairs = read_pairs(args.data, args.letters)
+    _warn_times(unparsed_times(pairs))
+    x, y = feature_matrix(pairs, load_idf(settings), load_plain(settings))
     weights, bias = fit(x, y, args.c)
     print(json.dumps({"n": len(y), "weights": {k: round(v, 2) for k, v in weights.items()}, "bias": round(bias, 2),
                       "shipped": {"weights": WEIGHTS, "bias": BIAS}}, ensure_ascii=False))
@@ -299,19 +331,40 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _letters(paths: list[Path]) -> list[tuple[str, str]]:
-    """(title, text) of every letter; a line that is not a JSON object stops the build, naming it."""
+    """(title, text) of every letter; a line that is not a JSON object, or a title or text that is not a
+    string, stops the build, naming it."""
     out = []
     for path in paths:
         for row in _jsonl(path):
-            out.append((str(row.get("title") or ""), str(row.get("text") or "")))
+            _text_fields(row, ("title", "text"), row["_where"])
+            out.append((row.get("title") or "", row.get("text") or ""))
     return out
 
 
 def run_build_idf(args: argparse.Namespace) -> int:
     if _missing(args):
         return 2
+    if args.min_df < 1:
+        print("hotline: --min-df must be at least 1", file=sys.stderr)
+        return 2
+    if args.out.is_dir():
+        print(f"hotline: --out {args.out}: is a directory; give the table file to write", file=sys.stderr)
+        return 2
     n, df = Idf.build((f"{title} {text}" for title, text in _letters(args.data)), min_df=args.min_df)
-    Idf.dump(args.out, n, df)
+    if not n:
+        # A table of no letters would weigh every bigram the same and replace a good one.
+        print(f"hotline: no letters in {', '.join(map(str, args.data))}; {args.out} left as it was", file=sys.stderr)
+        return 1
+    if not df:
+        print(f"hotline: no bigram is in {args.min_df} or more of the {n} letters; {args.out} left as it was "
+              "(lower --min-df)", file=sys.stderr)
+        return 1
+    try:
+        Idf.dump(args.out, n, df)
+    except OSError as exc:
+        print(f"hotline: cannot write {args.out}: {exc.strerror or exc}; the table there is unchanged",
+              file=sys.stderr)
+        return 1
     print(json.dumps({"docs": n, "bigrams": len(df), "out": str(args.out)}))
     return 0
 
@@ -322,8 +375,14 @@ def run_build_place_words(args: argparse.Namespace) -> int:
     if not 0 < args.max_share <= 1 or args.min_docs < 1:
         print("hotline: --max-share must lie in (0, 1] and --min-docs be at least 1", file=sys.stderr)
         return 2
+    if args.out.is_dir():
+        print(f"hotline: --out {args.out}: is a directory; give the table file to write", file=sys.stderr)
+        return 2
     # The window the live matcher reads places from, so a core counts here as it would there.
     texts = [place_text(title.strip(), text) for title, text in _letters(args.data)]
+    if not texts:
+        print(f"hotline: no letters in {', '.join(map(str, args.data))}; {args.out} left as it was", file=sys.stderr)
+        return 1
     table = plain_words(texts, max_share=args.max_share, min_docs=args.min_docs)
     write_plain_words(args.out, len(texts), table)
     print(json.dumps({"docs": len(texts), "words": len(table), "out": str(args.out)}))

@@ -14,13 +14,16 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
+from hotline.commands.jsonl import JsonlError, Skipped, read_jsonl
 from hotline.settings import Settings, load_settings
 
 # Training defaults per head, chosen by 5-fold cross-validation on the shared data (README: Complaint understanding).
@@ -88,32 +91,53 @@ class DataError(Exception):
     pass
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(``file:line``, row) of each JSON object; a line that is not one stops the command, naming it."""
     try:
-        fh = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}:{n}: not JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object")
-            yield row
+        yield from read_jsonl(path)
+    except JsonlError as exc:
+        raise DataError(str(exc)) from exc
 
 
-def labelled(rows: Iterator[dict[str, Any]], label: str) -> Iterator[tuple[dict[str, Any], str]]:
-    for row in rows:
+def row_problem(row: dict[str, Any]) -> str:
+    """Why a row's text cannot be read as text ('' when it can); str() of a number or a dict is no text."""
+    for key in ("title", "text"):
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key} is not a string"
+    tokens = row.get("tokens")
+    if tokens is not None and not isinstance(tokens, str) and \
+            not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        return "tokens is neither a string nor a list of strings"
+    return ""
+
+
+def labelled(rows: Iterator[tuple[str, dict[str, Any]]], label: str,
+             skipped: Skipped | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """(row, label) of the rows with a label and a text; the others are counted in ``skipped`` by reason."""
+    skip = skipped if skipped is not None else Skipped()
+    for where, row in rows:
         value = row.get(label)
-        if value is None or isinstance(value, dict | list):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            skip(where, "no label")
             continue
-        value = str(value).strip()
-        if value and (row.get("text") or row.get("title") or row.get("tokens")):
-            yield row, value
+        if not isinstance(value, str):
+            # True, 1 and 2.0 would become labels "True", "1" and "2.0"; a list or object none at all.
+            skip(where, "label is not a string")
+            continue
+        if problem := row_problem(row):
+            skip(where, problem)
+            continue
+        if not (row.get("text") or row.get("title") or row.get("tokens")):
+            skip(where, "no text")
+            continue
+        yield row, value.strip()
+
+
+def _report_skipped(skipped: Skipped) -> None:
+    if skipped:
+        print(f"hotline: skipped {skipped.total} row{'' if skipped.total == 1 else 's'}: {skipped.describe()}",
+              file=sys.stderr)
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
@@ -139,7 +163,7 @@ def _fail(message: str) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hotline.nlp.model import FeatureConfig, TrainConfig, doc_text, features, train_head
+    from hotline.nlp.model import FeatureConfig, ModelError, TrainConfig, check_out, doc_text, features, train_head
     from hotline.nlp.suggest import config_path
     from hotline.nlp.taxonomy import Taxonomy
 
@@ -163,9 +187,15 @@ def run_train(args: argparse.Namespace) -> int:
                          sublinear=default_sublinear if args.sublinear is None else args.sublinear)
     cfg = TrainConfig(calibration_folds=args.folds, name_match=args.name_match, **params)
     try:
-        rows = [pair for path in args.data for pair in labelled(read_rows(path), args.label)]
+        check_out(args.out)
+    except ModelError as exc:
+        return _fail(str(exc))
+    skipped = Skipped()
+    try:
+        rows = [pair for path in args.data for pair in labelled(read_rows(path), args.label, skipped)]
     except DataError as exc:
         return _fail(str(exc))
+    _report_skipped(skipped)
     labels = [v for _, v in rows]
     if len(set(labels)) < 2:
         return _fail(f"need rows with at least two different values of {args.label!r} (found {len(set(labels))})")
@@ -195,9 +225,13 @@ def run_train(args: argparse.Namespace) -> int:
                           texts=texts)
     head.meta.update(head=args.head, label=args.label, data=[p.name for p in args.data],
                      version=time.strftime("%Y%m%d%H%M%S"))
-    head.save(args.out)
+    try:
+        head.save(args.out)
+    except ModelError as exc:
+        return _fail(str(exc))
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
-    result = {"head": args.head, "rows": len(docs), "taxonomy_rows": len(extra), "labels": len(head.labels),
+    result = {"head": args.head, "rows": len(docs), "skipped": skipped.as_dict(), "taxonomy_rows": len(extra),
+              "labels": len(head.labels),
               "features": len(head.vocab),
               "weighted_features": int(head.coef.shape[0]), "temperature": round(head.temperature, 4),
               "name_weight": head.name_weight, "bytes": size, "seconds": round(time.monotonic() - started, 1),
@@ -250,13 +284,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from hotline.nlp.model import LinearHead, ModelError
 
     settings = load_settings(extra_file=args.config)
+    skipped = Skipped()
     try:
         head = LinearHead.load(args.model)
-        rows = list(labelled(read_rows(args.data), args.label))
+        rows = list(labelled(read_rows(args.data), args.label, skipped))
     except (ModelError, DataError) as exc:
         return _fail(str(exc))
+    _report_skipped(skipped)
     if not rows:
         return _fail(f"{args.data}: no rows with a {args.label!r} label")
+    if problem := _label_mismatch(head, args.label, rows):
+        return _fail(problem)
     result = evaluate(head, _pipeline(settings), rows)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -266,24 +304,50 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_mismatch(head: Any, label: str, rows: list[tuple[dict[str, Any], str]]) -> str:
+    """An error when ``--label`` names another field than the model learnt and none of its values is one
+    of the model's labels: every row would count as wrong, an accuracy of 0 that measures nothing.
+    Rows whose label the model does not know are otherwise counted wrong, with a warning."""
+    known = set(head.labels)
+    values = Counter(v for _, v in rows)
+    unknown = sum(n for v, n in values.items() if v not in known)
+    trained_on = head.meta.get("label")
+    other_field = isinstance(trained_on, str) and trained_on and trained_on != label
+    sample = ", ".join(sorted(values)[:3]) + (", …" if len(values) > 3 else "")
+    if unknown == len(rows) and other_field:
+        return (f"--label {label}: the model was trained on the field {trained_on!r}, and none of the "
+                f"{len(values)} values of {label!r} in the data ({sample}) is one of its labels; "
+                f"use --label {trained_on}")
+    if other_field:
+        print(f"hotline: warning: the model was trained on the field {trained_on!r}, not {label!r}",
+              file=sys.stderr)
+    if unknown:
+        print(f"hotline: warning: {unknown} of {len(rows)} rows have a label the model does not know "
+              "(counted wrong)", file=sys.stderr)
+    return ""
+
+
 # predict ----------------------------------------------------------------------
 def run_predict(args: argparse.Namespace) -> int:
     from hotline.nlp.model import LinearHead, ModelError
     from hotline.nlp.suggest import Suggester
 
     settings = load_settings(extra_file=args.config)
-    if not args.text.strip():
+    text, title = argv_text(args.text), argv_text(args.title)
+    if not text.strip():
         return _fail("empty text")
     try:
         if (args.model / "head.json").is_file():
             head = LinearHead.load(args.model)
-            doc = _pipeline(settings).doc(args.title, args.text, words=head.features.words)
+            doc = _pipeline(settings).doc(title, text, words=head.features.words)
             out: dict[str, Any] = {"top": head.top(doc)}
         elif (args.model / "category").is_dir():
-            out = Suggester.load(args.model, settings).suggest(args.text, title=args.title)
+            out = Suggester.load(args.model, settings).suggest(text, title=title)
         else:
             return _fail(f"{args.model}: neither a trained head nor a models directory")
     except ModelError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError as exc:  # a models directory whose category head is missing
         return _fail(str(exc))
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
@@ -295,9 +359,22 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def argv_text(value: str) -> str:
+    """Text from the command line as Unicode: bytes that were not valid UTF-8 reach Python as lone
+    surrogates (PEP 383), which no encoder accepts; they become U+FFFD like any undecodable byte."""
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (not from argv)
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 # export-corrections -------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    out: Path = args.out
+    if out.is_dir():
+        return _fail(f"--out {out}: is a directory; give the file to write")
 
     async def export() -> list[dict[str, Any]]:
         from hotline.store.corrections import Corrections
@@ -306,12 +383,32 @@ def run_export(args: argparse.Namespace) -> int:
             return await Corrections(store).export()
 
     rows = asyncio.run(export())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(args.out)
-    result = {"rows": len(rows), "out": str(args.out)}
-    print(json.dumps(result, ensure_ascii=False) if args.json else f"{len(rows)} corrections → {args.out}")
+    try:
+        _write_jsonl(out, rows)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+    result = {"rows": len(rows), "out": str(out)}
+    print(json.dumps(result, ensure_ascii=False) if args.json else f"{len(rows)} corrections → {out}")
     return 0
+
+
+def _write_jsonl(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Write through a temporary file beside ``out``, removed when anything fails: a reader never sees
+    half an export, and a failed one leaves nothing behind."""
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # mkstemp makes the file private to the user; an export is an ordinary file of the umask's mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -75,10 +75,17 @@ def fetch_model(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"\r{spec.name}: {pct}% ({got // (1 << 20)} / {total // (1 << 20)} MB)", end="", file=sys.stderr)
 
+    if dest.exists() and not dest.is_dir():
+        print(f"hotline: --dest {dest}: is a file, not a directory", file=sys.stderr)
+        return 2
     try:
         path = asyncio.run(fetch(spec, dest, url=args.url, force=args.force, progress=progress))
     except FetchError as exc:
         print(f"\nhotline: model not installed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the directory cannot be made or written (a file on its path, permissions, disk)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"\nhotline: model not installed: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     print(f"installed {spec.name} in {path}")
     default = dest / spec.name == settings.data_dir / "models" / MODELS["small-cn"].name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,14 @@ MAX_SEQ = 2**63 - 1  # a signed 64-bit counter: what backends' databases hold
 # the backend is told to retry (503 + Retry-After): a bounded wait, never a 409 that reads as "drop it".
 EVENT_BUSY_WAIT_S = 5.0
 EVENT_RETRY_AFTER_S = 2
+
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # [0-9]: \d also matches other scripts' digits
+
+
+def is_stream_id(value: str) -> bool:
+    """A complete Redis stream entry id: two unsigned 64-bit numbers (Redis refuses larger ones)."""
+    return bool(_STREAM_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
 class DispatchError(ApiError):
@@ -413,7 +422,14 @@ class Dispatcher:
         await self.store.update_case(case_id, note, actor=actor, action="order_redriven")
 
     async def redrive(self, dead_id: str, actor: str) -> tuple[DeadLetter, str]:
-        """Put one dead letter back into the outbox (same order id, fresh attempts); (letter, new entry id)."""
+        """Put one dead letter back into the outbox (same order id, fresh attempts); (letter, new entry id).
+
+        ``dead_id`` comes from a person (CLI, API): anything but a stream entry id is not found, rather than
+        Redis's "Invalid stream ID" error from XRANGE (and "-"/"+" would name the first or last letter).
+        """
+        if not is_stream_id(dead_id):
+            shown = dead_id if len(dead_id) <= 40 else dead_id[:40] + "…"
+            raise DispatchError("not_found", f"死信 {shown!r} 不存在：编号应形如 1712345678901-0。", 404)
         letters = await self.outbox.dead_letters(1, start=dead_id)
         if not letters or letters[0].dead_id != dead_id:
             raise DispatchError("not_found", f"死信 {dead_id} 不存在或已重新投递。", 404)

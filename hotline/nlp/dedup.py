@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import re
+import secrets
+import stat
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -123,16 +126,39 @@ class Idf:
 
     @classmethod
     def load(cls, path: Path) -> Idf:
-        """Table format: first line ``#docs<TAB>N``, then ``bigram<TAB>df`` lines."""
+        """Table format: first line ``#docs<TAB>N``, then ``bigram<TAB>df`` lines, each ending in a newline.
+
+        Strict: a table cut off by a full disk or hand-edited wrongly would otherwise give wrong weights in
+        silence, so any malformed line raises ``IdfError`` naming it. Raises OSError when unreadable.
+        """
+        with path.open("rb") as fh:
+            data = fh.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise IdfError(f"{path}:{line}: not UTF-8") from exc
+        text = text.replace("\r\n", "\n")  # a checkout or an editor on Windows
+        if not text:
+            raise IdfError(f"{path}: empty (no #docs line)")
+        if not text.endswith("\n"):
+            raise IdfError(f"{path}:{text.count(chr(10)) + 1}: cut off (the last line has no line end)")
+        lines = text[:-1].split("\n")
+        head = _IDF_HEADER.fullmatch(lines[0])
+        if head is None:
+            raise IdfError(f"{path}:1: expected '#docs<TAB>N' with N ≥ 1, found {lines[0][:40]!r}")
+        n = int(head.group(1))
         df: dict[str, int] = {}
-        n = 1
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                gram, _, count = line.rstrip("\n").partition("\t")
-                if gram == "#docs":
-                    n = int(count)
-                elif gram and count.isdigit():
-                    df[gram] = int(count)
+        for number, line in enumerate(lines[1:], 2):
+            row = _IDF_ROW.fullmatch(line)
+            if row is None:
+                raise IdfError(f"{path}:{number}: expected 'bigram<TAB>count', found {line[:40]!r}")
+            gram, count = row.group(1), int(row.group(2))
+            if not 1 <= count <= n:
+                raise IdfError(f"{path}:{number}: count {count} outside 1..{n} (the #docs line)")
+            if gram in df:
+                raise IdfError(f"{path}:{number}: bigram {gram!r} listed twice")
+            df[gram] = count
         return cls(n, df)
 
     @classmethod
@@ -150,10 +176,45 @@ class Idf:
 
     @staticmethod
     def dump(path: Path, n_docs: int, df: dict[str, int]) -> None:
-        with path.open("w", encoding="utf-8") as fh:
-            fh.write(f"#docs\t{n_docs}\n")
-            for gram, count in sorted(df.items(), key=lambda kv: (-kv[1], kv[0])):
-                fh.write(f"{gram}\t{count}\n")
+        """Write the table through a temporary file beside ``path``, renamed over it when complete: the
+        matcher never reads a cut-off table, and a failed write leaves the previous one."""
+        if n_docs < 1:
+            raise ValueError("a table needs at least one letter")
+        tmp = _new_file_beside(path)
+        try:
+            with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+                fh.write(f"#docs\t{n_docs}\n")
+                for gram, count in sorted(df.items(), key=lambda kv: (-kv[1], kv[0])):
+                    fh.write(f"{gram}\t{count}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if path.is_file():
+                # Whoever could read the old table (the service's user) can read the new one.
+                tmp.chmod(stat.S_IMODE(path.stat().st_mode))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class IdfError(ValueError):
+    """The bigram table is malformed; the message names the file and line."""
+
+
+_IDF_HEADER = re.compile(r"#docs\t([1-9][0-9]*)")
+_IDF_ROW = re.compile(r"([^\t\n]{2})\t([0-9]+)")
+
+
+def _new_file_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s directory (same file system, so ``os.replace`` is atomic), with the
+    mode the umask gives any new file."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 # A bigram as one integer: first code point << 21 | second (code points fit in 21 bits). Integer order is

@@ -13,12 +13,22 @@ calibrated in the sense that matters for the confidence policy: a 0.8 is right a
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import math
+import os
 import re
+import secrets
+import shutil
+import stat
+import zipfile
+import zlib
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise, repeat
 from pathlib import Path
@@ -532,9 +542,37 @@ class LinearHead:
 
     # files --------------------------------------------------------------------
     def save(self, out: Path) -> None:
+        """Write the head to the directory ``out``, replacing a model there as a whole.
+
+        The files go into a new directory beside ``out`` that is then swapped in, so a save that fails
+        (disk full, a file size limit, the process killed) leaves the previous model as it was: a model
+        directory never holds new files next to old or cut-off ones. Raises ``ModelError``.
+        """
+        out = check_out(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _new_sibling(out)
+        except OSError as exc:
+            raise ModelError(f"cannot write the model to {out}: {_reason(exc)}") from exc
+        try:
+            self._write(tmp)
+            if out.is_dir():
+                # Whoever could read the old model (the service's user) can read the new one.
+                tmp.chmod(stat.S_IMODE(out.stat().st_mode))
+            _fsync(tmp)
+            _swap_in(tmp, out)
+        except OSError as exc:
+            raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; the model there is unchanged"
+                             ) from exc
+        finally:
+            # The new files after a failure, or the previous model after the swap.
+            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the model is in place; this only hurries it to the disk
+            _fsync(out.parent)
+
+    def _write(self, out: Path) -> None:
         import scipy.sparse as sp
 
-        out.mkdir(parents=True, exist_ok=True)
         terms = [""] * len(self.vocab)
         for term, i in self.vocab.items():
             terms[i] = term
@@ -548,37 +586,225 @@ class LinearHead:
         head = {"format": FORMAT, "labels": self.labels, "temperature": self.temperature,
                 "name_weight": self.name_weight, "features": asdict(self.features), "meta": self.meta}
         (out / "head.json").write_text(json.dumps(head, ensure_ascii=False, indent=1), encoding="utf-8")
+        for name in MODEL_FILES:
+            _fsync(out / name)
 
     @classmethod
     def load(cls, path: Path) -> LinearHead:
+        """Read a saved head; anything missing, cut off or malformed is a ``ModelError`` naming the file."""
+        if not path.is_dir():
+            raise ModelError(f"{path}: not a model directory" if path.exists() else f"{path}: no such model")
+        try:
+            # Every file through one handle on the directory: a save swapping a new model in meanwhile
+            # cannot make this read half of each.
+            dir_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise ModelError(f"{path}: {_reason(exc)}") from exc
+        try:
+            return cls._load(path, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @classmethod
+    def _load(cls, path: Path, dir_fd: int) -> LinearHead:
         import scipy.sparse as sp
 
-        try:
-            head = json.loads((path / "head.json").read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ModelError(f"{path}: not a trained model (no head.json)") from exc
-        except ValueError as exc:
-            raise ModelError(f"{path}/head.json: not JSON: {exc}") from exc
-        if head.get("format") != FORMAT:
-            raise ModelError(f"{path}: unknown model format {head.get('format')!r}")
-        terms = (path / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        arrays = np.load(path / "weights.npz")
-        sparse = sp.load_npz(path / "coef.npz").tocsr()
-        labels = list(head["labels"])
-        if sparse.shape != (len(terms), len(labels)) or arrays["idf"].shape != (len(terms),):
+        def open_(name: str) -> Any:
+            return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb")
+
+        with _reading(path / "head.json"):
+            try:
+                with open_("head.json") as fh:
+                    head = json.loads(fh.read().decode("utf-8"))
+            except FileNotFoundError as exc:
+                raise ModelError(f"{path}: not a trained model (no head.json)") from exc
+            except ValueError as exc:
+                raise ModelError(f"{path}/head.json: not JSON: {exc}") from exc
+            if not isinstance(head, dict):
+                raise ModelError(f"{path}/head.json: not a JSON object")
+            if head.get("format") != FORMAT:
+                raise ModelError(f"{path}: unknown model format {head.get('format')!r}")
+            labels, temperature, name_weight, feat, meta = _head_fields(head, path / "head.json")
+        with _reading(path / "vocab.txt"), open_("vocab.txt") as fh:
+            terms = fh.read().decode("utf-8").split("\n")[:-1]
+        with _reading(path / "weights.npz"), open_("weights.npz") as fh:
+            _npz(fh, path / "weights.npz")
+            with np.load(fh) as arrays:
+                idf = np.asarray(arrays["idf"], dtype=np.float32)
+                intercept = np.asarray(arrays["intercept"], dtype=np.float32)
+        with _reading(path / "coef.npz"), open_("coef.npz") as fh:
+            _npz(fh, path / "coef.npz")
+            sparse = sp.load_npz(fh).tocsr()
+        if sparse.shape != (len(terms), len(labels)) or idf.shape != (len(terms),) or \
+                intercept.shape != (len(labels),):
             raise ModelError(f"{path}: weights do not match vocabulary/labels")
         coef, rows = _compact(sparse)
-        try:
-            name_weight = float(head.get("name_weight") or 0.0)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{path}/head.json: name_weight is not a number") from exc
-        if not 0.0 <= name_weight < 100.0:
-            raise ModelError(f"{path}/head.json: name_weight must be a number from 0 to 100")
-        return cls(labels=labels, vocab={t: i for i, t in enumerate(terms)},
-                   idf=arrays["idf"].astype(np.float32), coef=coef, rows=rows,
-                   intercept=arrays["intercept"].astype(np.float32), temperature=float(head["temperature"]),
-                   features=FeatureConfig(**head["features"]), meta=dict(head.get("meta") or {}),
+        return cls(labels=labels, vocab={t: i for i, t in enumerate(terms)}, idf=idf, coef=coef, rows=rows,
+                   intercept=intercept, temperature=temperature, features=feat, meta=meta,
                    name_weight=name_weight)
+
+
+MODEL_FILES = ("weights.npz", "coef.npz", "vocab.txt", "head.json")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a message: the OS's words for an OSError, else the exception's first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Turn whatever a missing, cut-off or hand-edited model file raises into a ``ModelError`` naming it."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except FileNotFoundError as exc:
+        raise ModelError(f"{file}: missing (an incomplete model)") from exc
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise ModelError(f"{file}: damaged or cut off ({_reason(exc)})") from exc
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        # ValueError covers UnicodeDecodeError and numpy's refusals; KeyError an archive without an array.
+        raise ModelError(f"{file}: unreadable ({type(exc).__name__}: {_reason(exc)})") from exc
+
+
+def _npz(fh: Any, file: Path) -> None:
+    """An .npz is a zip archive. Checked first: numpy would take anything else for a pickle and refuse it
+    with a message about pickled data, which tells nothing about a cut-off file."""
+    if not zipfile.is_zipfile(fh):
+        raise ModelError(f"{file}: damaged or cut off (not a complete .npz archive)")
+    fh.seek(0)
+
+
+def _head_fields(head: dict[str, Any], file: Path) -> tuple[list[str], float, float, FeatureConfig, dict[str, Any]]:
+    """The checked fields of head.json (a hand-edited file must fail here, not at the first prediction)."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{file}: {what}")
+
+    labels = head.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(v, str) for v in labels):
+        raise bad("labels must be a list of at least two strings")
+    temperature = head.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or \
+            not 0 < temperature < math.inf:
+        raise bad("temperature must be a positive number")
+    try:
+        name_weight = float(head.get("name_weight") or 0.0)
+    except (TypeError, ValueError) as exc:
+        raise bad("name_weight is not a number") from exc
+    if not 0.0 <= name_weight < 100.0:
+        raise bad("name_weight must be a number from 0 to 100")
+    given = head.get("features")
+    if not isinstance(given, dict):
+        raise bad("features must be a JSON object")
+    defaults = asdict(FeatureConfig())
+    for key, value in given.items():
+        if key not in defaults:
+            raise bad(f"features: unknown field {key!r}")
+        want = type(defaults[key])
+        if type(value) is not want:  # exact: a bool is an int, and 1.0 is no char_max
+            raise bad(f"features.{key} must be {want.__name__}, not {type(value).__name__}")
+    meta = head.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise bad("meta must be a JSON object")
+    return list(labels), float(temperature), name_weight, FeatureConfig(**given), dict(meta)
+
+
+def check_out(out: Path) -> Path:
+    """The directory a model will be saved to (absolute), or a ``ModelError`` saying why it cannot be.
+
+    Checked before training, which takes minutes: a file in the way, and a directory holding anything
+    but a model (such as ``models/`` with its heads), which a save would replace as a whole.
+    """
+    given = out
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():
+        out = out.resolve()  # the link keeps pointing at the directory; its target is replaced
+    if not out.name:
+        raise ModelError(f"{given}: not a directory a model can be written to")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ModelError(f"{given}: {parent} is a file, not a directory")
+            break
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{given}: is a file, not a model directory")
+    if out.is_dir():
+        try:
+            other = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES)
+        except OSError as exc:
+            raise ModelError(f"{given}: {_reason(exc)}") from exc
+        if other:
+            listed = ", ".join(other[:3]) + (", …" if len(other) > 3 else "")
+            raise ModelError(f"{given}: holds other files than a model ({listed}); a save replaces the "
+                             "directory as a whole, so give a new directory or one that holds a model")
+    return out
+
+
+def _new_sibling(out: Path) -> Path:
+    """A new empty directory beside ``out`` (same file system, so the swap is a rename)."""
+    while True:
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            tmp.mkdir()  # the umask decides the mode, as for any directory the user makes
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory listing to disk: the swapped-in model must survive a power cut whole."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False  # an old kernel or a file system without exchange
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the directory ``new`` at ``out``; a model already there ends up at ``new`` (to be removed).
+
+    With an exchange no reader ever finds ``out`` missing or half-written; without it (not Linux, or a file
+    system that cannot exchange), ``out`` is missing between two renames only.
+    """
+    if not out.exists():
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        return
+    old = _new_sibling(out)
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    os.rename(old, new)  # where the caller removes it
 
 
 def _compact(matrix: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tomllib
 from collections import Counter
 from dataclasses import astuple, dataclass, field, replace
@@ -39,22 +40,46 @@ class TextPipeline:
 
     def doc(self, title: str = "", text: str = "", tokens: str | list[str] | None = None, *,
             words: bool = True) -> Doc:
+        if not isinstance(title, str) or not isinstance(text, str):
+            raise TypeError(f"title and text must be strings, not {type(title).__name__}/{type(text).__name__}")
+        if tokens is not None and not isinstance(tokens, str) and \
+                not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+            raise TypeError(f"tokens must be a string or a list of strings, not {_kind(tokens)}")
         if tokens:
             # Pre-segmented training rows (stop words already removed): the words as given, and their
             # concatenation stands in for the text of the character n-grams.
-            words = tokens.split() if isinstance(tokens, str) else [str(t) for t in tokens]
-            words = [w for w in (for_model(w, 50) for w in words) if is_word(w)]
+            words = tokens.split() if isinstance(tokens, str) else list(tokens)
+            words = [w for w in (for_model(_no_surrogates(w), 50) for w in words) if is_word(w)]
             return Doc(title="", body="".join(words)[:2000], words=words[:600])
-        t = for_model(title, TITLE_CHARS) if title else ""
-        b = for_model(text)
+        t = for_model(_no_surrogates(title), TITLE_CHARS) if title else ""
+        b = for_model(_no_surrogates(text))
         if not words:
             return Doc(title=t, body=b, words=[])
         return Doc(title=t, body=b, words=self.tokenizer.words(b),
                    title_words=self.tokenizer.words(t) if t else [])
 
     def doc_from_row(self, row: dict[str, Any], *, words: bool = True) -> Doc:
-        return self.doc(str(row.get("title") or ""), str(row.get("text") or ""), row.get("tokens") or None,
-                        words=words)
+        """A JSONL row as a message; a title, text or tokens of another type is a TypeError, not its str()."""
+        title, text = row.get("title"), row.get("text")
+        for key, value in (("title", title), ("text", text)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{key} must be a string, not {_kind(value)}")
+        return self.doc(title or "", text or "", row.get("tokens") or None, words=words)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list holding " + ", ".join(sorted({type(v).__name__ for v in value if not isinstance(v, str)}))
+    return type(value).__name__
+
+
+# A lone surrogate (JSON "\udcff", undecodable bytes of a command line) cannot be encoded: the tokenizer
+# would fail on it. It stands for text that was never valid, so it becomes U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def _terms(head: LinearHead) -> list[str]:
