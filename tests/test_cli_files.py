@@ -14,6 +14,7 @@ from hotline.cli import main
 from hotline.commands.jsonl import JsonlError, Skipped, read_jsonl
 from hotline.dedup import load_idf
 from hotline.nlp.dedup import Idf, IdfError
+from hotline.nlp.places import read_plain_words, write_plain_words
 from hotline.redis_server import EmbeddedRedis
 from hotline.settings import SettingsError, load_settings
 from tests.nlp_support import make_rows, write_jsonl
@@ -140,6 +141,15 @@ def test_a_failed_table_write_leaves_the_old_table(tmp_path: Path, capsys: pytes
     with pytest.raises(OSError, match="No space"):
         Idf.dump(table, 5, DiskFull({"路灯": 1}))
     assert table.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["idf.tsv"]
+    # The plain place-word table the same way.
+    words = tmp_path / "words" / "pw.tsv"
+    words.parent.mkdir()
+    write_plain_words(words, 20, {"丽发": (19, 20)})
+    kept = words.read_bytes()
+    with pytest.raises(OSError, match="No space"):
+        write_plain_words(words, 30, DiskFull({"友谊路": (9, 10)}))
+    assert words.read_bytes() == kept and read_plain_words(words) == {"丽发"}
+    assert [p.name for p in words.parent.iterdir()] == ["pw.tsv"]
     # build-dedup-idf: no letters, --min-df 0 and a directory as --out are refused; the table stays.
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 import re
-import secrets
-import stat
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from hotline.nlp.places import distance_m, place_cores, shared_places
+from hotline.nlp.tables import write_table
 from hotline.nlp.text import nfkc
 
 # Logistic model over FEATURES; fitted on the labelled pairs (dedup_pairs_dev.jsonl and data/dedup_pairs_extra.jsonl)
@@ -180,21 +178,8 @@ class Idf:
         matcher never reads a cut-off table, and a failed write leaves the previous one."""
         if n_docs < 1:
             raise ValueError("a table needs at least one letter")
-        tmp = _new_file_beside(path)
-        try:
-            with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-                fh.write(f"#docs\t{n_docs}\n")
-                for gram, count in sorted(df.items(), key=lambda kv: (-kv[1], kv[0])):
-                    fh.write(f"{gram}\t{count}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if path.is_file():
-                # Whoever could read the old table (the service's user) can read the new one.
-                tmp.chmod(stat.S_IMODE(path.stat().st_mode))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_table(path, [f"#docs\t{n_docs}\n", *(f"{gram}\t{count}\n" for gram, count in
+                                                 sorted(df.items(), key=lambda kv: (-kv[1], kv[0])))])
 
 
 class IdfError(ValueError):
@@ -203,18 +188,6 @@ class IdfError(ValueError):
 
 _IDF_HEADER = re.compile(r"#docs\t([1-9][0-9]*)")
 _IDF_ROW = re.compile(r"([^\t\n]{2})\t([0-9]+)")
-
-
-def _new_file_beside(path: Path) -> Path:
-    """A new empty file in ``path``'s directory (same file system, so ``os.replace`` is atomic), with the
-    mode the umask gives any new file."""
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
 
 
 # A bigram as one integer: first code point << 21 | second (code points fit in 21 bits). Integer order is

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from hotline.nlp.tables import write_table
 from hotline.nlp.text import nfkc
 
 # Generic suffixes that end a place name; longer ones first so 小区 wins over 区.
@@ -170,11 +171,10 @@ def plain_words(texts: Sequence[str], *, max_share: float = 0.1, min_docs: int =
 
 
 def write_plain_words(path: Path, n_docs: int, table: dict[str, tuple[int, int]]) -> None:
-    """Format: ``#docs<TAB>N``, then ``word<TAB>letters naming it as a place<TAB>letters holding it``."""
-    with path.open("w", encoding="utf-8") as fh:
-        fh.write(f"#docs\t{n_docs}\n")
-        for word, (named, held) in sorted(table.items(), key=lambda kv: (-kv[1][1], kv[0])):
-            fh.write(f"{word}\t{named}\t{held}\n")
+    """Format: ``#docs<TAB>N``, then ``word<TAB>letters naming it as a place<TAB>letters holding it``; written
+    whole or not at all."""
+    write_table(path, [f"#docs\t{n_docs}\n", *(f"{word}\t{named}\t{held}\n" for word, (named, held) in
+                                             sorted(table.items(), key=lambda kv: (-kv[1][1], kv[0])))])
 
 
 def read_plain_words(path: Path) -> frozenset[str]:
