@@ -283,7 +283,8 @@ async def test_thirty_minutes_of_noise_is_cut(aiohttp_client: Any, redis_server:
     finally:
         await pbx.drop()
     status = await call_status(client, call_id)
-    # Noise is never trusted (low_confidence 1: every spoken complaint goes to a person): the complaint is kept and a person takes over.
+    # Noise is never trusted (low_confidence 1: every spoken complaint goes to a person): the complaint is kept
+    # and a person takes over.
     assert status["action"] == "transfer" and status["reason"] in ("low_confidence", "no_match")
     case = await app[STORE].get_case(status["case_id"])
     assert case.contact == "" and case.sender == "unknown"
