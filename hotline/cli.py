@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from hotline import __version__
+from hotline.commands.serve import CannotStart
 from hotline.settings import SettingsError
 
 # Each module adds its own sub-commands; the list order is the order shown in --help.
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"hotline: configuration error: {exc}", file=sys.stderr)
         return 2
+    except CannotStart as exc:
+        print(f"hotline: cannot start: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

