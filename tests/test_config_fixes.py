@@ -270,6 +270,24 @@ def test_serve_on_a_taken_port_says_so_in_one_line(capsys: pytest.CaptureFixture
 
 
 @pytest.mark.usefixtures("quiet_serve")
+def test_telegram_poll_on_a_taken_port_says_so_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           redis_server: EmbeddedRedis) -> None:
+    """`hotline telegram poll` is the whole service too: the same one line, not a traceback."""
+    monkeypatch.setattr("hotline.commands.telegram.setup_logging", lambda *a, **k: None)
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("HOTLINE_TELEGRAM__TOKEN", "123456:TEST")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["telegram", "poll", "--data-dir", str(tmp_path / "data"), "--port", str(port)])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("{")]
+    assert code == 1
+    assert lines == [f"hotline: cannot start: 127.0.0.1:{port} is already in use (another hotline serve?)"]
+
+
+@pytest.mark.usefixtures("quiet_serve")
 def test_serve_with_a_store_that_does_not_answer_says_so_in_one_line(capsys: pytest.CaptureFixture[str],
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +64,21 @@ def serve(args: argparse.Namespace) -> int:
     # table is one line naming the setting, not a traceback from the middle of start-up.
     check_config(settings)
     workers = worker_count(settings, settings["server"]["workers"])
-    try:
+    with explained_start(settings):
         if workers > 1:
             return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
         run(settings)
+    return 0
+
+
+@contextlib.contextmanager
+def explained_start(settings: Settings) -> Iterator[None]:
+    """An ordinary failure to come up (port taken, store unreachable, data directory unusable) becomes
+    ``CannotStart`` with one line for the operator."""
+    try:
+        yield
     except (OSError, RedisError, ValkeyServerError) as exc:
         raise CannotStart(start_failure(settings, exc)) from exc
-    return 0
 
 
 def run(settings: Settings) -> None:

@@ -8,13 +8,11 @@ webhook is set, so polling first removes the webhook (set it again with the next
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from aiohttp import web
-
-from hotline.commands.serve import add_server_args, server_settings
-from hotline.logs import AccessLogger, setup_logging
+from hotline.commands.check import check_config
+from hotline.commands.serve import add_server_args, explained_start, run, server_settings
+from hotline.logs import setup_logging
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +30,7 @@ def run_poll(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     setup_logging(settings["logging"]["level"])
-    from hotline.app import create_app
-
-    app = create_app(settings)
-    host, port = settings["server"]["host"], settings["server"]["port"]
-    logging.getLogger("hotline").info("serving with telegram polling",
-                                      extra={"event": "serving", "host": host, "port": port})
-    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
-                access_log=logging.getLogger("hotline.access"))
+    check_config(settings)
+    with explained_start(settings):
+        run(settings)
     return 0
