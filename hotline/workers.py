@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +52,18 @@ def check_workers(settings: Settings, workers: int) -> None:
         # The Telegram conversation runs in one process; the kernel would spread its updates over all.
         raise SettingsError("telegram.mode: the webhook needs one process; with --workers > 1 run the bot "
                             "with `hotline telegram poll` or on its own `hotline serve --workers 1`")
+
+
+def port_is_free(host: str, port: int) -> None:
+    """Raise the OSError (address in use) a worker would meet: the pool would otherwise restart workers that
+    can never bind, with backoff, for ever. Bound as the workers bind, with SO_REUSEPORT, so a port held by
+    workers of this service's own kind is not reported."""
+    for family, kind, proto, _name, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind(address)
 
 
 class WorkerPool:
@@ -95,6 +108,7 @@ class WorkerPool:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         settings = self.settings
+        port_is_free(settings["server"]["host"], settings["server"]["port"])
         url = settings["store"]["redis_url"]
         embedded: EmbeddedRedis | None = None
         supervisor: asyncio.Task | None = None

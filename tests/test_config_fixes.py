@@ -270,6 +270,19 @@ def test_serve_on_a_taken_port_says_so_in_one_line(capsys: pytest.CaptureFixture
 
 
 @pytest.mark.usefixtures("quiet_serve")
+def test_a_worker_pool_on_a_taken_port_says_so_instead_of_restarting_workers(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        redis_server: EmbeddedRedis) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, line = serve_line(capsys, "--data-dir", str(tmp_path / "data"), "--port", str(port), "--workers", "2")
+    assert code == 1 and line == f"hotline: cannot start: 127.0.0.1:{port} is already in use (another hotline serve?)"
+
+
+@pytest.mark.usefixtures("quiet_serve")
 def test_telegram_poll_on_a_taken_port_says_so_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            redis_server: EmbeddedRedis) -> None:
