@@ -241,6 +241,9 @@ class SurveyService:
                 await self.try_recipient(case_id, rid, now)
             except (KeyError, CaseNotFound):
                 log.warning("survey entry without case", extra={"event": "survey_orphan", "case_id": case_id})
+            except Exception:
+                # One recipient's fault must not stop the others of the batch; its lease brings it back.
+                log.exception("survey try failed", extra={"event": "survey_try_failed", "case_id": case_id})
 
         # Side by side: an outbound survey call takes a minute and must not hold up the others
         # (the caller bounds how many calls run at once).
@@ -292,7 +295,13 @@ class SurveyService:
             # Claiming took the entry off the schedule: put it back as a lease for the length of the call,
             # so a process that dies mid-call does not lose the survey.
             await self.surveys.reschedule(case_id, rid, now + self.caller.max_call_s)
-            answers = await self.caller.survey_call(rec.contact, case_id)
+            answers: dict[str, Any] | None = None
+            try:
+                answers = await self.caller.survey_call(rec.contact, case_id)
+            except Exception:
+                # The phone may have rung: the try counts, or the citizen is dialled after every lease
+                # without ever reaching max_attempts.
+                log.exception("survey call failed", extra={"event": "survey_call_error", "case_id": case_id})
 
             def called(r: Recipient, _s: Survey) -> None:
                 r.attempts += 1

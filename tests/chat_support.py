@@ -44,6 +44,13 @@ class FakeBotAPI:
         self.files: dict[str, bytes] = {}
         self.updates: list[dict[str, Any]] = []
         self.blocked_chats: set[int] = set()
+        # A file server that misbehaves: getFile without file_size (it is optional in the Bot API), a body
+        # sent in chunks without Content-Length, or one that never ends (a trickle every endless_interval_s).
+        self.hidden_sizes: set[str] = set()
+        self.chunked_files: set[str] = set()
+        self.endless_files: set[str] = set()
+        self.endless_interval_s = 0.1
+        self.file_bytes_sent = 0
         self.new_call = asyncio.Condition()
         self._message_id = 100
         self.app = web.Application()
@@ -107,10 +114,13 @@ class FakeBotAPI:
             return self._ok(True)
         if method == "getFile":
             file_id = str(params.get("file_id", ""))
-            if file_id not in self.files:
+            if file_id not in self.files and file_id not in self.endless_files:
                 return self._err(400, "Bad Request: invalid file_id")
-            return self._ok({"file_id": file_id, "file_unique_id": f"u{file_id}",
-                             "file_size": len(self.files[file_id]), "file_path": f"voice/{file_id}.oga"})
+            result: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"u{file_id}",
+                                      "file_path": f"voice/{file_id}.oga"}
+            if file_id in self.files and file_id not in self.hidden_sizes:
+                result["file_size"] = len(self.files[file_id])
+            return self._ok(result)
         if method == "getUpdates":
             offset = int(params.get("offset", 0) or 0)
             deadline = time.monotonic() + min(float(params.get("timeout", 0) or 0), 1.0)
@@ -126,8 +136,25 @@ class FakeBotAPI:
             return web.Response(status=401)
         path = request.match_info["path"]
         file_id = path.removeprefix("voice/").removesuffix(".oga")
+        if file_id in self.endless_files or file_id in self.chunked_files:
+            resp = web.StreamResponse(headers={"Content-Type": "audio/ogg"})
+            await resp.prepare(request)
+            try:
+                if file_id in self.endless_files:
+                    while True:
+                        await resp.write(b"\0" * 1024)
+                        self.file_bytes_sent += 1024
+                        await asyncio.sleep(self.endless_interval_s)
+                data = self.files[file_id]
+                for at in range(0, len(data), 16384):
+                    await resp.write(data[at:at + 16384])
+                    self.file_bytes_sent += len(data[at:at + 16384])
+            except ConnectionError:
+                pass  # the client stopped reading: what a capped download does
+            return resp
         if file_id not in self.files:
             return web.Response(status=404)
+        self.file_bytes_sent += len(self.files[file_id])
         return web.Response(body=self.files[file_id], content_type="audio/ogg")
 
 
@@ -172,6 +199,9 @@ class FakeWeChatAPI:
         self.closed_window: set[str] = set()
         self.templates: list[dict[str, Any]] = []
         self.unfollowed: set[str] = set()
+        # Path → raw body answered instead (after the token check): answers of the wrong shape. For
+        # /cgi-bin/token, an access_token in it is then accepted by the other endpoints.
+        self.raw_answers: dict[str, str] = {}
         self.arrived = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_get("/cgi-bin/token", self._token)
@@ -193,6 +223,15 @@ class FakeWeChatAPI:
     async def _token(self, request: web.Request) -> web.Response:
         q = request.query
         self.token_requests += 1
+        raw = self.raw_answers.get(request.path)
+        if raw is not None:
+            try:
+                token = json.loads(raw).get("access_token")
+            except (ValueError, AttributeError):
+                token = None
+            if isinstance(token, str):
+                self.valid_tokens.add(token)
+            return web.Response(text=raw, content_type="application/json")
         if q.get("grant_type") != "client_credential" or q.get("appid") != self.app_id \
                 or q.get("secret") != self.app_secret:
             return web.json_response({"errcode": 40013, "errmsg": "invalid appid"})
@@ -206,6 +245,8 @@ class FakeWeChatAPI:
     async def _send(self, request: web.Request) -> web.Response:
         if not self._token_ok(request):
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"})
+        if request.path in self.raw_answers:
+            return web.Response(text=self.raw_answers[request.path], content_type="application/json")
         raw = await request.read()
         self.raw_bodies.append(raw)
         body = json.loads(raw)
@@ -234,6 +275,8 @@ class FakeWeChatAPI:
     async def _media(self, request: web.Request) -> web.Response:
         if not self._token_ok(request):
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
+        if request.path in self.raw_answers:
+            return web.Response(text=self.raw_answers[request.path], content_type="application/json")
         media_id = request.query.get("media_id", "")
         self.media_fetches.append(media_id)
         if media_id not in self.media:

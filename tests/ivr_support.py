@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,9 @@ class FakeAri:
         self.audiosocket: tuple[str, int] = ("127.0.0.1", 0)
         self.callees: dict[str, Callee] = {}
         self.fail_with: int = 0  # answer every originate with this status (500: Asterisk trouble)
+        # number → the bytes of a 200 answer to its originate, given Asterisk's channel JSON (the channel is
+        # created and rings all the same): another charset, a huge body, no JSON.
+        self.answer_bytes: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self.requests: list[dict[str, Any]] = []
         self.originated: list[dict[str, Any]] = []
         self.hangups: list[str] = []
@@ -510,13 +514,16 @@ class FakeAri:
         self.originated.append({"number": number, "channel_id": channel_id, "timeout": timeout,
                                 "caller_id": q.get("callerId", "")})
         self._tasks.append(asyncio.create_task(self._dial(channel_id, callee, timeout)))
-        return web.json_response({
+        answer = {
             "id": channel_id, "name": f"PJSIP/{self.trunk}-{len(self.originated):08x}", "state": "Down",
             "protocol_id": "", "caller": {"name": "", "number": q.get("callerId", "")},
             "connected": {"name": "", "number": ""}, "accountcode": "",
             "dialplan": {"context": self.context, "exten": "s", "priority": 1, "app_name": "", "app_data": ""},
             "creationtime": "2026-03-02T10:00:00.000+0800", "language": "zh",
-        })
+        }
+        if number in self.answer_bytes:
+            return web.Response(body=self.answer_bytes[number](answer), headers={"Content-Type": "application/json"})
+        return web.json_response(answer)
 
     async def _hangup(self, request: Any) -> Any:
         if not self._authorised(request):

@@ -34,6 +34,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 from telegram import (
     InlineKeyboardButton,
@@ -252,6 +253,9 @@ class TelegramDoor:
         # Webhook mode has no Updater; polling waits up to 30 s per getUpdates on top of the request timeout.
         builder = builder.updater(None) if cfg.mode == "webhook" else builder.get_updates_read_timeout(t + 30)
         self.application = builder.build()
+        # File downloads bypass PTB, whose download reads the whole body with a timeout per read only.
+        self.download_deadline_s = cfg.request_timeout_s
+        self._http: aiohttp.ClientSession | None = None
         self.ready = asyncio.Event()
         self.intake_handler = self._conversation()
         self._add_handlers()
@@ -697,11 +701,9 @@ class TelegramDoor:
             return fallback
         try:
             file = await self.application.bot.get_file(biggest.file_id)
-            if not str(file.file_path or "").startswith(self.application.bot.base_file_url + "/"):
+            data = await self._download(file, files.max_bytes)
+            if data is None:
                 return fallback
-            if (file.file_size or 0) > files.max_bytes:
-                return fallback
-            data = bytes(await file.download_as_bytearray())
             return await asyncio.to_thread(files.save, data)
         except (TelegramError, AttachmentError, OSError):
             log.warning("telegram photo not fetched", extra={"event": "tg_photo_failed"})
@@ -721,13 +723,8 @@ class TelegramDoor:
             return ""
         try:
             file = await self.application.bot.get_file(voice.file_id)
-            # PTB reads a local path from disk as is; only a download from the Bot API's file server is taken.
-            if not str(file.file_path or "").startswith(self.application.bot.base_file_url + "/"):
-                return ""
-            if (file.file_size or 0) > self.cfg.max_voice_bytes:
-                return ""
-            data = bytes(await file.download_as_bytearray())
-            if len(data) > self.cfg.max_voice_bytes:
+            data = await self._download(file, self.cfg.max_voice_bytes)
+            if data is None:
                 return ""
             return (await stt.transcribe_audio(data)).text.strip()
         except TelegramError:
@@ -735,6 +732,45 @@ class TelegramDoor:
         except Exception:
             log.exception("speech recognition failed", extra={"event": "stt_failed", "channel": CHANNEL})
         return ""
+
+    async def _download(self, file: Any, limit: int) -> bytes | None:
+        """The file's bytes from the Bot API file server, or None: not on that server, over ``limit`` bytes, or
+        not complete within ``download_deadline_s`` (the chat's other updates wait behind this one)."""
+        url = str(file.file_path or "")
+        # PTB reads a local path from disk as is; only a download from the Bot API's file server is taken.
+        if not url.startswith(self.application.bot.base_file_url + "/"):
+            return None
+        if (file.file_size or 0) > limit:
+            return None
+        if self._http is None or self._http.closed:
+            # trust_env: the same proxy environment PTB's httpx client uses to reach Telegram.
+            self._http = aiohttp.ClientSession(trust_env=True)
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(self.download_deadline_s):
+                async with self._http.get(url, allow_redirects=False) as resp:
+                    if resp.status != 200 or (resp.content_length or 0) > limit:
+                        reason = f"http {resp.status}" if resp.status != 200 else "too large"
+                        log.warning("telegram file not downloaded", extra={"event": "tg_download_refused",
+                                                                           "reason": reason})
+                        return None
+                    async for chunk in resp.content.iter_chunked(65536):
+                        buf += chunk
+                        if len(buf) > limit:
+                            log.warning("telegram file not downloaded", extra={"event": "tg_download_refused",
+                                                                               "reason": "too large"})
+                            return None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # The URL holds the bot token: only the kind of failure is logged.
+            log.warning("telegram file not downloaded", extra={"event": "tg_download_failed",
+                                                               "error": type(exc).__name__})
+            return None
+        return bytes(buf)
+
+    async def close_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     # sending ----------------------------------------------------------------------
     async def send_outs(self, chat_id: int, outs: list[Outgoing]) -> None:
@@ -857,6 +893,7 @@ def setup(app: web.Application) -> None:
             if door.ready.is_set():
                 with contextlib.suppress(TelegramError, RuntimeError):
                     await door._stop()
+            await door.close_http()
 
     async def webhook(request: web.Request) -> web.Response:
         return await request.app[TELEGRAM_DOOR].webhook(request)

@@ -30,6 +30,35 @@ TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 # outside the 48-hour window (or unsubscribed) / quota of the window used up / not following the account
 WINDOW_ERRORS = frozenset({45015, 45047, 43004})
 TOKEN_MARGIN_S = 300  # fetch a new token this long before WeChat says the old one expires
+TOKEN_LIFE_S = 7200  # what WeChat documents and always says; a longer claim is not believed
+MIN_TOKEN_LIFE_S = 60
+UNREADABLE = -1  # the errcode reported for an answer whose errcode is not a number
+
+
+def errcode_of(data: dict[str, Any], default: int) -> int:
+    """The answer's errcode as an int: ``default`` when absent, UNREADABLE when not a 32-bit integer (a far side
+    answering "busy", null or 1e999 is failing, and int() of those raises TypeError/ValueError/OverflowError)."""
+    if "errcode" not in data:
+        return default
+    value = data["errcode"]
+    if isinstance(value, bool):
+        return UNREADABLE
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and -2**31 <= value < 2**31:
+        return value
+    return UNREADABLE
+
+
+def token_life_of(data: dict[str, Any]) -> int:
+    """``expires_in`` in seconds, within [MIN_TOKEN_LIFE_S, TOKEN_LIFE_S]; the documented life when it is
+    missing or no finite number (the token itself is good, and fetching another would expire it)."""
+    value = data.get("expires_in", TOKEN_LIFE_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value in (float("inf"), float("-inf")):
+        log.warning("wechat token life unreadable", extra={"event": "wechat_token_life_unreadable"})
+        return TOKEN_LIFE_S
+    return int(min(max(value, MIN_TOKEN_LIFE_S), TOKEN_LIFE_S))
 
 
 class WeChatAPIError(Exception):
@@ -76,9 +105,11 @@ class WeChatAPI:
                 data = await self._json(resp)
             self.token_fetches += 1
             token = data.get("access_token")
-            if not isinstance(token, str) or not token:
-                raise WeChatAPIError(int(data.get("errcode", -1)), str(data.get("errmsg", "no access_token")))
-            ttl = max(60, int(data.get("expires_in", 7200)) - TOKEN_MARGIN_S)
+            # WeChat tokens are a few hundred characters; a megabyte would go into Redis and every URL.
+            if not isinstance(token, str) or not token or len(token) > 2048:
+                raise WeChatAPIError(errcode_of(data, UNREADABLE) or UNREADABLE,
+                                     str(data.get("errmsg", "no access_token"))[:200])
+            ttl = max(MIN_TOKEN_LIFE_S, token_life_of(data) - TOKEN_MARGIN_S)
             await self.conv.put_access_token("wechat", token, ttl)
             self._token, self._token_until = token, time.monotonic() + ttl
             return token
@@ -120,12 +151,12 @@ class WeChatAPI:
                                          headers={"Content-Type": "application/json; charset=utf-8"},
                                          timeout=self.timeout) as resp:
                 data = await self._json(resp)
-            code = int(data.get("errcode", 0) or 0)
+            code = errcode_of(data, 0)
             if code in TOKEN_ERRORS and attempt == 1:
                 await self._drop_token(token)
                 continue
             if code:
-                raise WeChatAPIError(code, str(data.get("errmsg", "")))
+                raise WeChatAPIError(code, str(data.get("errmsg", ""))[:200])
             return data
         raise AssertionError("unreachable")
 
@@ -155,10 +186,11 @@ class WeChatAPI:
                     raise WeChatAPIError(-resp.status, f"http {resp.status}")
                 if ctype.startswith(("application/json", "text/plain")):
                     data = await self._json(resp)
-                    code = int(data.get("errcode", -1) or -1)
+                    # A JSON answer instead of the file is a failure even when it says errcode 0.
+                    code = errcode_of(data, UNREADABLE) or UNREADABLE
                     if code in TOKEN_ERRORS and attempt == 1:
                         await self._drop_token(token)
                         continue
-                    raise WeChatAPIError(code, str(data.get("errmsg", "")))
+                    raise WeChatAPIError(code, str(data.get("errmsg", ""))[:200])
                 return await self._read(resp, self.max_media_bytes)
         raise AssertionError("unreachable")

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from hotline.bodies import parse_json
 from hotline.ivr.flow import survey_result
 from hotline.settings import Settings
 from hotline.store import Store
@@ -36,6 +37,8 @@ POLL_S = 0.2  # how often the originator looks for messages from the connected c
 _DIAL = re.compile(r"^\+?\d{3,20}$")
 _TRUNK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CONTEXT = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+# An ARI channel or error JSON is a few KB; anything far larger is not Asterisk and must not fill memory.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -82,10 +85,13 @@ class AriSettings:
 
 
 class AriError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """``placed``: Asterisk accepted the request (2xx) but its answer was unusable, so a channel may exist."""
+
+    def __init__(self, status: int, message: str, *, placed: bool = False) -> None:
         super().__init__(f"ARI {status or 'unreachable'}: {message}")
         self.status = status
         self.message = message
+        self.placed = placed
 
 
 def dial_number(raw: str) -> str:
@@ -97,29 +103,39 @@ def dial_number(raw: str) -> str:
 class AriClient:
     """The two ARI requests we need: originate into the dialplan, and hang up a channel still ringing."""
 
-    def __init__(self, cfg: AriSettings, http: aiohttp.ClientSession) -> None:
+    def __init__(self, cfg: AriSettings, http: aiohttp.ClientSession, *,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self.cfg = cfg
         self.http = http
         self.headers = {"Authorization": aiohttp.encode_basic_auth(cfg.user, cfg.password)}
         self.timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+        self.max_answer_bytes = max_answer_bytes
 
     async def _request(self, method: str, path: str, *, params: dict[str, str],
                        body: dict[str, Any] | None = None) -> tuple[int, Any]:
         try:
             async with self.http.request(method, f"{self.cfg.base}/ari{path}", params=params, json=body,
                                          headers=self.headers, timeout=self.timeout) as resp:
-                text = await resp.text()
+                ok = resp.status < 300
+                raw = bytearray()
+                async for chunk in resp.content.iter_chunked(16384):
+                    raw += chunk
+                    if len(raw) > self.max_answer_bytes:
+                        raise AriError(resp.status, "response too large", placed=ok)
+                # Lenient: a caller name in another charset must not hide the channel id Asterisk returned.
+                text = raw.decode("utf-8", errors="replace")
                 data: Any = None
-                if text:
+                if text.strip():
                     with contextlib.suppress(ValueError):
-                        data = await resp.json(content_type=None)
-                if resp.status >= 300:
+                        data = parse_json(text)
+                if not ok:
                     message = data.get("message", "") if isinstance(data, dict) else text
                     raise AriError(resp.status, str(message)[:200])
                 return resp.status, data
         except AriError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # ValueError: aiohttp's own parsing of a malformed answer (headers, chunking, encoding).
             raise AriError(0, type(exc).__name__) from exc
 
     async def originate(self, number: str, call_id: str) -> dict[str, Any]:
@@ -131,7 +147,7 @@ class AriClient:
         _status, data = await self._request("POST", "/channels", params=params,
                                             body={"variables": {"HOTLINE_CALL_ID": call_id}})
         if not isinstance(data, dict) or data.get("id") != call_id:
-            raise AriError(502, "unexpected originate response")
+            raise AriError(502, "unexpected originate response", placed=True)
         return data
 
     async def hangup(self, channel_id: str) -> bool:
@@ -178,6 +194,10 @@ class AriSurveyCaller:
             channel = await self.ari.originate(dial, call_id)
         except AriError as exc:
             await self.calls.finish(call_id)
+            if exc.placed:
+                # Asterisk took the request: stop a phone that may be ringing for a call nobody waits for.
+                with contextlib.suppress(AriError):
+                    await self.ari.hangup(call_id)
             log.warning("survey call not placed", extra={"event": "survey_call_failed", "case_id": case_id,
                                                          "status": exc.status, "error": exc.message})
             await self._event(case_id, "survey_call", {"call_id": call_id, "outcome": "ari_error",
