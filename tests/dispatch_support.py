@@ -4,6 +4,9 @@ signed event posts and case helpers.
 The receiver stands for the city's dispatch system (the far side of a network we do not own). It speaks
 the wire protocol (form-encoded POST /requests.json, JSON list answers, GET /requests/{id}.json) and
 deduplicates nothing: every accepted POST is one more order, so the tests count what really arrived.
+``FarSide`` is the same far side when it answers what a well-behaved receiver never does (redirects,
+lists of non-objects, bodies in several chunks, error pages echoing the request): a loopback server whose
+handlers the test writes, recording every request that reached it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +109,60 @@ class Open311Receiver:
 
     def orders_per_case(self) -> Counter:
         return Counter(a.case_id for a in self.orders)
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FarSide:
+    """A real HTTP server on 127.0.0.1 with the test's own handlers; ``hits`` is every request it got."""
+
+    def __init__(self) -> None:
+        self.hits: list[Hit] = []
+        self.url = ""  # http://127.0.0.1:<port>, known after start()
+        self._routes: list[tuple[str, str, Handler]] = []
+        self._runner: web.AppRunner | None = None
+
+    def route(self, method: str, path: str, handler: Handler) -> FarSide:
+        self._routes.append((method, path, handler))
+        return self
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        body = await request.read()  # cached by aiohttp: the handler can still read or post() it
+        self.hits.append(Hit(request.method, request.path, request.query_string, dict(request.headers), body,
+                             time.time()))
+        return await handler(request)
+
+    async def start(self) -> FarSide:
+        app = web.Application(middlewares=[self._record])
+        for method, path, handler in self._routes:
+            app.router.add_route(method, path, handler)
+        # No access log: it is the far side's log, not ours, and would hold the query (api_key) that the
+        # tests check our own log lines never do.
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def count(self, method: str, path: str = "") -> int:
+        return sum(1 for h in self.hits if h.method == method and (not path or h.path == path))
 
 
 class RecordingNotifier:

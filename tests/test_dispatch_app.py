@@ -117,7 +117,9 @@ async def test_confirm_refuses_bad_input_and_wrong_states(app_client: TestClient
 
 async def test_time_limit_classes(app_client: TestClient, receiver: Open311Receiver) -> None:
     dispatcher = app_client.app[DISPATCHER]
-    water = await dispatcher.confirm((await new_case(app_client)).id,
+    # Texts of their own: a generated one can carry words that intake flags urgent, and the call-taker's
+    # classification here names no urgency.
+    water = await dispatcher.confirm((await new_case(app_client, "小区自来水水质发黄，希望有关部门检测一下")).id,
                                      {"category": "自来水供应", "type": "投诉"}, "staff:a")
     assert water.dispatch["time_limit"] == "utilities"
     assert abs(water.deadline_at - water.dispatch["confirmed_at"] - 3 * 3600) < 1
@@ -125,7 +127,8 @@ async def test_time_limit_classes(app_client: TestClient, receiver: Open311Recei
                                       "staff:a")
     assert urgent.dispatch["time_limit"] == "urgent"
     assert abs(urgent.deadline_at - urgent.dispatch["confirmed_at"] - 2 * 3600) < 1
-    ask = await dispatcher.confirm((await new_case(app_client)).id, {**CLASSIFICATION, "type": "咨询"}, "staff:a")
+    ask = await dispatcher.confirm((await new_case(app_client, "请问办理居住证需要准备哪些材料")).id,
+                                   {**CLASSIFICATION, "type": "咨询"}, "staff:a")
     assert ask.dispatch["time_limit"] == "consultation"
     assert 86400 - 60 <= ask.deadline_at - ask.dispatch["confirmed_at"] <= 4 * 86400 + 9 * 3600
 

@@ -51,6 +51,16 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random 
     return step / 2 + (rng or random).uniform(0, step / 2)
 
 
+def _origin(exc: BaseException) -> str:
+    """file:line of the innermost frame: enough to find the bug, without the exception's message."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+
+
 class Forwarder:
     def __init__(self, outbox: Outbox, backend: Backend, cfg: ForwarderConfig, *, consumer: str | None = None,
                  on_delivered: DeliveredHook | None = None, on_dead: DeadHook | None = None) -> None:
@@ -148,6 +158,18 @@ class Forwarder:
             return
         except (TransientError, OSError) as exc:
             await self._fail(entry, attempt, str(exc) or type(exc).__name__, permanent=False)
+            return
+        except Exception as exc:
+            # A bug in the backend code or an answer it did not foresee. Left to _guarded, the entry would
+            # stay "sending", be claimed again every claim_idle_s and POSTed forever, never dead-lettered;
+            # as a failed attempt it gets the backoff and max_attempts like any other. The exception's text
+            # may hold the request (URL with api_key, the citizen's number), so only its type and where it
+            # was raised go to the log and the dead letter.
+            error = f"unexpected {type(exc).__name__} in backend {self.backend.name} at {_origin(exc)}"
+            log.warning("backend raised unexpectedly", extra={"event": "forwarder_backend_error",
+                                                               "order_id": entry.key, "attempt": attempt,
+                                                               "error": error})
+            await self._fail(entry, attempt, error, permanent=False)
             return
         if await self.outbox.mark_delivered(entry, delivery.ref):
             self.delivered += 1

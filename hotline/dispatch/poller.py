@@ -54,7 +54,14 @@ async def poll_once(dispatcher: Dispatcher, backend: Open311Backend, concurrency
             try:
                 record = await backend.fetch(ref)
             except DeliveryError as exc:
+                # The backend's messages carry no query string or key (backends._scrub).
                 log.info("poll failed", extra={"event": "poll_failed", "case_id": case_id, "error": str(exc)[:200]})
+                return
+            except Exception as exc:
+                # Not one order's failure: without this it would end the whole round in gather. Its text
+                # may hold the request URL with api_key, so the type only.
+                log.warning("poll failed unexpectedly", extra={"event": "poll_failed", "case_id": case_id,
+                                                               "error": f"unexpected {type(exc).__name__}"})
                 return
         if record is None:
             return
