@@ -192,6 +192,7 @@ class HotspotService:
                 await self._close(existing, now)
             else:
                 await self.hs.save(existing, event="updated")
+                await self._closed_meanwhile(existing, now)
             return existing
         if reporters < self.min_reporters:
             return None
@@ -201,7 +202,17 @@ class HotspotService:
         for cid in open_ids:
             await self._audit(cid, "hotspot_raised", hs)
         log.info("hotspot raised", extra={"event": "hotspot_raised", "hotspot": hs.id, "reporters": reporters})
+        await self._closed_meanwhile(hs, now)
         return hs
+
+    async def _closed_meanwhile(self, hs: Hotspot, now: float) -> None:
+        """A member case that closed between the read above and the save was passed to ``case_closed``
+        before the save made it a member, so nothing took it out: the hotspot would list it open for good.
+        Its status changed before that ``case_closed`` ran, so reading the records after the save finds it."""
+        cases = await self.store.get_cases(list(hs.open_case_ids))
+        for case in cases:
+            if case.status not in OPEN_STATES or case.duplicate_of:
+                await self.case_closed(case.id, [], now)
 
     @staticmethod
     def _reporters(case: Case, since: float) -> int:

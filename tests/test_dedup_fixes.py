@@ -183,6 +183,37 @@ async def test_an_evaluation_that_finds_every_case_closed_closes_the_hotspot(
     assert (await hotspots.hs.get(spot.id)).status == "closed"
 
 
+async def test_a_case_closing_while_its_hotspot_is_raised_is_not_left_open(
+        redis_server: Any, tmp_path: Path, key_prefix: str, store: Any) -> None:
+    # No feed worker: the test plays it, at the worst moment — after the evaluation read the cases as open,
+    # before it saved the hotspot that makes them members.
+    settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 3})
+    config, idf = DedupConfig.from_settings(settings), load_idf(settings)
+    hotspots = HotspotService(store, DedupIndex(store), idf, min_reporters=3, window_s=86400, similarity=0.3)
+    dedup = DedupService(store, config, idf, hotspots=hotspots)
+    now = time.time()
+    cases = [Case(id=f"20250302-{i:06d}", channel="api", sender=f"api:{i}", status=Status.CLASSIFIED,
+                  created_at=now - 10 + i, updated_at=now - 10 + i, text=text, normalized_text=text)
+             for i, text in enumerate(SIMILAR[:3], 1)]
+    save = hotspots.hs.save
+
+    async def close_first_then_save(hs: Any, *, event: str) -> None:
+        if event == "raised":
+            for target in (Status.CONFIRMED, Status.DISPATCHED, Status.RESOLVED):
+                await store.update_case(cases[0].id, lambda c: None, actor="t", action=str(target), target=target)
+            await dedup.forget(cases[0].id)  # what the feed worker does on that change
+        await save(hs, event=event)
+
+    hotspots.hs.save = close_first_then_save  # type: ignore[method-assign]
+    for case in cases:
+        assert (await store.create_case(case)).created
+        await dedup.opened(case)
+    (spots,) = await hotspots.hs.of_cases([cases[1].id])
+    (spot,) = spots
+    assert spot.status == "open" and sorted(spot.open_case_ids) == [cases[1].id, cases[2].id]
+    assert cases[0].id in spot.case_ids
+
+
 # listing hotspots by status --------------------------------------------------------------------
 
 async def _list(client: Any, status: str, limit: int) -> list[dict[str, Any]]:
