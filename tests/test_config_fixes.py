@@ -344,3 +344,14 @@ def test_no_number_may_be_infinite_or_nan() -> None:
         for bad in (math.inf, -math.inf, math.nan):
             with pytest.raises(SettingsError, match=f"{section}\\.{name}: must be a finite number"):
                 load_settings(overrides={section: {name: bad}}, env={})
+
+
+def test_check_never_shows_the_store_password(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A store that does not answer: the finding names it, as an operator can read it on screen or in CI logs.
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret-Pw@127.0.0.1:1/0")
+    code, out = check(capsys, tmp_path)
+    store = next(f for f in out["findings"] if f["item"] == "store")
+    assert code == 1 and store["level"] == "error"
+    assert store["detail"].startswith("redis://:***@127.0.0.1:1/0: ")
+    assert "s3cret" not in json.dumps(out)

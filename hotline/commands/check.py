@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
 from hotline.settings import Settings, SettingsError
@@ -217,6 +217,21 @@ def check_public_url(settings: Settings) -> Finding:
     return Finding(OK, "public URL", url)
 
 
+def without_password(url: str) -> str:
+    """The store's URL as an operator may see it on screen and in CI logs: the password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port is not None else ""
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:  # unparsable: say nothing of it rather than risk repeating a secret
+        return "(store.redis_url)"
+
+
 async def check_store(settings: Settings) -> list[Finding]:
     out = []
     try:
@@ -226,7 +241,7 @@ async def check_store(settings: Settings) -> list[Finding]:
         up, reason = False, str(exc) or type(exc).__name__
     else:
         reason = "no answer to PING"
-    where = settings["store"]["redis_url"] or f"embedded, in {settings.data_dir / 'redis'}"
+    where = without_password(settings["store"]["redis_url"]) or f"embedded, in {settings.data_dir / 'redis'}"
     out.append(Finding(OK, "store", where) if up else Finding(ERROR, "store", f"{where}: {reason}"))
     data_dir = settings.data_dir
     try:
