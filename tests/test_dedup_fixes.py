@@ -45,6 +45,10 @@ def test_a_bare_chinese_number_keeps_its_suffix() -> None:
     assert place_cores("二十中学门口交通拥堵") == ["二十中学"]
     assert place_cores("五四广场和八一路的路灯坏了") == ["五四广场", "八一路"]
     assert place_cores("第一医院停车难") == ["第一医院"]
+    # 百, 千, 万 begin names as often as they count: 万年路 and 百户村 are places, 二百户 is a count.
+    assert place_cores("反映：万年路的路灯坏了很久没人修") == ["万年"]
+    assert place_cores("百户村的垃圾没人清运") == ["百户"]
+    assert place_cores("投诉二百户村民饮水困难") == []
     # An estate's name still meets across its phases and buildings.
     assert place_cores("丽发新城二期小区3号楼停水") == ["丽发"]
 

@@ -65,7 +65,9 @@ _DIGITS = "0-9A-Za-z零〇一二三四五六七八九十百千万两"
 _UNITS = ("单元|小时|平米|平方|期|区|号|栋|幢|座|楼|层|组|队|社|排|户|室|门|段|巷|弄|条|元|块|米|吨|个|次|天|年|月|"
           "日|时|分|秒|人|位|名|辆|间|套|处|届|周|岁|项|件|批|亩")
 _NUMBER = re.compile(rf"(?:[{_DIGITS}第几多余]|{_UNITS})+")
-_HAS_DIGIT = re.compile(rf"[{_DIGITS}]")
+# 百, 千 and 万 alone make no number: they begin names (万年路, 百户村, 千佛寺) as often as they count; with
+# another numeral or 几 they do (二百户, 几百米).
+_HAS_DIGIT = re.compile(r"[0-9A-Za-z零〇一二三四五六七八九十两几]")
 # A bare Chinese number or ordinal ("二十", "五四", "第七") keeps its suffix instead, like an everyday word: with
 # it, it is a name (二十中学, 五四广场, 八一路).
 _BARE_NUMBER = re.compile("第?[零〇一二三四五六七八九十百千两]+")
