@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,132 @@ def test_eval_refuses_another_label_field_the_model_knows_nothing_of(trained: Pa
     unknown = write_jsonl(tmp_path / "unknown.jsonl", [{**r, "label1": "未知"} for r in rows])
     assert main(["nlp", "eval", "--model", str(trained), "--data", str(unknown), "--label", "label1"]) == 0
     assert "9 of 9 rows have a label the model does not know" in capsys.readouterr().err
+
+
+# a model directory that cannot be swapped (a volume mounted at models/category) ---------------------------
+
+def _head(c: float) -> LinearHead:
+    """Heads of the same rows: the same vocabulary for every ``c``, other weights."""
+    rows = make_rows(4, seed=1)
+    docs = [features(Doc(title="", body=r["text"], words=r["text"].split("，")), FeatureConfig()) for r in rows]
+    cfg = TrainConfig(c=c, class_weight=None, min_df=1, max_features=None, prune=0.0, calibration_folds=0)
+    return train_head(docs, [r["label1"] for r in rows], cfg, FeatureConfig())
+
+
+def _same(a: LinearHead, b: LinearHead) -> bool:
+    return a.vocab == b.vocab and np.array_equal(a.coef, b.coef) and np.array_equal(a.intercept, b.intercept)
+
+
+def _refuse_swap(monkeypatch: pytest.MonkeyPatch, out: Path, how: str) -> None:
+    """What the kernel does to a save that swaps directories when ``out`` is a mount point or the like."""
+    import errno
+    import os
+
+    from hotline.nlp import model
+
+    def fail(code: int) -> Callable[..., None]:
+        def raise_(*_args: object) -> None:
+            raise OSError(code, os.strerror(code))
+        return raise_
+
+    if how == "mount point":
+        real = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+        monkeypatch.setattr(model, "_swap_in", fail(errno.EBUSY))
+    elif how == "bind mount":  # not seen by ismount: the rename is what fails
+        monkeypatch.setattr(model, "_swap_in", fail(errno.EBUSY))
+    elif how == "other file system":
+        monkeypatch.setattr(model, "_swap_in", fail(errno.EXDEV))
+    else:  # a parent directory the user cannot write
+        monkeypatch.setattr(model, "_new_sibling", fail(errno.EACCES))
+
+
+@pytest.mark.parametrize("how", ["mount point", "bind mount", "other file system", "read-only parent"])
+def test_a_directory_that_cannot_be_swapped_gets_its_files_replaced(tmp_path: Path, how: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    import scipy.sparse
+
+    out = tmp_path / "category"
+    old, new = _head(0.5), _head(5.0)
+    old.save(out)
+    (out / "weights.npz").chmod(0o640)
+    inode = out.stat().st_ino
+    _refuse_swap(monkeypatch, out, how)
+    new.save(out)
+    assert _same(LinearHead.load(out), new) and not _same(new, old)
+    assert out.stat().st_ino == inode  # the files were replaced, not the directory
+    assert sorted(p.name for p in out.iterdir()) == ["coef.npz", "head.json", "vocab.txt", "weights.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["category"]
+    assert stat.S_IMODE((out / "weights.npz").stat().st_mode) == 0o640
+
+    # A save that fails while writing leaves the model there whole, and no temporary files.
+    def disk_full(file: Path, *_args: object, **_kwargs: object) -> None:
+        Path(file).write_bytes(b"PK\x03\x04 cut off")
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(scipy.sparse, "save_npz", disk_full)
+    with pytest.raises(ModelError, match="unchanged"):
+        old.save(out)
+    assert _same(LinearHead.load(out), new)
+    assert sorted(p.name for p in out.iterdir()) == ["coef.npz", "head.json", "vocab.txt", "weights.npz"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["digests", "saved-before-digests"])
+def test_a_loader_during_an_in_place_save_gets_the_old_model_or_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool) -> None:
+    import os
+
+    out = tmp_path / "category"
+    old, new = _head(0.5), _head(5.0)
+    old.save(out)
+    if legacy:  # a model saved before head.json recorded digests, such as the shipped ones
+        head = json.loads((out / "head.json").read_text(encoding="utf-8"))
+        del head["sha256"]
+        (out / "head.json").write_text(json.dumps(head), encoding="utf-8")
+    _refuse_swap(monkeypatch, out, "mount point")
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def replace_then_load(src: object, dst: object) -> None:
+        real_replace(src, dst)
+        if Path(dst).parent == out:
+            try:
+                seen.append("old" if _same(LinearHead.load(out), old) else "new")
+            except ModelError as exc:
+                assert "being written" in str(exc)
+                seen.append("refused")
+
+    monkeypatch.setattr(os, "replace", replace_then_load)
+    new.save(out)
+    # Whatever a loader finds mid-save: never the new weights with the old head.json.
+    assert seen[-1] == "new" and "refused" in seen and set(seen[:-1]) <= {"old", "refused"}
+
+
+def test_a_mix_of_new_weights_and_an_old_head_json_is_refused(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _head(0.5).save(old)
+    _head(5.0).save(new)
+    # The same vocabulary and shapes: without a content check this loads as a model no one trained.
+    (old / "coef.npz").write_bytes((new / "coef.npz").read_bytes())
+    with pytest.raises(ModelError, match=r"do not match head\.json \(coef\.npz\): the model is being written"):
+        LinearHead.load(old)
+
+
+def test_a_volume_root_with_lost_and_found_takes_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "category"
+    (out / "lost+found").mkdir(parents=True)  # a fresh ext4 volume
+    _refuse_swap(monkeypatch, out, "mount point")
+    assert _train(out, make_rows(4, seed=1), tmp_path) == 0, capsys.readouterr().err
+    assert _train(out, make_rows(5, seed=2), tmp_path) == 0, capsys.readouterr().err
+    assert LinearHead.load(out).labels == ["交通", "供水", "教育"]
+    assert sorted(p.name for p in out.iterdir()) == ["coef.npz", "head.json", "lost+found", "vocab.txt",
+                                                     "weights.npz"]
+    (out / ".0123abcd.tmp.coef.npz").write_bytes(b"PK")  # left by a save killed while writing in place
+    assert _train(out, make_rows(4, seed=1), tmp_path) == 0, capsys.readouterr().err
+    (out / "notes.txt").write_text("x", encoding="utf-8")  # anything else is still refused
+    assert _train(out, make_rows(4, seed=1), tmp_path) == 2
+    assert "holds other files than a model (notes.txt)" in capsys.readouterr().err

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
+import io
 import json
 import math
 import os
@@ -546,48 +548,111 @@ class LinearHead:
 
         The files go into a new directory beside ``out`` that is then swapped in, so a save that fails
         (disk full, a file size limit, the process killed) leaves the previous model as it was: a model
-        directory never holds new files next to old or cut-off ones. Raises ``ModelError``.
+        directory never holds new files next to old or cut-off ones.
+
+        Where ``out`` cannot be swapped (a mount point, a parent the user cannot write), the files are
+        replaced one by one instead (``_save_in_place``). Raises ``ModelError``.
         """
         out = check_out(out)
+        if os.path.ismount(out):
+            self._save_in_place(out)  # renaming a mount point fails with EBUSY after the files are written
+            return
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = _new_sibling(out)
         except OSError as exc:
+            if exc.errno in _NO_SWAP and out.is_dir():
+                self._save_in_place(out)
+                return
             raise ModelError(f"cannot write the model to {out}: {_reason(exc)}") from exc
         try:
-            self._write(tmp)
-            if out.is_dir():
-                # Whoever could read the old model (the service's user) can read the new one.
-                tmp.chmod(stat.S_IMODE(out.stat().st_mode))
-            _fsync(tmp)
-            _swap_in(tmp, out)
-        except OSError as exc:
-            raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; the model there is unchanged"
-                             ) from exc
+            try:
+                self._write(tmp)
+                if out.is_dir():
+                    _keep_mode(tmp, out)
+                _fsync(tmp)
+            except OSError as exc:
+                raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; the model there is "
+                                 "unchanged") from exc
+            try:
+                _swap_in(tmp, out)
+                swapped = True
+            except OSError as exc:
+                # _swap_in puts ``out`` back when it fails, so the files can still be replaced inside it.
+                if exc.errno not in _NO_SWAP or not out.is_dir():
+                    raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; the model there is "
+                                     "unchanged") from exc
+                swapped = False
         finally:
             # The new files after a failure, or the previous model after the swap.
             shutil.rmtree(tmp, ignore_errors=True)
+        if not swapped:
+            self._save_in_place(out)
+            return
         with contextlib.suppress(OSError):  # the model is in place; this only hurries it to the disk
             _fsync(out.parent)
 
-    def _write(self, out: Path) -> None:
+    def _save_in_place(self, out: Path) -> None:
+        """Replace the files of the model directory ``out`` one by one, head.json last.
+
+        Every file is written and flushed under a temporary name first, so a failure before the renames
+        (disk full, a kill) leaves the previous model as it was. The renames themselves are not one step:
+        a loader may meet new weights beside the old head.json, whose digests then refuse the mix (see
+        ``_load``) until head.json, renamed last, makes the set whole again.
+        """
+        _record_digests(out)
+        staged: dict[str, Path] = {}
+        try:
+            try:
+                for name in MODEL_FILES:
+                    staged[name] = _in_place_name(out, name)
+                self._write(out, staged)
+                for name, tmp in staged.items():
+                    _keep_mode(tmp, out / name)
+            except OSError as exc:
+                raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; the model there is "
+                                 "unchanged") from exc
+            try:
+                for name in DATA_FILES:
+                    os.replace(staged.pop(name), out / name)
+                # The data files' new names reach the disk before head.json vouches for them: after a power
+                # cut the directory holds the old model, or a mix a loader refuses, never a wrong model.
+                _fsync(out)
+                os.replace(staged.pop("head.json"), out / "head.json")
+            except OSError as exc:
+                raise ModelError(f"cannot write the model to {out}: {_reason(exc)}; some of its files were "
+                                 "replaced, so it will not load until a save succeeds") from exc
+        finally:
+            for tmp in staged.values():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        with contextlib.suppress(OSError):  # the model is in place; this only hurries it to the disk
+            _fsync(out)
+
+    def _write(self, out: Path, paths: dict[str, Path] | None = None) -> None:
+        """Write the model files into ``out``, or to ``paths`` (model file name → where) when given."""
         import scipy.sparse as sp
+
+        def to(name: str) -> Path:
+            return paths[name] if paths is not None else out / name
 
         terms = [""] * len(self.vocab)
         for term, i in self.vocab.items():
             terms[i] = term
-        np.savez_compressed(out / "weights.npz", idf=self.idf.astype(np.float32),
+        np.savez_compressed(to("weights.npz"), idf=self.idf.astype(np.float32),
                             intercept=self.intercept.astype(np.float32))
         full = np.zeros((len(self.vocab), len(self.labels)), dtype=np.float32)
         has = self.rows >= 0
         full[has] = self.coef[self.rows[has]]
-        sp.save_npz(out / "coef.npz", sp.csr_matrix(full), compressed=True)
-        (out / "vocab.txt").write_text("\n".join(terms) + "\n", encoding="utf-8")
+        sp.save_npz(to("coef.npz"), sp.csr_matrix(full), compressed=True)
+        to("vocab.txt").write_text("\n".join(terms) + "\n", encoding="utf-8")
         head = {"format": FORMAT, "labels": self.labels, "temperature": self.temperature,
-                "name_weight": self.name_weight, "features": asdict(self.features), "meta": self.meta}
-        (out / "head.json").write_text(json.dumps(head, ensure_ascii=False, indent=1), encoding="utf-8")
+                "name_weight": self.name_weight, "features": asdict(self.features), "meta": self.meta,
+                # Read back from the disk: these are the bytes a loader will check against.
+                DIGESTS: {name: _sha256(to(name)) for name in DATA_FILES}}
+        to("head.json").write_text(json.dumps(head, ensure_ascii=False, indent=1), encoding="utf-8")
         for name in MODEL_FILES:
-            _fsync(out / name)
+            _fsync(to(name))
 
     @classmethod
     def load(cls, path: Path) -> LinearHead:
@@ -609,13 +674,13 @@ class LinearHead:
     def _load(cls, path: Path, dir_fd: int) -> LinearHead:
         import scipy.sparse as sp
 
-        def open_(name: str) -> Any:
-            return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb")
+        def read(name: str) -> bytes:
+            with os.fdopen(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as fh:
+                return fh.read()
 
         with _reading(path / "head.json"):
             try:
-                with open_("head.json") as fh:
-                    head = json.loads(fh.read().decode("utf-8"))
+                head = json.loads(read("head.json").decode("utf-8"))
             except FileNotFoundError as exc:
                 raise ModelError(f"{path}: not a trained model (no head.json)") from exc
             except ValueError as exc:
@@ -625,16 +690,31 @@ class LinearHead:
             if head.get("format") != FORMAT:
                 raise ModelError(f"{path}: unknown model format {head.get('format')!r}")
             labels, temperature, name_weight, feat, meta = _head_fields(head, path / "head.json")
-        with _reading(path / "vocab.txt"), open_("vocab.txt") as fh:
-            terms = fh.read().decode("utf-8").split("\n")[:-1]
-        with _reading(path / "weights.npz"), open_("weights.npz") as fh:
+            digests = _digests(head, path / "head.json")
+        # Each file is parsed from the very bytes whose digest is checked: read once, kept in memory.
+        data: dict[str, bytes] = {}
+        with _reading(path / "vocab.txt"):
+            data["vocab.txt"] = read("vocab.txt")
+            terms = data["vocab.txt"].decode("utf-8").split("\n")[:-1]
+        with _reading(path / "weights.npz"):
+            data["weights.npz"] = read("weights.npz")
+            fh = io.BytesIO(data["weights.npz"])
             _npz(fh, path / "weights.npz")
             with np.load(fh) as arrays:
                 idf = np.asarray(arrays["idf"], dtype=np.float32)
                 intercept = np.asarray(arrays["intercept"], dtype=np.float32)
-        with _reading(path / "coef.npz"), open_("coef.npz") as fh:
+        with _reading(path / "coef.npz"):
+            data["coef.npz"] = read("coef.npz")
+            fh = io.BytesIO(data["coef.npz"])
             _npz(fh, path / "coef.npz")
             sparse = sp.load_npz(fh).tocsr()
+        if digests is not None:
+            # Checked before the shapes: a save replacing the files one by one (a model directory that is
+            # a mount point) can pair new weights with the old head.json, which may even fit in shape.
+            changed = [n for n in DATA_FILES if hashlib.sha256(data[n]).hexdigest() != digests[n]]
+            if changed:
+                raise ModelError(f"{path}: files do not match head.json ({', '.join(changed)}): the model is being "
+                                 "written (try again when the save has finished) or a file was changed by hand")
         if sparse.shape != (len(terms), len(labels)) or idf.shape != (len(terms),) or \
                 intercept.shape != (len(labels),):
             raise ModelError(f"{path}: weights do not match vocabulary/labels")
@@ -645,6 +725,20 @@ class LinearHead:
 
 
 MODEL_FILES = ("weights.npz", "coef.npz", "vocab.txt", "head.json")
+DATA_FILES = MODEL_FILES[:-1]  # what head.json vouches for
+# The head.json field holding the SHA-256 of each data file. Models saved before it have none and load
+# unchecked.
+DIGESTS = "sha256"
+
+
+def _digests(head: dict[str, Any], file: Path) -> dict[str, str] | None:
+    given = head.get(DIGESTS)
+    if given is None:
+        return None
+    if not isinstance(given, dict) or set(given) != set(DATA_FILES) or \
+            not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in given.values()):
+        raise ModelError(f"{file}: {DIGESTS} must map {', '.join(DATA_FILES)} to SHA-256 hex digests")
+    return given
 
 
 def _reason(exc: BaseException) -> str:
@@ -734,7 +828,7 @@ def check_out(out: Path) -> Path:
         raise ModelError(f"{given}: is a file, not a model directory")
     if out.is_dir():
         try:
-            other = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES)
+            other = sorted(p.name for p in out.iterdir() if not _belongs(p.name))
         except OSError as exc:
             raise ModelError(f"{given}: {_reason(exc)}") from exc
         if other:
@@ -742,6 +836,70 @@ def check_out(out: Path) -> Path:
             raise ModelError(f"{given}: holds other files than a model ({listed}); a save replaces the "
                              "directory as a whole, so give a new directory or one that holds a model")
     return out
+
+
+# What a model directory may hold besides the model: the root of an ext4 volume mounted there has
+# lost+found, and a save killed while writing in place leaves its temporary files (see _in_place_name).
+_IN_PLACE_TMP = re.compile(r"\.[0-9a-f]{8}\.tmp\.(?:weights\.npz|coef\.npz|vocab\.txt|head\.json)")
+
+
+def _belongs(name: str) -> bool:
+    return name in MODEL_FILES or name == "lost+found" or _IN_PLACE_TMP.fullmatch(name) is not None
+
+
+# Why ``out`` cannot be swapped for a new directory, while its files can still be replaced one by one:
+# a mount point (EBUSY), a directory mounted from another file system (EXDEV), or a parent the user
+# cannot write (EACCES, EPERM, EROFS), as with a Docker or Kubernetes volume mounted at models/category.
+_NO_SWAP = frozenset({errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _in_place_name(out: Path, name: str) -> Path:
+    """A new temporary name inside ``out`` for the file ``name`` (same directory, so replacing is a rename).
+
+    The name keeps its suffix: numpy appends ".npz" to a file name without one.
+    """
+    while True:
+        tmp = out / f".{secrets.token_hex(4)}.tmp.{name}"
+        if not tmp.exists():
+            return tmp
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record_digests(out: Path) -> None:
+    """Give the head.json of a model saved before head.json carried digests a record of its files.
+
+    Best effort, before an in-place save starts writing: a loader that reads this head.json and then a
+    file the save has already replaced refuses the mix, instead of loading new weights against an old
+    vocabulary without noticing.
+    """
+    try:
+        head = json.loads((out / "head.json").read_text(encoding="utf-8"))
+        if not isinstance(head, dict) or DIGESTS in head:
+            return
+        head[DIGESTS] = {name: _sha256(out / name) for name in DATA_FILES}
+        tmp = _in_place_name(out, "head.json")
+        try:
+            tmp.write_text(json.dumps(head, ensure_ascii=False, indent=1), encoding="utf-8")
+            _fsync(tmp)
+            _keep_mode(tmp, out / "head.json")
+            os.replace(tmp, out / "head.json")
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        return  # no model there, or not one this can vouch for: nothing a loader could mix up with
+
+
+def _keep_mode(new: Path, old: Path) -> None:
+    """Whoever could read the old file or directory (the service's user) can read its replacement."""
+    with contextlib.suppress(FileNotFoundError):
+        new.chmod(stat.S_IMODE(old.stat().st_mode))
 
 
 def _new_sibling(out: Path) -> Path:
