@@ -6,8 +6,8 @@ reporters merged into a case travel in its row (``RateRow.reports``, filled by h
 - 响应率 response rate: among cases dispatched to a unit, those it accepted (接单) within the response
   time limit. Cases answered at intake (直接答复) count as dispatched and responded. Per case.
 - 解决率 resolution rate: among survey answers (回访数), those saying the problem is solved (已解决). Per
-  answer, as 12345 centres count each caller's evaluation of their own 诉求: a case with two reporters who
-  both answered is two evaluations.
+  citizen, as 12345 centres count each caller's evaluation of their own 诉求: a case two citizens reported
+  and both answered is two evaluations; a citizen who reported it twice (催办) is one (``same_citizen``).
 - 满意率 satisfaction rate: among survey answers, 满意 + w·基本满意 (w from config), as a share.
 - score: the weighted sum the ranking sorts by (weights from config; Beijing's 接诉即办 assessment weighs
   response 10 %, resolution 45 %, satisfaction 45 %).
@@ -17,16 +17,70 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
+
+from hotline.numbers import digits_of
 
 SATISFIED = "satisfied"  # 满意
 BASIC = "basic"  # 基本满意
 UNSATISFIED = "unsatisfied"  # 不满意
 SATISFACTION_LABELS_ZH = {SATISFIED: "满意", BASIC: "基本满意", UNSATISFIED: "不满意"}
 DIRECT_ANSWER_UNIT = "直接答复"
+# Channels whose sender is the citizen's own account (chat id, openid). Elsewhere it names no person: the web
+# form's is the phone or a hash of the client's address (shared behind a NAT), a call's is the caller number.
+CHAT_CHANNELS = frozenset({"telegram", "wechat"})
+
+
+def phone_key(text: str) -> str:
+    """A phone number as one citizen's identity: digits only, a +86 / 0086 before a mobile number dropped."""
+    digits = digits_of(text)
+    for prefix in ("0086", "86"):
+        if digits.startswith(prefix) and len(digits) == len(prefix) + 11 and digits[len(prefix)] == "1":
+            return digits[len(prefix):]
+    return digits
+
+
+def citizen_keys(channel: str, sender: str, contact: str) -> frozenset[str]:
+    """What identifies the citizen behind one report: their phone, their chat account. Empty when nothing
+    does (an anonymous web form, a call without caller id): such a report is nobody's repeat."""
+    keys = set()
+    for number in (contact, sender if channel == "voice" else ""):
+        phone = phone_key(number)
+        if phone:
+            keys.add(f"tel:{phone}")
+    if channel in CHAT_CHANNELS and sender:
+        keys.add(f"{channel}:{sender}")
+    return frozenset(keys)
+
+
+def same_citizen(reporters: Sequence[tuple[str, frozenset[str]]]) -> list[list[str]]:
+    """The reporters (id, ``citizen_keys``) grouped by citizen, each group and its members in the order
+    given. Sharing one key is enough, and it carries: a chat report that also left the phone of an earlier
+    call joins the two, so a third report from either is the same citizen again."""
+    parent = list(range(len(reporters)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, (_rid, keys) in enumerate(reporters):
+        for key in sorted(keys):
+            if key not in first:
+                first[key] = i
+                continue
+            a, b = root(first[key]), root(i)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the earliest report stays the group's root
+    groups: dict[int, list[str]] = {}
+    for i, (rid, _keys) in enumerate(reporters):
+        groups.setdefault(root(i), []).append(rid)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -43,7 +97,7 @@ class RateRow:
     answered_at_intake: bool = False
     resolved: bool | None = None  # survey Q1 of the case's own reporter; None when not surveyed
     satisfaction: str | None = None  # survey Q2
-    # (resolved, satisfaction) of each merged reporter who answered, one evaluation each.
+    # (resolved, satisfaction) of each other citizen merged into the case who answered, one evaluation each.
     reports: tuple[tuple[bool, str | None], ...] = ()
 
     def answers(self) -> list[tuple[bool, str | None]]:
@@ -68,7 +122,7 @@ class Rates:
     cases: int = 0
     dispatched: int = 0
     responded: int = 0
-    surveyed: int = 0  # survey answers (回访数): one per reporter who answered, so it may exceed ``cases``
+    surveyed: int = 0  # survey answers (回访数): one per citizen who answered, so it may exceed ``cases``
     resolved: int = 0
     satisfied: int = 0
     basic: int = 0

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotline.dispatch.deadlines import URGENT_LEVELS, urgency_of
-from hotline.rates import RateRow, Weights
+from hotline.rates import RateRow, Weights, citizen_keys, same_citizen
 from hotline.records import Case
 from hotline.status import Status
 from hotline.store import Event
+
+OWN = ""  # the case's own reporter among its reports' ids (a report id is never empty)
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,27 @@ def _answer(entry: Any) -> tuple[bool, str | None] | None:
     return entry["resolved"], entry.get("satisfaction") or None
 
 
-def _report_answers(case: Case) -> tuple[tuple[bool, str | None], ...]:
-    """Answers of the reporters merged into the case. A report unmerged since it answered has its own case
-    now and is counted there, not here as well."""
+def _answers(case: Case) -> tuple[tuple[bool, str | None] | None, tuple[tuple[bool, str | None], ...]]:
+    """The case's own reporter's answer and those of the other citizens merged into it: one per citizen.
+
+    A citizen who reported the case more than once is surveyed once, but rounds scheduled before that rule
+    (or promoted after an unmerge) may hold an answer for more than one of their reports; only the first of
+    those, in the order the reports came, counts. A report unmerged since it answered has its own case now
+    and is counted there."""
     stored = (case.survey or {}).get("reports")
-    if not isinstance(stored, dict):
-        return ()
-    out = []
+    stored = stored if isinstance(stored, dict) else {}
+    given: dict[str, tuple[bool, str | None] | None] = {OWN: _answer(case.survey or {})}
     for report in case.reports:
-        answer = _answer(stored.get(report.report_id))
-        if answer is not None:
-            out.append(answer)
-    return tuple(out)
+        given[report.report_id] = _answer(stored.get(report.report_id))
+    reporters = [(OWN, citizen_keys(case.channel, case.sender, case.contact))]
+    reporters += [(r.report_id, citizen_keys(r.channel, r.sender, r.contact)) for r in case.reports]
+    counted = set()
+    for group in same_citizen(reporters):
+        answered = [rid for rid in group if given[rid] is not None]
+        if answered:
+            counted.add(answered[0])
+    own = given[OWN] if OWN in counted else None
+    return own, tuple(a for r in case.reports if r.report_id in counted and (a := given[r.report_id]) is not None)
 
 
 def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | None:
@@ -74,10 +85,10 @@ def rate_row(case: Case, events: list[Event], cfg: RateSettings) -> RateRow | No
     # The urgency the case was dispatched with: the call-taker's, else intake's rules.
     urgent = urgency_of(case, cls) in URGENT_LEVELS
     limit_h = cfg.urgent_response_hours if urgent else cfg.response_hours
-    own = _answer(case.survey or {})
+    own, reports = _answers(case)
     return RateRow(
         case_id=case.id, department=department, street=street, category=category, created_at=case.created_at,
         dispatched=dispatched_at is not None,
         accept_delay_s=None if accepted_at is None or dispatched_at is None else accepted_at - dispatched_at,
         response_limit_s=limit_h * 3600, answered_at_intake=answered and dispatched_at is None,
-        resolved=own[0] if own else None, satisfaction=own[1] if own else None, reports=_report_answers(case))
+        resolved=own[0] if own else None, satisfaction=own[1] if own else None, reports=reports)

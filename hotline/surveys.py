@@ -1,10 +1,15 @@
-"""Satisfaction callbacks (回访): ask every reporter of a resolved case, act on the answers.
+"""Satisfaction callbacks (回访): ask every citizen who reported a resolved case, act on the answers.
 
 Q1 问题是否解决 (已解决 / 未解决), Q2 满意度 (满意 / 基本满意 / 不满意), optional comment.
 Chat reporters are asked on their channel with options; phone and web reporters, and anyone who does
 not answer after ``callbacks.max_attempts`` automated tries, go to the follow-up agents' worklist.
 未解决 or 不满意 reopens the case (重办) and sends it back to dispatch; an answer from the case's own
 reporter that is neither closes it (核实结案).
+
+A round asks each citizen once (one 回访 per citizen per case, as 12345 centres do): a merged report from the
+citizen who reported already — same phone or chat account, a 催办 folded into their own case — is kept in the
+round as ``covered`` and never asked. Should the report that covers it be unmerged, the covered report still
+belongs to the case and takes its place.
 
 A round's recipients are fixed when it is scheduled, but a merge may be undone afterwards: a recipient
 whose report is no longer in ``case.reports`` is withdrawn when next met (worker, worklist, an answer) and
@@ -32,7 +37,15 @@ from zoneinfo import ZoneInfo
 
 from hotline.errors import ApiError
 from hotline.notify import Notification, Notifications, Reply
-from hotline.rates import BASIC, SATISFACTION_LABELS_ZH, SATISFIED, UNSATISFIED
+from hotline.rates import (
+    BASIC,
+    CHAT_CHANNELS,
+    SATISFACTION_LABELS_ZH,
+    SATISFIED,
+    UNSATISFIED,
+    citizen_keys,
+    same_citizen,
+)
 from hotline.records import Case
 from hotline.status import Status
 from hotline.store import CaseNotFound, Store
@@ -57,15 +70,16 @@ Q2_TEXT = "请问您对本次办理结果是否满意？"
 Q1_OPTIONS = [("q1:resolved", "已解决"), ("q1:unresolved", "未解决")]
 Q2_OPTIONS = [("q2:satisfied", "满意"), ("q2:basic", "基本满意"), ("q2:unsatisfied", "不满意")]
 SATISFACTIONS = (SATISFIED, BASIC, UNSATISFIED)
-CHAT_CHANNELS = frozenset({"telegram", "wechat"})
 # Cases that get a survey round: resolved by a department, or answered at intake (直接答复).
 SURVEYED_STATES = frozenset({Status.RESOLVED, Status.ANSWERED})
 AGENT_OUTCOMES = ("answered", "no_answer", "wrong_number", "call_back_later")
 MAX_COMMENT_CHARS = 1000
 # A recipient who had not answered when the case was reopened; the next resolution asks them again.
 SUPERSEDED = "superseded"
+# A repeat report of a citizen another recipient of the round already asks: never asked itself.
+COVERED = "covered"
 # Recipients whose survey is over: nothing more is asked or recorded.
-ENDED_STATES = frozenset({ANSWERED, UNREACHABLE, WITHDRAWN, SUPERSEDED})
+ENDED_STATES = frozenset({ANSWERED, UNREACHABLE, WITHDRAWN, SUPERSEDED, COVERED})
 WAITING_STATES = frozenset({SCHEDULED, ASKED, FOLLOWUP})
 # Case states in which the round's result may still be rated: after resolution (or a direct answer), and
 # once closed (merged reporters still answer after the case's own reporter closed it). Anything else means
@@ -80,6 +94,15 @@ class SurveyError(ApiError):
 def belongs(case: Case, rid: str) -> bool:
     """Whether the recipient is still a reporter of the case: its own, or a report merged into it."""
     return rid == MAIN or any(r.report_id == rid for r in case.reports)
+
+
+def citizens(survey: Survey) -> list[list[str]]:
+    """The round's recipients grouped by citizen, in the order they were scheduled (the case's own first)."""
+    return same_citizen([(rid, citizen_keys(r.channel, r.sender, r.contact)) for rid, r in survey.recipients.items()])
+
+
+def _covered_error() -> SurveyError:
+    return SurveyError("same_citizen", "该市民已就本案件的另一条反映接受回访，同一案件只回访一次。", 409)
 
 
 def _unmerged_error() -> SurveyError:
@@ -101,6 +124,10 @@ def ended_error(state: str, actor: str) -> SurveyError | None:
         return _unmerged_error()
     if state == SUPERSEDED:
         return _reopened_error()
+    if state == COVERED:
+        # A second evaluation from the same citizen would count twice in the 三率 and could reopen the
+        # case against the answer they gave for it.
+        return _covered_error()
     return None
 
 
@@ -203,7 +230,7 @@ class SurveyService:
 
     # scheduling -------------------------------------------------------------
     async def schedule(self, case: Case, now: float | None = None) -> bool:
-        """One survey round per resolution: the case's reporter and each merged reporter.
+        """One survey round per resolution: the case's reporter and each other citizen merged into it.
 
         Called for every change seen while a case is resolved (or answered at intake, 直接答复); the
         audit event that moved it there identifies the round, so repeated calls schedule nothing new.
@@ -225,10 +252,19 @@ class SurveyService:
         survey.recipients[MAIN] = Recipient(MAIN, case.channel, case.sender, case.contact, next_at=due)
         for r in case.reports:
             survey.recipients[r.report_id] = Recipient(r.report_id, r.channel, r.sender, r.contact, next_at=due)
+        covered = [rid for group in citizens(survey) for rid in group[1:]]
+        for rid in covered:
+            survey.recipients[rid].state, survey.recipients[rid].next_at = COVERED, 0.0
         created = await self.surveys.create(survey)
         if created:
+            for rid in covered:
+                # create() puts every recipient on the schedule; the worker would only pass over these.
+                with contextlib.suppress(KeyError):
+                    await self.surveys.update(case.id, rid, lambda _r, _s: None)
             await self.store.add_event(case.id, actor="system", action="survey_scheduled",
-                                       data={"round": round_, "due_at": due, "recipients": len(survey.recipients)})
+                                       data={"round": round_, "due_at": due,
+                                             "recipients": len(survey.recipients) - len(covered),
+                                             "reporters": case.reporter_count})
         return created
 
     # automated tries --------------------------------------------------------
@@ -476,6 +512,8 @@ class SurveyService:
                 raise _unmerged_error()
             if r.state == SUPERSEDED:
                 raise _reopened_error()
+            if r.state == COVERED:
+                raise _covered_error()
             if r.state != FOLLOWUP:
                 raise SurveyError("not_waiting", "该回访不在待回访列表中。", 409)
             r.notes.append({"at": now, "by": actor, "outcome": outcome, "note": note[:MAX_COMMENT_CHARS]})
@@ -526,7 +564,42 @@ class SurveyService:
     async def withdraw(self, case_id: str, rid: str) -> bool:
         """Take a recipient that is no longer the case's reporter out of the round (off the schedule and the
         worklist); True when this call did it. Answers already given stay as they were."""
-        return await self._end(case_id, rid, WITHDRAWN, "unmerged")
+        done = await self._end(case_id, rid, WITHDRAWN, "unmerged")
+        if done:
+            await self._uncover(case_id)
+        return done
+
+    async def _uncover(self, case_id: str) -> None:
+        """Ask, in the withdrawn recipient's place, the citizen's next report still merged into the case:
+        the citizen is still this case's reporter through it and has not been asked yet."""
+        survey = await self.surveys.get(case_id)
+        try:
+            case = await self.store.get_case(case_id)
+        except CaseNotFound:
+            return
+        if survey is None or case.status not in RATEABLE_STATES:
+            return  # reopened: the next round asks every citizen anyway
+        due = next_working_time(time.time(), self.cfg)
+        for group in citizens(survey):
+            present = [rid for rid in group if belongs(case, rid) and survey.recipients[rid].state != WITHDRAWN]
+            if not present or survey.recipients[present[0]].state != COVERED:
+                continue
+            if await self._promote(case_id, present[0], due):
+                await self.store.add_event(case_id, actor="system", action="survey_scheduled",
+                                           data={"round": survey.round, "due_at": due, "report_id": present[0],
+                                                 "reason": "unmerged"})
+
+    async def _promote(self, case_id: str, rid: str, due: float) -> bool:
+        changed: dict[str, bool] = {"done": False}
+
+        def promote(r: Recipient, _s: Survey) -> None:
+            if r.state == COVERED:  # (another process may have been first)
+                r.state, r.next_at = SCHEDULED, due
+                changed["done"] = True
+
+        with contextlib.suppress(KeyError):
+            await self.surveys.update(case_id, rid, promote)
+        return changed["done"]
 
     async def close_round(self, case_id: str, rid: str | None = None) -> list[str]:
         """End the round for its recipients still waiting (``rid``: just that one) because the case was
