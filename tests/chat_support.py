@@ -392,3 +392,38 @@ def same_speech(heard: str, text: str) -> bool:
     to differ in a word or two between calls, so most words must match."""
     words = heard.split()
     return bool(words) and sum(w in text for w in words) >= 0.6 * len(words)
+
+
+class ScriptedBotAPI(FakeBotAPI):
+    """A Bot API whose getUpdates can misbehave: ``script(n, offset)`` answers the n-th call (None: the
+    normal answer), and ``once`` holds raw updates (any shape, even without an update_id) served one time."""
+
+    def __init__(self, token: str, script: Any = None) -> None:
+        super().__init__(token)
+        self.script = script
+        self.once: list[Any] = []
+        self.get_updates_at: list[float] = []
+
+    async def _method(self, request: web.Request) -> web.Response:
+        if request.match_info["method"] != "getUpdates" or request.match_info["token"] != self.token:
+            return await super()._method(request)
+        params = await self._params(request)
+        offset = int(params.get("offset", 0) or 0)
+        self.get_updates_at.append(time.monotonic())
+        answer = self.script(len(self.get_updates_at), offset) if self.script else None
+        if answer is not None:
+            return answer
+        deadline = time.monotonic() + min(float(params.get("timeout", 0) or 0), 1.0)
+        while True:
+            ready = [*self.once, *(u for u in self.updates if u["update_id"] >= offset)]
+            if ready or time.monotonic() >= deadline:
+                self.once.clear()
+                return self._ok(ready)
+            await asyncio.sleep(0.05)
+
+
+def bot_api_error(code: int, description: str, **parameters: Any) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
+    if parameters:
+        body["parameters"] = parameters
+    return web.json_response(body, status=code)

@@ -3,7 +3,8 @@
 Webhook mode (production): Telegram POSTs updates to ``telegram.webhook_path``; the request must carry the
 ``X-Telegram-Bot-Api-Secret-Token`` header registered with ``setWebhook``. Each update is processed, and its
 effects written to Redis, before the 200 goes back, so Telegram's retry of a slow update finds it claimed.
-Poll mode (development, ``hotline telegram poll``): PTB's Updater long-polls ``getUpdates``.
+Poll mode (development, ``hotline telegram poll``): PTB's Updater long-polls ``getUpdates`` through
+``PollingBot``, which keeps one unreadable update, a wild 429 or a stray 401 from stopping or spinning it.
 
 Intake is a PTB ``ConversationHandler`` (name ``intake``): describe the problem (text or voice note) →
 the place (address or location share) → confirm with inline buttons → case number; ``/cancel`` at any
@@ -43,7 +44,7 @@ from telegram import (
     ReplyKeyboardMarkup,
     Update,
 )
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationHandlerStop,
@@ -51,10 +52,12 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     ConversationHandler,
+    ExtBot,
     MessageHandler,
     TypeHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from hotline.appkeys import ATTACHMENTS, INTAKE, NOTIFICATIONS, SETTINGS, STORE, STT
@@ -126,6 +129,13 @@ TEXT = PRIVATE & filters.TEXT & ~filters.COMMAND
 CONFIRM_DATA = f"^({re.escape(CONFIRM_YES)}|{re.escape(CONFIRM_NO)})$"
 
 Context = ContextTypes.DEFAULT_TYPE
+
+# Polling (``hotline telegram poll``): bounds on what one getUpdates answer can make the loop do.
+POLL_INTERVAL_S = 0.1  # > 0: an answer that keeps coming back empty cannot spin the loop
+RETRY_AFTER_MIN_S = 1.0
+RETRY_AFTER_MAX_S = 300.0
+TOKEN_RETRY_MIN_S = 5.0
+TOKEN_RETRY_MAX_S = 60.0
 Step = Callable[[Update, Context], Awaitable[object]]
 
 
@@ -234,6 +244,93 @@ class HotlineApplication(Application):  # type: ignore[type-arg]
             self.drop_user_data(user.id)
 
 
+def _update_id(raw: object) -> int | None:
+    uid = raw.get("update_id") if isinstance(raw, dict) else None
+    return uid if isinstance(uid, int) and not isinstance(uid, bool) else None
+
+
+@dataclass
+class _PollState:
+    skip_to: int = 0  # the offset that acknowledges the unreadable updates skipped so far
+    token_retry_s: float = TOKEN_RETRY_MIN_S
+    stopping: bool = False
+
+
+class PollingBot(ExtBot):  # type: ignore[type-arg]
+    """The bot of poll mode, hardened against getUpdates answers that stop PTB's polling loop.
+
+    - An update this PTB cannot read (a newer Bot API shape, a broken one) is skipped and acknowledged by
+      the next offset, logging only its update_id: PTB parses the batch as a whole, so one such update made
+      it re-fetch the same batch forever, never process the readable ones, and log the raw batch (the
+      citizens' names and messages) at CRITICAL each time.
+    - A 429's retry_after is bounded (a negative one spun the loop, a huge one parked polling for days), and
+      the wait happens here, where PTB's stop event interrupts it: its retry loop sleeps uninterruptibly.
+    - A refused token (401/404) is waited out with backoff: PTB's loop ends for good on InvalidToken while
+      the service keeps looking ready, so one bad answer from Telegram would silence the bot.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # PTB freezes its objects after __init__; the polling state lives in one mutable holder.
+        with self._unfrozen():
+            self.poll = _PollState(token_retry_s=TOKEN_RETRY_MIN_S)
+
+    async def get_updates(self, offset: int | None = None, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        if self.poll.skip_to and (offset is None or 0 <= offset < self.poll.skip_to):
+            offset = self.poll.skip_to
+        try:
+            updates = await super().get_updates(offset, *args, **kwargs)
+        except RetryAfter as exc:
+            wait = min(max(exc._retry_after.total_seconds(), RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
+            log.warning("telegram getUpdates rate-limited", extra={"event": "tg_poll_retry_after",
+                                                                   "retry_s": wait})
+            if self.poll.stopping:
+                raise RetryAfter(int(wait)) from None
+            await asyncio.sleep(wait)
+            return ()
+        except InvalidToken:
+            # The exception carries Telegram's description only, never the token.
+            wait = self.poll.token_retry_s
+            log.error("telegram getUpdates refused the bot token, polling again later",
+                      extra={"event": "tg_poll_invalid_token", "retry_s": wait})
+            if self.poll.stopping:
+                raise
+            self.poll.token_retry_s = min(wait * 2, TOKEN_RETRY_MAX_S)
+            await asyncio.sleep(wait)
+            return ()
+        self.poll.token_retry_s = TOKEN_RETRY_MIN_S
+        return updates
+
+    async def _post(self, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._post(endpoint, *args, **kwargs)
+        if endpoint != "getUpdates":
+            return result
+        if not isinstance(result, list):
+            # A TelegramError makes PTB's loop back off; anything else it would log with the data.
+            raise NetworkError("getUpdates answer is not a list of updates")
+        readable, skipped = [], []
+        for raw in result:
+            uid = _update_id(raw)
+            try:
+                ok = uid is not None and Update.de_json(raw, self) is not None
+            except Exception:
+                ok = False
+            if ok:
+                readable.append(raw)
+            else:
+                skipped.append(uid)
+                # Only the id: the update holds the citizen's name and message.
+                log.warning("telegram update not understood, skipped", extra={"event": "tg_unreadable",
+                                                                              "update_id": uid})
+        known = [u for u in skipped if u is not None]
+        if known:
+            self.poll.skip_to = max(self.poll.skip_to, max(known) + 1)
+        if result and not readable and not known:
+            # Nothing in the batch gives an offset to move past it: without backoff it would come back at once.
+            raise NetworkError("getUpdates answer has no usable update_id")
+        return readable
+
+
 class TelegramDoor:
     def __init__(self, app: web.Application, cfg: TelegramConfig) -> None:
         self.app = app
@@ -246,12 +343,19 @@ class TelegramDoor:
                                    app[SETTINGS]["intake"]["timezone"])
         self.state = TelegramStatePersistence(store, max_age_s=cfg.conversation_timeout_s)
         t = cfg.request_timeout_s
-        builder = (Application.builder().application_class(HotlineApplication).token(cfg.token)
-                   .base_url(cfg.api_base_url).base_file_url(cfg.file_base_url).connection_pool_size(16)
-                   .connect_timeout(t).read_timeout(t).write_timeout(t).pool_timeout(t)
-                   .persistence(self.state))
-        # Webhook mode has no Updater; polling waits up to 30 s per getUpdates on top of the request timeout.
-        builder = builder.updater(None) if cfg.mode == "webhook" else builder.get_updates_read_timeout(t + 30)
+        builder = Application.builder().application_class(HotlineApplication).persistence(self.state)
+        if cfg.mode == "webhook":
+            builder = (builder.token(cfg.token).base_url(cfg.api_base_url).base_file_url(cfg.file_base_url)
+                       .connection_pool_size(16).connect_timeout(t).read_timeout(t).write_timeout(t)
+                       .pool_timeout(t).updater(None))
+        else:
+            # Polling waits up to 30 s per getUpdates on top of the request timeout.
+            builder = builder.bot(PollingBot(
+                cfg.token, base_url=cfg.api_base_url, base_file_url=cfg.file_base_url,
+                request=HTTPXRequest(connection_pool_size=16, connect_timeout=t, read_timeout=t,
+                                     write_timeout=t, pool_timeout=t),
+                get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=t, read_timeout=t + 30,
+                                                 write_timeout=t, pool_timeout=t)))
         self.application = builder.build()
         # File downloads bypass PTB, whose download reads the whole body with a timeout per read only.
         self.download_deadline_s = cfg.request_timeout_s
@@ -831,6 +935,8 @@ class TelegramDoor:
         """getMe and (optionally) setWebhook / start polling, retried while Telegram is out of reach."""
         delay = 1.0
         while True:
+            if isinstance(self.application.bot, PollingBot):
+                self.application.bot.poll.stopping = False  # a failed attempt's _stop set it
             try:
                 await self.application.initialize()
                 await self.application.start()
@@ -840,7 +946,8 @@ class TelegramDoor:
                 if self.cfg.mode == "poll":
                     updater = self.application.updater
                     assert updater is not None
-                    await updater.start_polling(allowed_updates=ALLOWED_UPDATES, poll_interval=0.0, timeout=30)
+                    await updater.start_polling(allowed_updates=ALLOWED_UPDATES, poll_interval=POLL_INTERVAL_S,
+                                                timeout=30, error_callback=_poll_error)
                 self.ready.set()
                 me = self.application.bot.username
                 log.info("telegram channel on", extra={"event": "channel_on", "channel": CHANNEL,
@@ -850,18 +957,30 @@ class TelegramDoor:
                 log.warning("telegram not reachable, retrying", extra={"event": "tg_init_failed",
                                                                        "error": type(exc).__name__,
                                                                        "retry_s": delay})
-                with contextlib.suppress(TelegramError, RuntimeError):
-                    await self._stop()
+                await self._stop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
 
     async def _stop(self) -> None:
-        updater = self.application.updater
-        if updater is not None and updater.running:
-            await updater.stop()
-        if self.application.running:
-            await self.application.stop()
-        await self.application.shutdown()
+        """Stop polling and the application; never raises, so the rest of the shutdown runs."""
+        bot = self.application.bot
+        if isinstance(bot, PollingBot):
+            bot.poll.stopping = True
+        try:
+            updater = self.application.updater
+            if updater is not None and updater.running:
+                await updater.stop()
+            if self.application.running:
+                await self.application.stop()
+            await self.application.shutdown()
+        except Exception as exc:
+            log.warning("telegram shutdown incomplete", extra={"event": "tg_stop_failed",
+                                                               "error": type(exc).__name__})
+
+
+def _poll_error(exc: TelegramError) -> None:
+    # PTB's default logs a traceback per failed getUpdates; the kind of failure is what helps.
+    log.warning("telegram getUpdates failed", extra={"event": "tg_poll_failed", "error": type(exc).__name__})
 
 
 TELEGRAM_DOOR = web.AppKey("telegram_door", TelegramDoor)
@@ -891,8 +1010,7 @@ def setup(app: web.Application) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await init
             if door.ready.is_set():
-                with contextlib.suppress(TelegramError, RuntimeError):
-                    await door._stop()
+                await door._stop()
             await door.close_http()
 
     async def webhook(request: web.Request) -> web.Response:
