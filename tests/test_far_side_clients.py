@@ -9,6 +9,7 @@ made small through settings and constructor arguments, so every test takes a sec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -25,7 +26,7 @@ from hotline.appkeys import INTAKE, STORE, STT, SURVEYS
 from hotline.channels.telegram import SECRET_HEADER, TELEGRAM_DOOR
 from hotline.channels.wechat_api import TOKEN_LIFE_S, WeChatAPI, WeChatAPIError
 from hotline.ivr.outbound import MAX_ANSWER_BYTES, AriClient, AriError, AriSettings, AriSurveyCaller
-from hotline.records import InboundMessage
+from hotline.records import Case, InboundMessage
 from hotline.redis_server import EmbeddedRedis
 from hotline.status import Status
 from hotline.store import Store
@@ -107,6 +108,31 @@ async def test_ari_answer_that_is_no_channel_is_an_ari_error_and_the_channel_hun
         caller = AriSurveyCaller(ari_settings(ari.url), store, http)
         assert await caller.survey_call(GBK_CALLER, "20260101-000001") is None
     assert len(ari.originated) == 2 and ari.hangups == [ari.originated[1]["channel_id"]]
+
+
+async def test_a_connected_call_without_a_result_is_hung_up_at_the_time_limit(ari: FakeAri, store: Store) -> None:
+    # The fake phone's line stays up for the ring time: longer than the call's time limit here.
+    cfg = dataclasses.replace(ari_settings(ari.url), ring_timeout_s=5)
+    await store.create_case(Case(id="20260101-000002", channel="voice", sender=PLAIN, contact=PLAIN,
+                                 status=Status.ANSWERED, text="问医保办理", normalized_text="问医保办理",
+                                 created_at=time.time(), updated_at=time.time()))
+    async with aiohttp.ClientSession() as http:
+        caller = AriSurveyCaller(cfg, store, http)
+
+        async def connects_and_says_nothing() -> None:
+            while not ari.originated:
+                await asyncio.sleep(0.02)
+            # The citizen picks up and the dialplan reaches the service, which then never reports a result.
+            ari.channels[ari.originated[0]["channel_id"]] = "Up"
+            await caller.calls.connect(ari.originated[0]["channel_id"])
+
+        answering = asyncio.create_task(connects_and_says_nothing())
+        assert await asyncio.wait_for(caller.survey_call(PLAIN, "20260101-000002"), 10) is None
+        await answering
+    call_id = ari.originated[0]["channel_id"]
+    outcomes = [e.data.get("outcome") for e in await store.events("20260101-000002") if e.action == "survey_call"]
+    assert outcomes == ["timeout"]
+    assert ari.hangups == [call_id]
 
 
 async def test_ari_answer_over_the_cap_is_not_read_to_the_end(ari: FakeAri) -> None:

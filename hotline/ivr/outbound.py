@@ -230,6 +230,10 @@ class AriSurveyCaller:
                     if connected and now >= result_by:
                         await self._event(case_id, "survey_call", {"call_id": call_id, "outcome": "timeout"})
                         await self.calls.finish(call_id)
+                        # Nobody waits for this call's answers any more: end the line rather than leave the
+                        # citizen on it (the session's own limit would end it too, but later).
+                        with contextlib.suppress(AriError):
+                            await self.ari.hangup(call_id)
                         return None
                     await asyncio.sleep(POLL_S)
                     continue
