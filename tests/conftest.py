@@ -108,6 +108,16 @@ async def store(redis_server: EmbeddedRedis, key_prefix: str) -> AsyncIterator[S
 
 
 @pytest.fixture
+async def hs_client(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str) -> TestClient:
+    """The app with merging made rare, so each similar report stays its own case and a hotspot (3 reporters in
+    a day) gathers several cases."""
+    settings = make_settings(redis_server.url, tmp_path, key_prefix,
+                             dedup={"auto_merge": 0.99, "suggest": 0.4, "hotspot_min_reporters": 3,
+                                    "hotspot_window_s": 86400})
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
     """The whole application on a real loopback server."""
     return await aiohttp_client(create_app(settings))

@@ -85,15 +85,6 @@ SIMILAR = [
 ]
 
 
-@pytest.fixture
-async def hs_client(aiohttp_client: Any, redis_server: Any, tmp_path: Path, key_prefix: str) -> Any:
-    # Merging is made rare so each report stays its own case and the hotspot gathers several cases.
-    settings = make_settings(redis_server.url, tmp_path, key_prefix,
-                             dedup={"auto_merge": 0.99, "suggest": 0.4, "hotspot_min_reporters": 3,
-                                    "hotspot_window_s": 86400})
-    return await aiohttp_client(create_app(settings))
-
-
 async def _hotspot(client: Any, hid: str) -> dict[str, Any]:
     await client.app[HOTSPOTS].settled()
     resp = await client.get("/api/v1/hotspots?status=all&limit=200")
@@ -160,18 +151,25 @@ async def test_a_pruned_open_case_keeps_its_hotspot_open_when_others_join(hs_cli
     await _wait_for(closed)
 
 
+def without_feed(store: Any, redis_url: str, tmp_path: Path, key_prefix: str,
+                 day: str) -> tuple[HotspotService, DedupService, list[Case]]:
+    """The dedup and hotspot services on the store with no change-feed worker (the test plays it), and three
+    similar cases of ``day`` not yet stored."""
+    settings = make_settings(redis_url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 3})
+    config, idf = DedupConfig.from_settings(settings), load_idf(settings)
+    hotspots = HotspotService(store, DedupIndex(store), idf, min_reporters=3, window_s=86400, similarity=0.3)
+    now = time.time()
+    cases = [Case(id=f"{day}-{i:06d}", channel="api", sender=f"api:{i}", status=Status.CLASSIFIED,
+                  created_at=now - 10 + i, updated_at=now - 10 + i, text=text, normalized_text=text)
+             for i, text in enumerate(SIMILAR[:3], 1)]
+    return hotspots, DedupService(store, config, idf, hotspots=hotspots), cases
+
+
 async def test_an_evaluation_that_finds_every_case_closed_closes_the_hotspot(
         redis_server: Any, tmp_path: Path, key_prefix: str, store: Any) -> None:
     # No feed worker here: the records close while the cases are still in the index, as when an evaluation
     # runs before the worker has seen the changes. The hotspot must not stay open with no open case.
-    settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 3})
-    config, idf = DedupConfig.from_settings(settings), load_idf(settings)
-    hotspots = HotspotService(store, DedupIndex(store), idf, min_reporters=3, window_s=86400, similarity=0.3)
-    dedup = DedupService(store, config, idf, hotspots=hotspots)
-    now = time.time()
-    cases = [Case(id=f"20250301-{i:06d}", channel="api", sender=f"api:{i}", status=Status.CLASSIFIED,
-                  created_at=now - 10 + i, updated_at=now - 10 + i, text=text, normalized_text=text)
-             for i, text in enumerate(SIMILAR[:3], 1)]
+    hotspots, dedup, cases = without_feed(store, redis_server.url, tmp_path, key_prefix, "20250301")
     for case in cases:
         assert (await store.create_case(case)).created
         await dedup.opened(case)
@@ -191,14 +189,7 @@ async def test_a_case_closing_while_its_hotspot_is_raised_is_not_left_open(
         redis_server: Any, tmp_path: Path, key_prefix: str, store: Any) -> None:
     # No feed worker: the test plays it, at the worst moment — after the evaluation read the cases as open,
     # before it saved the hotspot that makes them members.
-    settings = make_settings(redis_server.url, tmp_path, key_prefix, dedup={"hotspot_min_reporters": 3})
-    config, idf = DedupConfig.from_settings(settings), load_idf(settings)
-    hotspots = HotspotService(store, DedupIndex(store), idf, min_reporters=3, window_s=86400, similarity=0.3)
-    dedup = DedupService(store, config, idf, hotspots=hotspots)
-    now = time.time()
-    cases = [Case(id=f"20250302-{i:06d}", channel="api", sender=f"api:{i}", status=Status.CLASSIFIED,
-                  created_at=now - 10 + i, updated_at=now - 10 + i, text=text, normalized_text=text)
-             for i, text in enumerate(SIMILAR[:3], 1)]
+    hotspots, dedup, cases = without_feed(store, redis_server.url, tmp_path, key_prefix, "20250302")
     save = hotspots.hs.save
 
     async def close_first_then_save(hs: Any, *, event: str) -> None:

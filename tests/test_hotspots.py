@@ -6,8 +6,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from hotline.app import create_app
 from hotline.appkeys import HOTSPOTS, STORE
 from hotline.status import Status
@@ -20,15 +18,6 @@ SIMILAR = [
     "阳光花园3栋楼下烧烤摊油烟和噪音严重扰民，晚上根本没法休息。",
 ]
 UNRELATED = "阳光花园小区的电梯经常坏，已经停运一个星期了，老人上下楼很不方便。"
-
-
-@pytest.fixture
-async def hs_client(aiohttp_client: Any, redis_server: Any, tmp_path: Path, key_prefix: str) -> Any:
-    # Merging is made rare here so each report stays its own case: the hotspot must gather several cases.
-    settings = make_settings(redis_server.url, tmp_path, key_prefix,
-                             dedup={"auto_merge": 0.99, "suggest": 0.4, "hotspot_min_reporters": 3,
-                                    "hotspot_window_s": 86400})
-    return await aiohttp_client(create_app(settings))
 
 
 async def _post(client: Any, text: str, contact: str) -> dict[str, Any]:
