@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
 import tomllib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -215,22 +215,18 @@ def test_check_reports_unreadable_settings_as_json(capsys: pytest.CaptureFixture
     assert "\n" not in out["findings"][0]["detail"]
 
 
-def test_a_check_that_breaks_is_an_error_finding_and_the_others_still_report(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def damaged(_settings: Any) -> Any:
-        raise zipfile.BadZipFile("File is not a zip file")
-
-    def broken(_settings: Any) -> Any:
-        raise RuntimeError("first line\nsecond line")
-
-    monkeypatch.setattr("hotline.classifier.load_classifier", damaged)
-    monkeypatch.setattr("hotline.commands.check.check_public_url", broken)
-    code, out = check(capsys, tmp_path)
+def test_a_damaged_model_is_an_error_finding_and_the_other_checks_still_report(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The shipped models, copied, with the category head's weights cut off as by a full disk.
+    models = tmp_path / "models"
+    shutil.copytree(PROJECT_ROOT / "models", models)
+    coef = models / "category" / "coef.npz"
+    coef.write_bytes(coef.read_bytes()[:100])
+    code, out = check(capsys, tmp_path, "--config", str(site_file(tmp_path, f'[nlp]\nmodels_dir = "{models}"\n')))
     found = {f["item"]: f for f in out["findings"]}
     assert code == 1
-    assert found["text models"]["level"] == "error" and "BadZipFile: File is not a zip file" in found[
-        "text models"]["detail"]
-    assert found["public URL"] == {"level": "error", "item": "public URL", "detail": "RuntimeError: first line"}
+    assert found["text models"]["level"] == "error" and "coef.npz" in found["text models"]["detail"]
+    assert "\n" not in found["text models"]["detail"]
     assert found["store"]["level"] == "ok" and found["configuration"]["level"] == "ok"
 
 
