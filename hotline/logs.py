@@ -19,6 +19,11 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 # Beyond mask_pii (which pages share): numbers as citizens write them, with +86 in front or split by
 # spaces and dashes. Logs can afford to over-mask.
+# Floors for libraries whose verbose records carry what the service must not log, whatever logging.level
+# says: python-telegram-bot writes every Bot API call with its parameters and answer (citizens' messages,
+# names, files) at DEBUG, and httpx writes each request URL, which holds the bot token, at INFO.
+LIBRARY_FLOORS = {"telegram": logging.INFO, "httpx": logging.WARNING, "httpcore": logging.INFO}
+
 _LOOSE_PHONE = re.compile(r"(?<!\d)(?:\+?86[\s-]?)?(1[3-9]\d)[\s-]?(\d{4})[\s-]?(\d{4})(?!\d)")
 
 
@@ -74,6 +79,8 @@ def setup_logging(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name, floor in LIBRARY_FLOORS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
         server.addFilter(MalformedRequestFilter())

@@ -163,3 +163,32 @@ async def test_a_malformed_request_is_one_warning_without_its_text(aiohttp_clien
     assert not [r for r in lines if r["level"] == "error"], lines
     text = stream.getvalue()
     assert "Traceback" not in text and "aaaa" not in text and not leaks(text)
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+def test_library_payload_logs_stay_out_at_any_level(level: str) -> None:
+    """At logging.level DEBUG the service's own debug lines appear, but python-telegram-bot's record of a
+    Bot API answer (a citizen's message) and httpx's request URL (the bot token) do not; a higher level
+    is not lowered for those libraries either."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in ("telegram", "httpx", "httpcore")}
+    setup_logging(level, stream)
+    try:
+        logging.getLogger("hotline.test").debug("own debug line")
+        logging.getLogger("telegram.Bot").debug("Call to Bot API endpoint `getUpdates` finished with return "
+                                                "value `{'text': '我家楼下烧烤油烟扰民'}`")
+        logging.getLogger("telegram.ext.Updater").info("updater info line")
+        logging.getLogger("httpx").info("HTTP Request: POST https://api.telegram.org/bot123:SECRET/getMe")
+        logging.getLogger("telegram.ext.Application").warning("library warning line")
+    finally:
+        root.handlers[:], root_level = saved
+        root.setLevel(root_level)
+        for name, lib_level in libraries.items():
+            logging.getLogger(name).setLevel(lib_level)
+    text = stream.getvalue()
+    assert ("own debug line" in text) == (level == "DEBUG"), text
+    assert "烧烤油烟" not in text and "SECRET" not in text, text
+    assert ("updater info line" in text) == (level != "WARNING"), text
+    assert "library warning line" in text, text

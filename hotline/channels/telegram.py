@@ -992,8 +992,9 @@ def setup(app: web.Application) -> None:
         log.info("telegram channel off: telegram.token is empty", extra={"event": "channel_off",
                                                                           "channel": CHANNEL})
         return
-    # httpx logs every request URL at INFO, and Bot API URLs contain the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO, and Bot API URLs contain the bot token (setup_logging does the
+    # same for the service; this covers an app built without it).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         door = TelegramDoor(app, cfg)
