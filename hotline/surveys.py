@@ -134,12 +134,15 @@ def ended_error(state: str, actor: str) -> SurveyError | None:
 class SurveyCaller(Protocol):
     """Outbound IVR survey through the telephony adapter: answers, or None when nobody answered.
 
-    ``max_call_s`` bounds one try (ringing, queueing for a line and the survey itself).
+    ``max_call_s`` bounds one try once it has a line (ringing and the survey itself); the worker's lease on the
+    entry is that long and is renewed while the call queues for a line and runs. ``ready`` is awaited once the
+    call holds a line, just before dialling: False → the line is released, nobody is dialled, None is returned.
     """
 
     max_call_s: float
 
-    async def survey_call(self, number: str, case_id: str) -> dict[str, Any] | None: ...
+    async def survey_call(self, number: str, case_id: str,
+                          ready: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None: ...
 
 
 Redispatch = Callable[[str, str, str], Awaitable[Any]]
@@ -287,25 +290,11 @@ class SurveyService:
         return len(claimed)
 
     async def try_recipient(self, case_id: str, rid: str, now: float) -> None:
-        survey = await self.surveys.get(case_id)
-        if survey is None or rid not in survey.recipients:
+        started = time.monotonic()
+        found = await self._to_ask(case_id, rid, now)
+        if found is None:
             return
-        rec = survey.recipients[rid]
-        if rec.state not in (SCHEDULED, ASKED):
-            return
-        case = await self.store.get_case(case_id)
-        if not belongs(case, rid):
-            # Asking would tell this citizen that someone else's case is done.
-            await self.withdraw(case_id, rid)
-            return
-        if case.status not in RATEABLE_STATES:
-            await self.close_round(case_id, rid)  # reopened meanwhile: nothing to rate until it is resolved again
-            return
-        if case.status not in SURVEYED_STATES:
-            return  # closed by its own reporter's answer meanwhile
-        if rec.attempts >= self.cfg.max_attempts:
-            await self._to_followup(case_id, rid, "no_reply", now)
-            return
+        survey, rec = found
         if rec.channel in CHAT_CHANNELS:
             n = Notification(case_id, KIND, Q1_TEXT.format(case_id=case_id), rec.channel, rec.sender, rec.contact,
                              report_id="" if rid == MAIN else rid, options=list(Q1_OPTIONS),
@@ -328,16 +317,41 @@ class SurveyService:
                 # Picked up late (a backlog, a stopped worker): never ring a citizen outside the calling hours.
                 await self.surveys.reschedule(case_id, rid, opens)
                 return
-            # Claiming took the entry off the schedule: put it back as a lease for the length of the call,
-            # so a process that dies mid-call does not lose the survey.
-            await self.surveys.reschedule(case_id, rid, now + self.caller.max_call_s)
+            # Claiming took the entry off the schedule: put it back as a lease, so a process that dies
+            # mid-call does not lose the survey. The lease is renewed until this try is over: queueing for
+            # a line can take longer than one call, and another process must not ring the citizen meanwhile.
+            lease_s = self.caller.max_call_s
+            await self.surveys.reschedule(case_id, rid, now + lease_s)
+            over = asyncio.Event()
+            keeper = asyncio.create_task(self._keep_lease(case_id, rid, lease_s, over))
+            dial: dict[str, bool] = {"go": True}
+
+            async def ready() -> bool:
+                # Run by the caller once it holds a line, just before dialling: the wait for the line may have
+                # been long (a morning backlog), and the survey ended or the calling hours closed meanwhile.
+                try:
+                    dial["go"] = await self._still_to_call(case_id, rid, survey.round,
+                                                           now + (time.monotonic() - started))
+                except Exception:
+                    # Not dialled, not counted: the lease, no longer renewed, brings the entry back.
+                    log.exception("survey re-check failed", extra={"event": "survey_recheck_error",
+                                                                    "case_id": case_id})
+                    dial["go"] = False
+                return dial["go"]
+
             answers: dict[str, Any] | None = None
             try:
-                answers = await self.caller.survey_call(rec.contact, case_id)
+                answers = await self.caller.survey_call(rec.contact, case_id, ready=ready)
             except Exception:
                 # The phone may have rung: the try counts, or the citizen is dialled after every lease
                 # without ever reaching max_attempts.
                 log.exception("survey call failed", extra={"event": "survey_call_error", "case_id": case_id})
+            finally:
+                over.set()  # and wait for a renewal under way, so it cannot land after the update below
+                await keeper
+            if not dial["go"]:
+                log.info("survey call not placed", extra={"event": "survey_call_skipped", "case_id": case_id})
+                return
 
             def called(r: Recipient, _s: Survey) -> None:
                 r.attempts += 1
@@ -356,6 +370,68 @@ class SurveyService:
             return
         # Phone and web reporters: a person calls (the web status page also offers the signed link).
         await self._to_followup(case_id, rid, "needs_call", now)
+
+    async def _to_ask(self, case_id: str, rid: str, now: float,
+                      round_: int | None = None) -> tuple[Survey, Recipient] | None:
+        """The survey and the recipient when an automated try at ``now`` goes ahead; else None, the recipient
+        withdrawn, its round closed or handed to the follow-up agents as the case now requires.
+
+        ``round_``: the entry is held as a lease of that round (the re-check before dialling). A new round
+        owns the entry and is left alone; where a claimed entry would just stay off the schedule, the lease
+        is taken off.
+        """
+        survey = await self.surveys.get(case_id)
+        if survey is not None and round_ is not None and survey.round != round_:
+            return None
+        if survey is None or rid not in survey.recipients or survey.recipients[rid].state not in (SCHEDULED, ASKED):
+            await self._release(case_id, rid, round_)  # (an ended recipient is off the schedule already)
+            return None
+        rec = survey.recipients[rid]
+        case = await self.store.get_case(case_id)
+        if not belongs(case, rid):
+            # Asking would tell this citizen that someone else's case is done.
+            await self.withdraw(case_id, rid)
+            return None
+        if case.status not in RATEABLE_STATES:
+            await self.close_round(case_id, rid)  # reopened meanwhile: nothing to rate until it is resolved again
+            return None
+        if case.status not in SURVEYED_STATES:
+            await self._release(case_id, rid, round_)  # closed by its own reporter's answer meanwhile
+            return None
+        if rec.attempts >= self.cfg.max_attempts:
+            await self._to_followup(case_id, rid, "no_reply", now)
+            return None
+        return survey, rec
+
+    async def _release(self, case_id: str, rid: str, round_: int | None) -> None:
+        if round_ is not None:
+            await self.surveys.release(case_id, rid, round_)
+
+    async def _still_to_call(self, case_id: str, rid: str, round_: int, at: float) -> bool:
+        """The check of ``try_recipient`` again, at ``at``, once the call has a line: False when the citizen is
+        not to be rung now, the entry ended or off the schedule, or moved to the next opening of the hours."""
+        if await self._to_ask(case_id, rid, at, round_) is None:
+            return False
+        opens = next_working_time(at, self.cfg)
+        if opens > at + 1:
+            # The calling hours closed while the call waited for a line.
+            await self.surveys.reschedule(case_id, rid, opens)
+            return False
+        return True
+
+    async def _keep_lease(self, case_id: str, rid: str, lease_s: float, over: asyncio.Event) -> None:
+        """Every third of ``lease_s`` until ``over``: the claimed entry's lease runs ``lease_s`` from now."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(over.wait(), lease_s / 3)
+            if over.is_set():
+                return
+            try:
+                await self.surveys.renew(case_id, rid, time.time() + lease_s)
+            except Exception:
+                # Redis away for a moment: the next beat tries again, well before the lease runs out.
+                log.warning("survey lease not renewed", exc_info=True,
+                            extra={"event": "survey_lease_error", "case_id": case_id})
 
     async def _to_followup(self, case_id: str, rid: str, reason: str, now: float) -> None:
         def move(r: Recipient, _s: Survey) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +189,14 @@ class BrokenAfterDialling:
         self.broken_number = broken_number
         self.max_call_s = real.max_call_s
 
-    async def survey_call(self, number: str, case_id: str) -> dict[str, Any] | None:
+    async def survey_call(self, number: str, case_id: str,
+                          ready: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None:
         if number == self.broken_number:
+            if ready is not None and not await ready():
+                return None
             await self.real.ari.originate(number, str(uuid.uuid4()))
             raise RuntimeError("client failed after dialling")
-        return await self.real.survey_call(number, case_id)
+        return await self.real.survey_call(number, case_id, ready=ready)
 
 
 async def test_survey_client_failing_after_dialling_still_counts_the_try(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,11 +175,16 @@ class AriSurveyCaller:
 
     @property
     def max_call_s(self) -> float:
-        """Upper bound of one try, queueing for a line included: the survey worker's lease on the entry."""
+        """Upper bound of one try once it has a line: the survey worker's lease on the entry, renewed while
+        the try queues for a line and runs."""
         return self.cfg.ring_timeout_s + self.cfg.connect_margin_s + self.cfg.max_call_s + 30
 
-    async def survey_call(self, number: str, case_id: str) -> dict[str, Any] | None:
+    async def survey_call(self, number: str, case_id: str,
+                          ready: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None:
         async with self._slots:
+            # The wait for a line can be long: the survey may have ended or the calling hours closed meanwhile.
+            if ready is not None and not await ready():
+                return None
             return await self._call(number, case_id)
 
     async def _call(self, number: str, case_id: str) -> dict[str, Any] | None:

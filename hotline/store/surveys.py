@@ -165,6 +165,28 @@ class SurveyStore:
     async def reschedule(self, case_id: str, rid: str, at: float) -> None:
         await self.r.zadd(self.k_due, {member(case_id, rid): at})
 
+    async def renew(self, case_id: str, rid: str, until: float) -> None:
+        """Extend a lease on an entry still on the schedule (XX: one answered or moved off meanwhile stays
+        off; GT: never brings a later time forward)."""
+        await self.r.zadd(self.k_due, {member(case_id, rid): until}, xx=True, gt=True)
+
+    async def release(self, case_id: str, rid: str, round_: int) -> None:
+        """Take a lease of round ``round_`` off the schedule; a round started meanwhile keeps its entry."""
+        key = self.k_survey(case_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is not None and Survey.from_json(raw).round != round_:
+                        return
+                    pipe.multi()
+                    pipe.zrem(self.k_due, member(case_id, rid))
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
     async def followup_list(self, limit: int = 200, now: float | None = None) -> list[tuple[str, str, float]]:
         """Worklist of the follow-up agents, earliest first; call-backs set for later are left out."""
         now = time.time() if now is None else now
