@@ -98,59 +98,71 @@ class SurveyStore:
         raw = await self.r.get(self.k_survey(case_id))
         return Survey.from_json(raw) if raw else None
 
-    async def create(self, survey: Survey) -> bool:
-        """Store a new survey round and schedule its recipients; False when this round already exists."""
-        key = self.k_survey(survey.case_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is not None:
-                        earlier = Survey.from_json(raw)
-                        if earlier.round >= survey.round or earlier.trigger == survey.trigger:
-                            return False
-                    pipe.multi()
-                    pipe.set(key, survey.to_json())
-                    for rid, rec in survey.recipients.items():
-                        pipe.zadd(self.k_due, {member(survey.case_id, rid): rec.next_at})
-                        pipe.zrem(self.k_followup, member(survey.case_id, rid))
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
-
-    async def update(self, case_id: str, rid: str, mutate: Callable[[Recipient, Survey], None]) -> Recipient:
-        """Change one recipient under WATCH and keep the due/follow-up indexes in step with its state."""
+    async def _watched(self, case_id: str, plan: Callable[[Survey | None], Callable[[Any], None] | None]) -> bool:
+        """Read the survey under WATCH and hand it to ``plan``, whose returned function queues the writes that run
+        in one MULTI; retried from the read when the survey changed meanwhile. ``plan`` returning None writes
+        nothing (False)."""
         key = self.k_survey(case_id)
         async with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
-                    if raw is None:
-                        raise KeyError(case_id)
-                    survey = Survey.from_json(raw)
-                    rec = survey.recipients.get(rid)
-                    if rec is None:
-                        raise KeyError(f"{case_id}|{rid}")
-                    mutate(rec, survey)
-                    m = member(case_id, rid)
+                    queue = plan(Survey.from_json(raw) if raw is not None else None)
+                    if queue is None:
+                        return False
                     pipe.multi()
-                    pipe.set(key, survey.to_json())
-                    if rec.state in (SCHEDULED, ASKED):
-                        pipe.zadd(self.k_due, {m: rec.next_at})
-                        pipe.zrem(self.k_followup, m)
-                    elif rec.state == FOLLOWUP:
-                        pipe.zrem(self.k_due, m)
-                        pipe.zadd(self.k_followup, {m: rec.next_at})
-                    else:
-                        pipe.zrem(self.k_due, m)
-                        pipe.zrem(self.k_followup, m)
+                    queue(pipe)
                     await pipe.execute()
-                    return rec
+                    return True
                 except WatchError:
                     continue
+
+    async def create(self, survey: Survey) -> bool:
+        """Store a new survey round and schedule its recipients; False when this round already exists."""
+
+        def plan(earlier: Survey | None) -> Callable[[Any], None] | None:
+            if earlier is not None and (earlier.round >= survey.round or earlier.trigger == survey.trigger):
+                return None
+
+            def queue(pipe: Any) -> None:
+                pipe.set(self.k_survey(survey.case_id), survey.to_json())
+                for rid, rec in survey.recipients.items():
+                    pipe.zadd(self.k_due, {member(survey.case_id, rid): rec.next_at})
+                    pipe.zrem(self.k_followup, member(survey.case_id, rid))
+            return queue
+
+        return await self._watched(survey.case_id, plan)
+
+    async def update(self, case_id: str, rid: str, mutate: Callable[[Recipient, Survey], None]) -> Recipient:
+        """Change one recipient under WATCH and keep the due/follow-up indexes in step with its state."""
+        changed: list[Recipient] = []
+
+        def plan(survey: Survey | None) -> Callable[[Any], None]:
+            if survey is None:
+                raise KeyError(case_id)
+            rec = survey.recipients.get(rid)
+            if rec is None:
+                raise KeyError(f"{case_id}|{rid}")
+            mutate(rec, survey)
+            changed[:] = [rec]
+            m = member(case_id, rid)
+
+            def queue(pipe: Any) -> None:
+                pipe.set(self.k_survey(case_id), survey.to_json())
+                if rec.state in (SCHEDULED, ASKED):
+                    pipe.zadd(self.k_due, {m: rec.next_at})
+                    pipe.zrem(self.k_followup, m)
+                elif rec.state == FOLLOWUP:
+                    pipe.zrem(self.k_due, m)
+                    pipe.zadd(self.k_followup, {m: rec.next_at})
+                else:
+                    pipe.zrem(self.k_due, m)
+                    pipe.zrem(self.k_followup, m)
+            return queue
+
+        await self._watched(case_id, plan)
+        return changed[0]
 
     async def claim_due(self, now: float | None = None, limit: int = 50) -> list[tuple[str, str]]:
         """Take due entries off the schedule; ZREM decides which process owns each one."""
@@ -172,20 +184,13 @@ class SurveyStore:
 
     async def release(self, case_id: str, rid: str, round_: int) -> None:
         """Take a lease of round ``round_`` off the schedule; a round started meanwhile keeps its entry."""
-        key = self.k_survey(case_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is not None and Survey.from_json(raw).round != round_:
-                        return
-                    pipe.multi()
-                    pipe.zrem(self.k_due, member(case_id, rid))
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        def plan(survey: Survey | None) -> Callable[[Any], None] | None:
+            if survey is not None and survey.round != round_:
+                return None
+            return lambda pipe: pipe.zrem(self.k_due, member(case_id, rid))
+
+        await self._watched(case_id, plan)
 
     async def followup_list(self, limit: int = 200, now: float | None = None) -> list[tuple[str, str, float]]:
         """Worklist of the follow-up agents, earliest first; call-backs set for later are left out."""
