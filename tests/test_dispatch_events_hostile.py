@@ -5,6 +5,7 @@ many events on one busy case at once. Each must get a clear answer and no event 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,6 +132,16 @@ async def test_sequence_numbers_that_are_no_64_bit_integer_are_refused(app_clien
     assert (status, body["result"]) == (200, "applied")
     with pytest.raises(DispatchError):
         parse_event({"event_id": "e", "case_id": "20260314-000001", "type": "accepted", "seq": 1e308})
+
+
+async def test_a_lone_surrogate_in_an_event_gets_the_message_every_json_door_gives(
+        app_client: TestClient, receiver: Open311Receiver) -> None:
+    case = await dispatched(app_client, receiver)
+    raw = json.dumps(event(case, "resolved", reply="已修复\udc00")).encode()  # ASCII escapes: valid JSON
+    status, body = await post_event(app_client, raw)
+    assert status == 400 and body["error"]["code"] == "bad_json", body
+    assert "代理项" in body["error"]["message"], body
+    assert (await app_client.app[STORE].get_case(case.id)).status == Status.DISPATCHED
 
 
 async def test_an_impossible_stored_last_seq_does_not_block_the_case(app_client: TestClient,

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from hotline.appkeys import DISPATCHER
-from hotline.bodies import parse_json
+from hotline.bodies import LoneSurrogate, parse_json
 from hotline.dispatch.service import EVENT_TYPES, MAX_SEQ, CaseBusy, DispatchError, StatusEvent
 from hotline.dispatch.signing import SignatureError, verify
 from hotline.numbers import finite_number
@@ -127,6 +127,8 @@ async def post_event(request: web.Request) -> web.Response:
         raise DispatchError("unsupported_media_type", "请求须为 application/json。", 415)
     try:
         body = parse_json(raw)
+    except LoneSurrogate as exc:
+        raise DispatchError("bad_json", exc.message, 400) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise DispatchError("bad_json", "请求内容不是合法的 JSON。", 400) from exc
     try:
