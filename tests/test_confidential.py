@@ -72,3 +72,6 @@ async def test_the_department_never_receives_who_complained(aiohttp_client: Any,
                       default=str)
     assert PHONE not in sent and "李四" not in sent and "私拉电线" in sent
     assert (await client.app[STORE].get_case(case_id)).contact == PHONE
+    # The unit can tell a withheld contact from one never given.
+    order = next(o for o in receiver.orders if o.key.startswith(case_id))
+    assert order.form.get("attribute[confidential]") == "1", order.form

@@ -196,6 +196,8 @@ class Open311Backend:
             "reporters": str(order.get("reporters", 1)),
             "channel": order.get("channel", ""),
             "attachments": ",".join(attachments),
+            # The unit must tell a contact withheld at the citizen's request from one never given.
+            "confidential": "1" if order.get("confidential") else "",
         }
         fields += [(f"attribute[{k}]", v) for k, v in attrs.items() if v != ""]
         return fields
