@@ -142,6 +142,18 @@ def test_is_question_ignores_anonymisation_artefacts() -> None:
     assert not is_question("*****")
 
 
+@pytest.mark.parametrize(("text", "want"), [
+    ("解放路路灯不亮好几天了，晚上很黑，请尽快维修", False),
+    ("这几天小区一直停电", False),
+    ("前几天反映的井盖还没有盖上", False),
+    ("垃圾十几天没人清运", False),
+    ("办理居住证需要几天", True),
+    ("社保卡补办几天能拿到", True),
+])
+def test_how_long_a_problem_lasted_is_no_question(text: str, want: bool) -> None:
+    assert is_question(text) is want
+
+
 def test_config_checks() -> None:
     with pytest.raises(ValueError):
         RetrievalConfig(threshold=0).check()

@@ -40,10 +40,11 @@ MAX_QUERY_CHARS = 600
 _ARTEFACTS = re.compile(r"\*{2,}|0{3,}|X{3,}|x{3,}")
 _SPACE = re.compile(r"\s+")
 
-# The citizen asks something (rather than reports a problem): question words and question endings.
+# The citizen asks something (rather than reports a problem): question words and question endings. 几天 asks
+# only on its own: 好几天了 / 这几天 / 前几天 / 十几天 tell how long a problem has lasted.
 _QUESTION = re.compile(
     r"请问|咨询|问一下|问下|想问|想了解|了解一下|怎么办|怎么|怎样|如何|能否|能不能|可否|可不可以|是否|有没有|"
-    r"什么时候|何时|哪里|哪儿|在哪|多少|几天|多久|需要什么|什么条件|什么材料|什么手续|符合.{0,8}条件|"
+    r"什么时候|何时|哪里|哪儿|在哪|多少|(?<![好这那前近十过])几天(?![了来])|多久|需要什么|什么条件|什么材料|什么手续|符合.{0,8}条件|"
     r"[吗呢么][?？。!！]*$|[?？]"
 )
 # A strong complaint signal wins over a question mark: "为什么还不修？" is a complaint, not a consultation.
