@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -220,6 +221,7 @@ def test_cli_dead_and_redrive(redis_server, tmp_path: Path, key_prefix: str, mon
     assert main(["dispatch", "dead", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert dead_id in out and "20260314-000009-R1" in out and "HTTP 503" in out
+    assert re.search(r"\t\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0800\t", out), out  # the city's time, marked
     assert main(["dispatch", "redrive", "1-1", "--data-dir", str(tmp_path)]) == 1
     assert main(["dispatch", "redrive", dead_id, "--data-dir", str(tmp_path)]) == 0
     assert "redriven" in capsys.readouterr().out

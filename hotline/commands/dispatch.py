@@ -14,6 +14,7 @@ import json
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from hotline.commands.common import add_settings_args, open_store, settings_from_args
 from hotline.errors import ApiError
@@ -58,11 +59,13 @@ async def _dead(args: argparse.Namespace) -> int:
         # --json prints one object per letter: none is no line, and the notice goes where no parser reads.
         print("no dead letters", file=sys.stderr if args.json else sys.stdout)
         return 0
+    zone = ZoneInfo(settings["intake"]["timezone"])
     for d in letters:
         if args.json:
             print(json.dumps(d.to_dict(), ensure_ascii=False))
         else:
-            when = datetime.fromtimestamp(d.failed_at).strftime("%Y-%m-%d %H:%M:%S")
+            # The city's time with its offset, as the console shows it; the machine's own zone may be UTC.
+            when = datetime.fromtimestamp(d.failed_at, zone).strftime("%Y-%m-%d %H:%M:%S %z")
             print(f"{d.dead_id}\t{d.key}\tcase {d.case_id}\t{d.attempts} attempts\t{when}\t{d.error[:120]}")
     return 0
 
