@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -47,7 +48,7 @@ from hotline.rates import (
     same_citizen,
 )
 from hotline.records import Case
-from hotline.status import Status
+from hotline.status import IllegalTransition, Status
 from hotline.store import CaseNotFound, Store
 from hotline.store.surveys import (
     ANSWERED,
@@ -89,6 +90,14 @@ RATEABLE_STATES = SURVEYED_STATES | {Status.CLOSED}
 
 class SurveyError(ApiError):
     pass
+
+
+class _Ended(Exception):
+    """Stops a case write for a recipient whose survey ended meanwhile; ``state``: how (withdrawn, superseded)."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
 
 
 def belongs(case: Case, rid: str) -> bool:
@@ -497,12 +506,17 @@ class SurveyService:
 
     async def answer(self, case_id: str, rid: str, *, resolved: bool, satisfaction: str, comment: str,
                      actor: str, round_: int | None = None) -> str:
-        """Record a full answer (from chat, the web link, the IVR or an agent) and act on it."""
+        """Record a full answer (from chat, the web link, the IVR or an agent) and act on it.
+
+        The recipient's entry is taken first (one answer per recipient). The answer counts once it is written
+        to the case, and that write checks the case record it changes: a report unmerged, or a case reopened
+        by another answer, since ``open_for`` gives the entry back (withdrawn, superseded), records nothing
+        and is refused. The reopening and the close are decided on the record they change in the same way."""
         if satisfaction not in SATISFACTIONS:
             raise SurveyError("bad_satisfaction", "满意度须为 满意 / 基本满意 / 不满意。")
         comment = (comment or "")[:MAX_COMMENT_CHARS]
         now = time.time()
-        state: dict[str, bool] = {"already": False}
+        state: dict[str, Any] = {"already": False}
         survey = await self.surveys.get(case_id)
         if survey is None or rid not in survey.recipients:
             raise SurveyError("not_found", "未找到该回访。", 404)
@@ -517,6 +531,7 @@ class SurveyService:
             refused = ended_error(r.state, actor)
             if refused is not None:
                 raise refused
+            state["before"], state["round"] = dataclasses.replace(r), s.round
             r.state, r.question = ANSWERED, ""
             r.resolved, r.satisfaction, r.comment = resolved, satisfaction, comment
             r.answered_at, r.answered_by = now, actor
@@ -532,6 +547,12 @@ class SurveyService:
         result = {"resolved": resolved, "satisfaction": satisfaction, "comment": comment, "at": now, "by": actor}
 
         def on_case(case: Case) -> dict[str, Any]:
+            # On the record being written (update_case runs this again if the case changed since it was read):
+            # an undo of the merge or another answer's reopening may have come after open_for.
+            if not belongs(case, rid):
+                raise _Ended(WITHDRAWN)
+            if case.status not in RATEABLE_STATES:
+                raise _Ended(SUPERSEDED)
             if rid == MAIN:
                 case.survey = {**case.survey, **result, "reports": case.survey.get("reports", {})}
             else:
@@ -541,32 +562,77 @@ class SurveyService:
             return {"report_id": "" if rid == MAIN else rid, "resolved": resolved,
                     "satisfaction": SATISFACTION_LABELS_ZH[satisfaction], "comment": comment}
 
-        case = await self.store.update_case(case_id, on_case, actor=actor, action="survey_answered")
-        if unhappy and case.status in RATEABLE_STATES:
-            # Before the case moves: an answer arriving meanwhile is either in already or refused, never
-            # recorded against the case as it is handled again.
-            await self.close_round(case_id)
-        if unhappy and case.status == Status.ANSWERED:
+        try:
+            case = await self.store.update_case(case_id, on_case, actor=actor, action="survey_answered")
+        except _Ended as ended:
+            await self._take_back(case_id, rid, state["before"], (now, actor), ended.state)
+            raise (_unmerged_error() if ended.state == WITHDRAWN else _reopened_error()) from None
+
+        if not unhappy:
+            if rid == MAIN and case.status in SURVEYED_STATES:
+                # Reopened by another reporter's answer since this one was written: the case is handled
+                # again, and this answer stays recorded.
+                with contextlib.suppress(IllegalTransition):
+                    await self.store.update_case(case_id, lambda c: {"by": "survey"}, actor=actor, action="closed",
+                                                 target=Status.CLOSED)
+            return "感谢您的评价！"
+
+        if case.status == Status.ANSWERED:
             # The answer given at intake did not help: the contact becomes a normal case for a call-taker.
-            reason = comment or "市民反映直接答复未解决问题"
-            await self.store.update_case(case_id, lambda c: {"reason": reason}, actor=actor, action="reopened",
-                                         target=Status.CLASSIFIED)
-            return "感谢您的反馈，您的问题将转为工单办理，我们会尽快联系您。"
-        if unhappy and case.status in (Status.RESOLVED, Status.CLOSED):
+            target, reason = Status.CLASSIFIED, comment or "市民反映直接答复未解决问题"
+            done = "感谢您的反馈，您的问题将转为工单办理，我们会尽快联系您。"
+        else:
+            target = Status.REOPENED
             reason = comment or ("市民反映问题未解决" if not resolved else "市民对办理结果不满意")
-            await self.store.update_case(case_id, lambda c: {"reason": reason}, actor=actor, action="reopened",
-                                         target=Status.REOPENED)
-            if self.redispatch is not None:
-                try:
-                    await self.redispatch(case_id, reason, actor)
-                except Exception:
-                    # The case stays REOPENED in the queue; staff re-dispatch it by hand.
-                    log.exception("re-dispatch failed", extra={"event": "redispatch_failed", "case_id": case_id})
-            return "感谢您的反馈，您的问题将重新办理，我们会尽快再次联系您。"
-        if rid == MAIN and case.status in SURVEYED_STATES:
-            await self.store.update_case(case_id, lambda c: {"by": "survey"}, actor=actor, action="closed",
-                                         target=Status.CLOSED)
-        return "感谢您的评价！"
+            done = "感谢您的反馈，您的问题将重新办理，我们会尽快再次联系您。"
+
+        def reopen(c: Case) -> dict[str, Any]:
+            if not belongs(c, rid):
+                raise _Ended(WITHDRAWN)
+            return {"reason": reason}
+
+        try:
+            await self.store.update_case(case_id, reopen, actor=actor, action="reopened", target=target)
+        except IllegalTransition:
+            return done  # another reporter's answer reopened it since this one was written: handled again
+        except _Ended:
+            # The merge was undone after the answer was written: it stays recorded (given while a reporter),
+            # but the case is no longer this citizen's to reopen.
+            return "感谢您的评价！"
+        # Now the case is reopened, an answer still on its way is refused when it is written (on_case); end the
+        # round for those not asked yet. Only this round: a later resolution's round is not this answer's.
+        await self.close_round(case_id, round_=state["round"])
+        if target == Status.REOPENED and self.redispatch is not None:
+            try:
+                await self.redispatch(case_id, reason, actor)
+            except Exception:
+                # The case stays REOPENED in the queue; staff re-dispatch it by hand.
+                log.exception("re-dispatch failed", extra={"event": "redispatch_failed", "case_id": case_id})
+        return done
+
+    async def _take_back(self, case_id: str, rid: str, before: Recipient, answer: tuple[float, str],
+                         state: str) -> None:
+        """End a recipient whose answer (``answer``: its time and actor) the case refused; ``state``: withdrawn,
+        the report was unmerged, or superseded, the case was reopened. The entry is as ``before`` the answer
+        took it, ended: nothing of the answer stays recorded."""
+        changed: dict[str, bool] = {"done": False}
+
+        def back(r: Recipient, _s: Survey) -> None:
+            if r.state == ANSWERED and (r.answered_at, r.answered_by) == answer:  # still this answer's
+                r.resolved, r.satisfaction, r.comment = before.resolved, before.satisfaction, before.comment
+                r.answered_at, r.answered_by = before.answered_at, before.answered_by
+                r.state, r.question, r.next_at = state, "", 0.0
+                changed["done"] = True
+
+        with contextlib.suppress(KeyError):
+            await self.surveys.update(case_id, rid, back)
+        if changed["done"]:
+            with contextlib.suppress(CaseNotFound):
+                await self.store.add_event(case_id, actor="system", action="survey_withdrawn",
+                                           data={"report_id": "" if rid == MAIN else rid,
+                                                 "reason": "unmerged" if state == WITHDRAWN else "reopened"})
+            if state == WITHDRAWN:
+                await self._uncover(case_id)
 
     # follow-up agents -------------------------------------------------------
     async def agent_outcome(self, case_id: str, rid: str, outcome: str, actor: str, *, note: str = "",
@@ -677,20 +743,21 @@ class SurveyService:
             await self.surveys.update(case_id, rid, promote)
         return changed["done"]
 
-    async def close_round(self, case_id: str, rid: str | None = None) -> list[str]:
+    async def close_round(self, case_id: str, rid: str | None = None, *, round_: int | None = None) -> list[str]:
         """End the round for its recipients still waiting (``rid``: just that one) because the case was
-        reopened: off the schedule and the worklist, their link and answers refused. Returns those closed."""
+        reopened: off the schedule and the worklist, their link and answers refused. Returns those closed.
+        ``round_``: only while the survey is still that round."""
         survey = await self.surveys.get(case_id)
         if survey is None:
             return []
         return [one for one in ([rid] if rid is not None else list(survey.recipients))
-                if await self._end(case_id, one, SUPERSEDED, "reopened")]
+                if await self._end(case_id, one, SUPERSEDED, "reopened", round_=round_)]
 
-    async def _end(self, case_id: str, rid: str, state: str, reason: str) -> bool:
+    async def _end(self, case_id: str, rid: str, state: str, reason: str, *, round_: int | None = None) -> bool:
         changed: dict[str, bool] = {"done": False}
 
-        def end(r: Recipient, _s: Survey) -> None:
-            if r.state in WAITING_STATES:
+        def end(r: Recipient, s: Survey) -> None:
+            if r.state in WAITING_STATES and (round_ is None or s.round == round_):
                 r.state, r.question, r.next_at = state, "", 0.0
                 changed["done"] = True
 

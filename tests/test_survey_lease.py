@@ -134,47 +134,52 @@ async def test_a_citizen_queued_for_a_line_is_called_once(aiohttp_client: Any, r
 
 async def queued_behind_a_silent_call(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path,
                                       key_prefix: str, receiver: Open311Receiver, ari: FakeAri,
-                                      **over: Any) -> tuple[TestClient, Case, Case]:
-    """Process A with one line and two due phone surveys: the silent citizen's, then the one that waits."""
+                                      **over: Any) -> tuple[TestClient, dict[str, Case]]:
+    """Process A with one line and two due phone surveys of citizens who pick up and stay silent: whichever
+    gets the line first holds it for the whole call, and the other waits."""
     a: TestClient = await aiohttp_client(create_app(settings_for(
         redis_server, tmp_path / "a", key_prefix, receiver.url, ari.url, poll_s=3600.0, model=True, **over)))
     ari.audiosocket = ("127.0.0.1", a.app[VOICE].audiosocket_port)
     ari.callees[SILENT] = Callee(keys=())
-    ari.callees[ANSWERS] = Callee(keys=("1", "1"))
+    ari.callees[ANSWERS] = Callee(keys=())
     service = a.app[SURVEYS]
-    silent = await resolve(a, receiver, (await voice_case(a, SILENT, "建设路口的路灯坏了一个星期")).id, "已修复。")
-    waits = await resolve(a, receiver, (await voice_case(a, ANSWERS, "解放街的井盖丢了")).id, "已补装井盖。")
-    await service.schedule(silent)
-    await service.schedule(waits)
-    return a, silent, waits
+    cases = {SILENT: await resolve(a, receiver, (await voice_case(a, SILENT, "建设路口的路灯坏了一个星期")).id,
+                                   "已修复。"),
+             ANSWERS: await resolve(a, receiver, (await voice_case(a, ANSWERS, "解放街的井盖丢了")).id, "已补装井盖。")}
+    for case in cases.values():
+        await service.schedule(case)
+    return a, cases
 
 
-async def first_dialled(ari: FakeAri, run: asyncio.Task[int]) -> None:
-    """The silent citizen's phone rings: the other survey now waits for the line."""
+async def first_dialled(ari: FakeAri, run: asyncio.Task[int], cases: dict[str, Case]) -> tuple[Case, Case]:
+    """One citizen's phone rings (the tries start side by side, so either may get the line first): that case,
+    and the other one, which now waits for the line."""
     while not ari.originated:
         assert not run.done()
         await asyncio.sleep(0.02)
-    assert [o["number"] for o in ari.originated] == [SILENT]
+    number = ari.originated[0]["number"]
+    assert [o["number"] for o in ari.originated] == [number]
+    (other,) = [n for n in cases if n != number]
+    return cases[number], cases[other]
 
 
 async def test_a_survey_answered_while_it_waits_for_a_line_is_not_dialled(
         aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
         receiver: Open311Receiver, ari: FakeAri) -> None:
-    a, silent, waits = await queued_behind_a_silent_call(aiohttp_client, redis_server, tmp_path, key_prefix,
-                                                         receiver, ari)
+    a, cases = await queued_behind_a_silent_call(aiohttp_client, redis_server, tmp_path, key_prefix, receiver, ari)
     service = a.app[SURVEYS]
+    run = asyncio.create_task(service.run_due())
+    on_line, waits = await first_dialled(ari, run, cases)
     survey = await service.surveys.get(waits.id)
     assert survey is not None
     token = service.link(waits.id, MAIN, survey.round).split("/survey/", 1)[1]
-    run = asyncio.create_task(service.run_due())
-    await first_dialled(ari, run)
     # The citizen answers through the web link (the status page or the SMS) while their call waits.
     web = await a.post(f"/survey/{token}", data={"resolved": "yes", "satisfaction": "satisfied"})
     assert web.status == 200 and "感谢" in await web.text()
-    assert [o["number"] for o in ari.originated] == [SILENT]  # still on the silent citizen's line
+    assert [o["number"] for o in ari.originated] == [on_line.contact]  # still on the other citizen's line
 
     assert await asyncio.wait_for(run, 60) == 2
-    assert [o["number"] for o in ari.originated] == [SILENT], "rung after answering through the web link"
+    assert [o["number"] for o in ari.originated] == [on_line.contact], "rung after answering through the web link"
     store = a.app[STORE]
     assert not [e for e in await store.events(waits.id) if e.action.startswith("survey_call")]
     rec = (await service.surveys.get(waits.id)).recipients[MAIN]  # type: ignore[union-attr]
@@ -182,14 +187,14 @@ async def test_a_survey_answered_while_it_waits_for_a_line_is_not_dialled(
     assert (await store.get_case(waits.id)).status == Status.CLOSED
     surveys = service.surveys
     assert await surveys.r.zscore(surveys.k_due, f"{waits.id}|{MAIN}") is None
-    assert (await surveys.get(silent.id)).recipients[MAIN].attempts == 1  # type: ignore[union-attr]
+    assert (await surveys.get(on_line.id)).recipients[MAIN].attempts == 1  # type: ignore[union-attr]
 
 
 async def test_a_survey_still_waiting_for_a_line_when_the_calling_hours_close_is_moved_to_the_next_opening(
         aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
         receiver: Open311Receiver, ari: FakeAri) -> None:
-    a, silent, waits = await queued_behind_a_silent_call(aiohttp_client, redis_server, tmp_path, key_prefix,
-                                                         receiver, ari, hours=(9, 20))
+    a, cases = await queued_behind_a_silent_call(aiohttp_client, redis_server, tmp_path, key_prefix, receiver, ari,
+                                                 hours=(9, 20))
     service = a.app[SURVEYS]
     # The worker's clock (run_due's ``now``): two seconds before the calling hours close, two days on.
     tz = ZoneInfo(service.cfg.timezone)
@@ -197,10 +202,10 @@ async def test_a_survey_still_waiting_for_a_line_when_the_calling_hours_close_is
     now = closing.timestamp() - 2
     assert next_working_time(now, service.cfg) == now  # both tries start inside the hours
     run = asyncio.create_task(service.run_due(now))
-    await first_dialled(ari, run)
+    on_line, waits = await first_dialled(ari, run, cases)
 
     assert await asyncio.wait_for(run, 60) == 2  # the silent call holds the line for longer than 2 s
-    assert [o["number"] for o in ari.originated] == [SILENT], "rung after the calling hours"
+    assert [o["number"] for o in ari.originated] == [on_line.contact], "rung after the calling hours"
     store = a.app[STORE]
     assert not [e for e in await store.events(waits.id) if e.action.startswith("survey_call")]
     surveys = service.surveys
@@ -208,4 +213,4 @@ async def test_a_survey_still_waiting_for_a_line_when_the_calling_hours_close_is
     assert rec.state == SCHEDULED and rec.attempts == 0
     opening = (closing + timedelta(days=1)).replace(hour=9).timestamp()
     assert await surveys.r.zscore(surveys.k_due, f"{waits.id}|{MAIN}") == opening
-    assert (await surveys.get(silent.id)).recipients[MAIN].attempts == 1  # type: ignore[union-attr]
+    assert (await surveys.get(on_line.id)).recipients[MAIN].attempts == 1  # type: ignore[union-attr]
