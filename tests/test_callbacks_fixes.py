@@ -66,6 +66,21 @@ async def surveyed(client: TestClient, receiver: Open311Receiver, case_id: str) 
     assert survey is not None and {r.state for r in survey.recipients.values()} == {FOLLOWUP}
 
 
+async def merged_and_surveyed(client: TestClient, receiver: Open311Receiver) -> tuple[str, str]:
+    """A case with one merged report, resolved, both reporters on the follow-up worklist: the two ids."""
+    case_id, (d,) = await merged_case(client)
+    await surveyed(client, receiver, case_id)
+    return case_id, d
+
+
+async def link_token(client: TestClient, case_id: str) -> str:
+    """The token of the case's own reporter's signed survey link in the current round."""
+    service = client.app[SURVEYS]
+    survey = await service.surveys.get(case_id)
+    assert survey is not None
+    return service.link(case_id, MAIN, survey.round).split("/survey/", 1)[1]
+
+
 def answer(resolved: bool, satisfaction: str, comment: str = "") -> dict[str, Any]:
     return {"outcome": "answered", "resolved": resolved, "satisfaction": satisfaction, "comment": comment}
 
@@ -118,11 +133,8 @@ async def test_rates_count_each_merged_reporters_answer(app_client: TestClient, 
 async def test_reopening_closes_the_round_for_the_other_reporters(app_client: TestClient,
                                                                   receiver: Open311Receiver) -> None:
     client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
-    survey = await service.surveys.get(case_id)
-    assert survey is not None
-    token = service.link(case_id, MAIN, survey.round).split("/survey/", 1)[1]
+    case_id, d = await merged_and_surveyed(client, receiver)
+    token = await link_token(client, case_id)
     async with staff_login(client, "follow_up") as agent:
         reopen = await agent.post_json(f"/api/v1/callbacks/{case_id}/{d}", answer(False, "unsatisfied", "根本没修"))
         assert reopen.status == 200 and "重新办理" in (await reopen.json())["message"]
@@ -183,8 +195,7 @@ async def test_reopening_closes_the_round_for_the_other_reporters(app_client: Te
 async def test_purge_takes_merged_reports_and_masks_survey_comments(app_client: TestClient,
                                                                    receiver: Open311Receiver) -> None:
     client, store = app_client, app_client.app[STORE]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
+    case_id, d = await merged_and_surveyed(client, receiver)
     comment = "有事打我电话13944440001，身份证110101199003077777"
     async with staff_login(client, "follow_up") as agent:
         for rid in (d, MAIN):

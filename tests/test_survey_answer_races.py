@@ -22,7 +22,7 @@ from hotline.surveys import SUPERSEDED
 from tests.console_support import staff_login
 from tests.dispatch_support import Open311Receiver, wait_for
 from tests.test_callbacks_e2e import callback_settings
-from tests.test_callbacks_fixes import answer, merged_case, surveyed
+from tests.test_callbacks_fixes import answer, link_token, merged_and_surveyed
 
 
 @pytest.fixture
@@ -72,8 +72,7 @@ async def test_answer_written_after_the_undo_of_its_merge_is_refused(app_client:
                                                                      receiver: Open311Receiver,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
+    case_id, d = await merged_and_surveyed(client, receiver)
     # The agent opened the card while d still belonged to the case; the undo lands before the answer is written.
     undone = around_write(monkeypatch, store, "survey_answered",
                           lambda: client.app[DEDUP].unmerge(d, "staff:ct1"))
@@ -102,8 +101,7 @@ async def test_answer_written_after_the_undo_of_its_merge_is_refused(app_client:
 async def test_undo_between_the_answer_and_the_reopening_leaves_the_case_alone(
         app_client: TestClient, receiver: Open311Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
+    case_id, d = await merged_and_surveyed(client, receiver)
     # The answer is written while d is still a reporter; the undo lands right after.
     undone = around_write(monkeypatch, store, "survey_answered", lambda: client.app[DEDUP].unmerge(d, "staff:ct1"),
                           after=True)
@@ -133,8 +131,7 @@ async def test_two_unhappy_answers_at_once_reopen_the_case_once(app_client: Test
                                                                 monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
+    case_id, d = await merged_and_surveyed(client, receiver)
     async with staff_login(client, "follow_up") as agent, staff_login(client, "follow_up") as other:
         # Both answers are written to the case; the merged reporter's 不满意 reopens it before the owner's
         # 未解决 would.
@@ -161,8 +158,7 @@ async def test_answer_written_after_another_reopened_the_case_gets_409(
         app_client: TestClient, receiver: Open311Receiver, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
+    case_id, d = await merged_and_surveyed(client, receiver)
     async with staff_login(client, "follow_up") as agent, staff_login(client, "follow_up") as other:
         # Both cards passed their checks; the merged reporter's 不满意 reopens the case before the owner's
         # answer reaches the case.
@@ -190,12 +186,9 @@ async def test_answer_written_after_another_reopened_the_case_gets_409(
 async def test_owners_satisfied_link_answer_and_a_reporters_unhappy_one_at_once(
         app_client: TestClient, receiver: Open311Receiver, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    client, store, service = app_client, app_client.app[STORE], app_client.app[SURVEYS]
-    case_id, (d,) = await merged_case(client)
-    await surveyed(client, receiver, case_id)
-    survey = await service.surveys.get(case_id)
-    assert survey is not None
-    token = service.link(case_id, MAIN, survey.round).split("/survey/", 1)[1]
+    client, store = app_client, app_client.app[STORE]
+    case_id, d = await merged_and_surveyed(client, receiver)
+    token = await link_token(client, case_id)
     async with staff_login(client, "follow_up") as agent:
         # The citizen's 满意 on the signed web link would close the case; an agent records the merged
         # reporter's 不满意 just before, and the case is reopened instead.
