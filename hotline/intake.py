@@ -21,8 +21,8 @@ from hotline.errors import ApiError
 from hotline.nlp.text import nfkc, normalize, sanitize
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
-from hotline.store import Store
-from hotline.store.cases import Claim
+from hotline.store import CaseNotFound, CreateResult, Store
+from hotline.store.cases import STORE_REFUSED_MESSAGE, Claim
 from hotline.store.filing import Filing
 
 log = logging.getLogger("hotline.intake")
@@ -42,6 +42,8 @@ _PHONE_DIGIT = "0-9０-９"
 PHONE_PATTERN = re.compile(
     rf"^(?=(?:[^{_PHONE_DIGIT}]*[{_PHONE_DIGIT}]){{{MIN_PHONE_DIGITS}}})[+＋]?[{_PHONE_DIGIT}\s\-－()（）]{{5,24}}$")
 RESUBMIT_WINDOW_S = 24 * 3600
+# Rounds of writing a case under a number its keys name but whose case is not written yet (see ``submit``).
+MAX_UNWRITTEN = 3
 # Places within ~100 m are one place for the resubmission check: a phone's fix of the same spot wanders.
 RESUBMIT_PLACE_DECIMALS = 3
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -204,33 +206,27 @@ class Intake:
         decision = await self.dedup.check(case, claim=claim) if self.dedup is not None else None
         if not claim.settled:  # no duplicate lookup ran (matching switched off, or no deduplicator)
             await self.store.settle(claim)
-        if claim.earlier:
-            return await self._earlier(msg, request_keys, claim.case_id)
-        case.id = claim.case_id
-        if decision is not None and decision.action == "suggest":
-            case.duplicate_candidates = decision.candidates
-        # A complaint typed in by a call-taker during the call (人工受理) is received by that staff member.
-        who = f"staff:{msg.taken_by}" if msg.taken_by else f"{msg.channel}:citizen"
-        taken = {"taken_by": msg.taken_by} if msg.taken_by else {}
-        events = [
-            (who, "received", {"channel": msg.channel, "received_at": msg.received_at, **taken}),
-            ("system", "classified", {"model": case.suggestion.get("model", ""),
-                                      "needs_confirmation": case.needs_confirmation}),
-        ]
-        # ``check`` has just read the best candidate's status: it is open, so it is no one's linked report and
-        # the report joins it directly. If it closes or is merged in the meantime, ``attach`` refuses and the
-        # report becomes a case of its own.
+        case_id, earlier = claim.case_id, claim.earlier
+        for _attempt in range(MAX_UNWRITTEN):
+            if earlier:
+                existing = await self._earlier(msg, request_keys, case_id)
+                if existing is not None:
+                    return existing
+                # The keys name a number whose case is not written: a copy of this request took it and is
+                # still writing it, or died first. This request writes the case under that number itself (a
+                # copy that writes it first makes ``create_case`` answer with it): a number is spent once.
+                log.info("case number not yet written", extra={"event": "case_number_unwritten", "case_id": case_id})
+                case = self._draft(msg, text, norm, case_id, now)
+                decision = await self.dedup.check(case) if self.dedup is not None else None
+            case.id = case_id
+            result = await self._create(msg, case, keys, decision)
+            if result.created:
+                break
+            case_id, earlier = result.case_id, True
+        else:
+            # Keys naming several unwritten numbers at once, again and again: give up rather than guess.
+            raise IntakeError("intake_busy", STORE_REFUSED_MESSAGE, 503)
         master_id = decision.case_id if decision is not None and decision.action == "merge" else ""
-        if master_id and self.dedup is not None and decision is not None:
-            # A repeat is stored already merged: one write for the report, then one for the open case.
-            data = self.dedup.mark_report(case, master_id, decision.score, "system")
-            case.status = Status.MERGED
-            events.append(("system", "merged", {"from": str(Status.CLASSIFIED), "to": str(Status.MERGED), **data}))
-        # A new open case goes into the duplicate index in the same write (one round trip, not two).
-        filing = self.dedup.filing(case) if self.dedup is not None and not master_id else None
-        result = await self.store.create_case(case, idempotency_keys=keys, events=events, filing=filing)
-        if not result.created:
-            return await self._earlier(msg, request_keys, result.case_id)
 
         merged_into = ""
         if master_id and self.dedup is not None and decision is not None:
@@ -254,6 +250,32 @@ class Intake:
         return IntakeResult(case=case, created=True,
                             reply=case_number_reply(case, created=True, merged_into=merged_into),
                             merged_into=merged_into)
+
+    async def _create(self, msg: InboundMessage, case: Case, keys: list[str],
+                      decision: DedupDecision | None) -> CreateResult:
+        """Write the new case (already merged, when the check found an open case to merge into) with its keys."""
+        if decision is not None and decision.action == "suggest":
+            case.duplicate_candidates = decision.candidates
+        # A complaint typed in by a call-taker during the call (人工受理) is received by that staff member.
+        who = f"staff:{msg.taken_by}" if msg.taken_by else f"{msg.channel}:citizen"
+        taken = {"taken_by": msg.taken_by} if msg.taken_by else {}
+        events = [
+            (who, "received", {"channel": msg.channel, "received_at": msg.received_at, **taken}),
+            ("system", "classified", {"model": case.suggestion.get("model", ""),
+                                      "needs_confirmation": case.needs_confirmation}),
+        ]
+        # ``check`` has just read the best candidate's status: it is open, so it is no one's linked report and
+        # the report joins it directly. If it closes or is merged in the meantime, ``attach`` refuses and the
+        # report becomes a case of its own.
+        master_id = decision.case_id if decision is not None and decision.action == "merge" else ""
+        if master_id and self.dedup is not None and decision is not None:
+            # A repeat is stored already merged: one write for the report, then one for the open case.
+            data = self.dedup.mark_report(case, master_id, decision.score, "system")
+            case.status = Status.MERGED
+            events.append(("system", "merged", {"from": str(Status.CLASSIFIED), "to": str(Status.MERGED), **data}))
+        # A new open case goes into the duplicate index in the same write (one round trip, not two).
+        filing = self.dedup.filing(case) if self.dedup is not None and not master_id else None
+        return await self.store.create_case(case, idempotency_keys=keys, events=events, filing=filing)
 
     def _draft(self, msg: InboundMessage, text: str, norm: str, case_id: str, now: float) -> Case:
         """The case a validated message becomes: classified, not yet deduplicated or stored."""
@@ -293,8 +315,9 @@ class Intake:
         decision = await self.dedup.check(case, remember=False) if self.dedup else None
         return case, decision
 
-    async def _earlier(self, msg: InboundMessage, request_keys: list[str], case_id: str) -> IntakeResult:
-        """The case an idempotency key named, unless the request id was used for other content."""
+    async def _earlier(self, msg: InboundMessage, request_keys: list[str], case_id: str) -> IntakeResult | None:
+        """The case an idempotency key named, unless the request id was used for other content; None while
+        that case is not written (the number was taken with the key, see ``CLAIM_LUA``)."""
         if msg.key_reuse == "refuse" and request_keys:
             # The store says only that one of the keys was taken, not which: the bare request id taken while
             # this content's key does not name the same case is the request id used for another complaint.
@@ -305,7 +328,10 @@ class Intake:
                 raise IntakeError("idempotency_key_reused",
                                   "该 Idempotency-Key 已用于另一项内容不同的诉求。提交新的诉求请使用新的 "
                                   "Idempotency-Key；重试原请求请发送与原请求相同的内容。")
-        return await self._existing(case_id)
+        try:
+            return await self._existing(case_id)
+        except CaseNotFound:
+            return None
 
     async def _existing(self, case_id: str) -> IntakeResult:
         case = await self.store.get_case(case_id)

@@ -9,6 +9,11 @@ call recording, the case's entries in the caller index, and the numbers its sati
 A merged report keeps a case record of its own (status merged) with the citizen's number: it goes once the
 case it was merged into (the end of its duplicate_of chain) is finished, as its number is then of no more use
 than the master's own.
+
+Finished is decided on each case as it is when it is written, never on the batch it was listed in: a case
+reopened (重办, by a merged reporter's 不满意 or by staff) or a merge undone while the purge runs keeps
+everything. A closed case whose satisfaction round still waits for a reporter's answer is not finished either:
+that answer may reopen it.
 """
 
 from __future__ import annotations
@@ -23,14 +28,20 @@ from hotline.attachments import AttachmentStore, name_of
 from hotline.callers import caller_keys
 from hotline.records import Case, mask_pii
 from hotline.status import Status
-from hotline.store import CaseNotFound, Store
+from hotline.store import CaseChanged, CaseNotFound, Store
 from hotline.store.surveys import Recipient, Survey, SurveyStore
+from hotline.surveys import WAITING_STATES
 
 log = logging.getLogger("hotline.retention")
 
 FINISHED = frozenset({Status.CLOSED})
+# A listed case in another status is not looked at again: it is not finished (a case that closes meanwhile
+# is taken by the next run).
+CANDIDATES = FINISHED | {Status.MERGED}
 ACTOR = "system:retention"
 MAX_CHAIN = 8  # as hotline/dedup.py follows duplicate_of links
+# Reads and writes of one case that found it changed each time: it is left for the next run.
+ATTEMPTS = 3
 
 
 @dataclass
@@ -89,6 +100,24 @@ def scrub_recipient(rec: Recipient, _survey: Survey) -> None:
             note["note"] = mask_pii(note["note"])
 
 
+@dataclass
+class _Decision:
+    """Why a case may be purged, as read just before its write: the survey round seen (its recipients' numbers
+    go too) and, for a merged report, the statuses its chain must still have when the write happens."""
+
+    survey: Survey | None
+    require: dict[str, Status] = field(default_factory=dict)
+
+
+class _Changed(Exception):
+    """The case is no longer the record the purge decided on."""
+
+
+def _waiting(survey: Survey | None) -> bool:
+    """A recipient of the round may still answer, and an unhappy answer reopens the case."""
+    return survey is not None and any(r.state in WAITING_STATES for r in survey.recipients.values())
+
+
 class Retention:
     def __init__(self, store: Store, data_dir: Path, attachments: AttachmentStore) -> None:
         self.store = store
@@ -97,56 +126,118 @@ class Retention:
         self.attachments = attachments
 
     async def purge(self, older_than_s: float, *, dry_run: bool = False, now: float | None = None) -> PurgeResult:
-        """Purge every finished case created more than ``older_than_s`` ago; idempotent."""
+        """Purge every finished case created more than ``older_than_s`` ago; idempotent.
+
+        The cases are listed 500 at a time, but a listed copy only picks the candidates: whether a case is
+        finished is decided on the case as it is read just before its write, and the write happens only while
+        the case (and, for a merged report, its chain up to the closed case) is still as read. A case reopened,
+        undone or otherwise changed while the purge runs is decided again, and an open one is left alone.
+        """
         cutoff = (time.time() if now is None else now) - older_than_s
         result = PurgeResult()
         ids = await self.store.case_ids_between(0, cutoff, limit=10_000_000)
-        roots: dict[str, Status | None] = {}
         for start in range(0, len(ids), 500):
-            for case in await self.store.get_cases(ids[start:start + 500]):
+            for listed in await self.store.get_cases(ids[start:start + 500]):
                 result.scanned += 1
-                if not holds_personal_data(case) or not await self._finished(case, roots):
+                if not holds_personal_data(listed) or listed.status not in CANDIDATES:
                     continue
-                result.purged.append(case.id)
-                if not dry_run:
-                    await self._purge_one(case, result)
+                if await self._purge_case(listed.id, result, dry_run=dry_run):
+                    result.purged.append(listed.id)
         return result
 
-    async def _finished(self, case: Case, roots: dict[str, Status | None]) -> bool:
-        """A closed case, or a merged report whose master (the end of its duplicate_of chain) is closed."""
-        if case.status in FINISHED:
-            return True
-        if case.status != Status.MERGED or not case.duplicate_of:
-            return False
-        if case.duplicate_of not in roots:
-            roots[case.duplicate_of] = await self._root_status(case)
-        return roots[case.duplicate_of] in FINISHED
+    async def _purge_case(self, case_id: str, result: PurgeResult, *, dry_run: bool) -> bool:
+        """Purge one case if it is finished now; True when it was (would be, for a dry run) purged."""
+        for _attempt in range(ATTEMPTS):
+            try:
+                case = await self.store.get_case(case_id)
+            except CaseNotFound:
+                return False
+            if not holds_personal_data(case):
+                return False
+            decision = await self._finished(case)
+            if decision is None:
+                return False
+            if dry_run:
+                return True
+            try:
+                return await self._purge_one(case, decision, result)
+            except (_Changed, CaseChanged):
+                continue  # changed since it was read: decide again on the case as it is now
+        log.info("retention: case left for the next run", extra={"event": "retention_case_busy",
+                                                                  "case_id": case_id})
+        return False
 
-    async def _root_status(self, case: Case) -> Status | None:
+    async def _finished(self, case: Case) -> _Decision | None:
+        """A closed case whose survey round waits for nobody, or a merged report whose master (the end of its
+        duplicate_of chain) is one; None when the case is to be left alone."""
+        if case.status not in FINISHED and (case.status != Status.MERGED or not case.duplicate_of):
+            return None
+        survey = await self.surveys.get(case.id)
+        if _waiting(survey):
+            return None
+        if case.status in FINISHED:
+            return _Decision(survey)
+        require = await self._finished_chain(case)
+        return None if require is None else _Decision(survey, require)
+
+    async def _finished_chain(self, case: Case) -> dict[str, Status] | None:
+        """The statuses of the cases along the report's duplicate_of chain, when it ends in a finished case:
+        each link merged, the end closed with no survey answer outstanding. None otherwise (also for a broken
+        or overlong chain: keep the data rather than guess)."""
         seen = {case.id}
+        require: dict[str, Status] = {}
         current = case.duplicate_of
         while current and current not in seen and len(seen) <= MAX_CHAIN:
             seen.add(current)
             try:
                 master = await self.store.get_case(current)
             except CaseNotFound:
-                return None  # a broken chain: keep the data rather than guess
+                return None
             if not master.duplicate_of:
-                return master.status
+                if master.status not in FINISHED or _waiting(await self.surveys.get(master.id)):
+                    return None
+                require[master.id] = master.status
+                return require
+            if master.status != Status.MERGED:
+                return None
+            require[master.id] = Status.MERGED
             current = master.duplicate_of
         return None
 
-    async def _purge_one(self, case: Case, result: PurgeResult) -> None:
+    async def _purge_one(self, case: Case, decision: _Decision, result: PurgeResult) -> bool:
+        """Write the purge, only onto the record ``case`` was read as (``_Changed`` otherwise) and only while
+        the chain above a merged report is as decided (``CaseChanged`` otherwise); then the caller index, the
+        survey round's numbers and the files."""
         callers = caller_keys(case)
         files = self._files(case)
+
+        def purge(current: Case) -> dict[str, Any]:
+            if current != case:
+                raise _Changed(case.id)
+            return scrub(current)
+
         try:
-            await self.store.update_case(case.id, scrub, actor=ACTOR, action="personal_data_purged")
+            await self.store.update_case(case.id, purge, actor=ACTOR, action="personal_data_purged",
+                                         require=decision.require)
         except CaseNotFound:
-            return
+            return False
         await self.store.forget_callers(case.id, callers)
-        survey = await self.surveys.get(case.id)
-        for rid in survey.recipients if survey else {}:
-            await self.surveys.update(case.id, rid, scrub_recipient)
+        if decision.survey is not None:
+            # The round that was seen finished, and only that one: a later round asks the citizens of a case
+            # handled again, from its (purged) record.
+            seen_round = decision.survey.round
+
+            def scrub_seen(rec: Recipient, survey: Survey) -> None:
+                if survey.round != seen_round:
+                    raise _Changed(case.id)
+                scrub_recipient(rec, survey)
+
+            try:
+                for rid in decision.survey.recipients:
+                    await self.surveys.update(case.id, rid, scrub_seen)
+            except (_Changed, KeyError):
+                log.info("retention: survey round changed", extra={"event": "retention_survey_changed",
+                                                                   "case_id": case.id})
         # Files go after the record stops naming them: a crash in between leaves a file, never a dangling name
         # that a later run could not find again (the log names what failed).
         for path in files:
@@ -157,6 +248,7 @@ class Retention:
                 result.files_failed += 1
                 log.exception("retention: file not removed", extra={"event": "retention_file_failed",
                                                                    "case_id": case.id})
+        return True
 
     def _files(self, case: Case) -> list[Path]:
         out = []

@@ -6,6 +6,7 @@ Redis structures of one capability each and share the connection of a ``Store``.
 
 from hotline.store.cases import (
     CONFIRM_QUEUE_STATES,
+    CaseChanged,
     CaseNotFound,
     CreateResult,
     Event,
@@ -14,5 +15,5 @@ from hotline.store.cases import (
     queue_score,
 )
 
-__all__ = ["CONFIRM_QUEUE_STATES", "CaseNotFound", "CreateResult", "Event", "Store", "StoreUnavailable",
-           "queue_score"]
+__all__ = ["CONFIRM_QUEUE_STATES", "CaseChanged", "CaseNotFound", "CreateResult", "Event", "Store",
+           "StoreUnavailable", "queue_score"]

@@ -18,7 +18,7 @@ import json
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,6 +76,14 @@ class CaseNotFound(KeyError):
         self.case_id = case_id
 
 
+class CaseChanged(Exception):
+    """An update made on a condition refused: ``case_id`` was no longer in the status it required."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__(case_id)
+        self.case_id = case_id
+
+
 @dataclass
 class Event:
     id: str
@@ -104,37 +112,54 @@ return n
 
 # A case id, as a Lua function other scripts include (the duplicate lookup runs it in its round trip).
 # KEYS[k0]: the day's sequence, KEYS[k0 + 1 .. k1]: idempotency keys. Returns {1, earlier case id} when an
-# idempotency key is taken, else {0, next sequence number}: a retry spends no number.
+# idempotency key is taken, else {0, new case id}: a retry spends no number. The number and the keys are
+# taken together: a new id is written under every key at once, so a copy of the request arriving before the
+# case is written finds the key taken and gets that id (and writes the case under it itself, should the first
+# request never do it: ``Intake.submit``). Only the request that takes the keys spends a number.
 CLAIM_LUA = """
-local function claim(k0, k1, ttl)
+local function claim(k0, k1, ttl, idem_ttl, day)
   for i = k0 + 1, k1 do
     local earlier = redis.call('GET', KEYS[i])
     if earlier then return {1, earlier} end
   end
   local n = redis.call('INCR', KEYS[k0])
   if n == 1 then redis.call('EXPIRE', KEYS[k0], ttl) end
-  return {0, n}
+  local id = string.format('%s-%06d', day, n)
+  for i = k0 + 1, k1 do
+    redis.call('SET', KEYS[i], id, 'EX', idem_ttl)
+  end
+  return {0, id}
 end
 """
-_CLAIM_LUA = CLAIM_LUA + "return claim(1, #KEYS, ARGV[1])"
+_CLAIM_LUA = CLAIM_LUA + "return claim(1, #KEYS, ARGV[1], ARGV[2], ARGV[3])"
 
 
 @dataclass
 class Claim:
-    """Getting a case id, as script input (``keys``: the day's sequence, then the idempotency keys); once
-    a script ran it, ``settle`` fills in the id and whether an idempotency key named an earlier case."""
+    """Getting a case id, as script input (``keys``: the day's sequence, then the idempotency keys; ``args``);
+    once a script ran it, ``settle`` fills in the id and whether an idempotency key named an earlier case.
+
+    A new id is written under the idempotency keys by the same script: a copy of the request that comes
+    meanwhile is told about it (``earlier``) even before the case is written (``create_case`` accepts keys
+    that name the case being created)."""
 
     day: str
     keys: list[str]
     ttl: int
+    idem_ttl: int = 86400
     case_id: str = ""
     earlier: bool = False
     settled: bool = False
 
+    @property
+    def args(self) -> list[str | int]:
+        """The claim's ARGV, in the order of the Lua ``claim`` function's parameters after the key range."""
+        return [self.ttl, self.idem_ttl, self.day]
+
     def settle(self, reply: list[Any]) -> Claim:
         taken, value = reply
         self.earlier = bool(int(taken))
-        self.case_id = str(value) if self.earlier else f"{self.day}-{int(value):06d}"
+        self.case_id = str(value)
         self.settled = True
         return self
 
@@ -162,7 +187,10 @@ return out
 """
 
 # Creates a case with its events and index entries in one atomic step, unless one of the
-# idempotency keys is already taken (then the earlier case id is returned and nothing is written). With a
+# idempotency keys is already taken by another case (then that case id is returned and nothing is written).
+# A key naming this very id was taken with the number (``CLAIM_LUA``): when the case exists already, a copy of
+# the same request wrote it and its id is returned as an earlier case; a case that exists while no key names
+# it is a number given twice, and refused. With a
 # filing, the case's entry in the candidate index (hotline/store/filing.py) is written in the same step.
 # KEYS: case, events, all-cases, status index, confirm queue, feed, caller keys..., idem keys...,
 #       filing keys...
@@ -174,11 +202,17 @@ local n_callers = tonumber(ARGV[9])
 local n_fixed = 6 + n_callers
 local n_file = tonumber(ARGV[11])
 local last_idem = #KEYS - n_file
+local claimed = false
 for i = n_fixed + 1, last_idem do
   local existing = redis.call('GET', KEYS[i])
-  if existing then return {0, existing} end
+  if existing == ARGV[1] then
+    claimed = true
+  elseif existing then
+    return {0, existing}
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  if claimed then return {0, ARGV[1]} end
   return redis.error_reply('case id already used: ' .. ARGV[1])
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -202,14 +236,19 @@ return {1, ARGV[1]}
 
 # Writes an updated case with its event, index moves and feed entry, if the stored record is still the one
 # the update was computed from: the check and the write in one round trip, where WATCH/GET/MULTI/EXEC took
-# three. KEYS: case, events, status index before, status index after, confirm queue, feed.
-# ARGV: record read, new record, case id, created ts, queue score ('' = not queued), event ts, actor,
-#       action, event data json, events maxlen, new status, feed maxlen.
-# Returns 1 written, 0 the record changed meanwhile (read it again), -1 no such case.
+# three. KEYS: case, events, status index before, status index after, confirm queue, feed, then the status
+# index of each required case. ARGV: record read, new record, case id, created ts, queue score ('' = not
+# queued), event ts, actor, action, event data json, events maxlen, new status, feed maxlen, then the required
+# cases' ids (one per extra key: that case must be in that index for the write to happen).
+# Returns 1 written, 0 the record changed meanwhile (read it again), -1 no such case, -2 - i the i-th
+# required case is not in its status (nothing written).
 _UPDATE_LUA = """
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
 if current ~= ARGV[1] then return 0 end
+for i = 7, #KEYS do
+  if not redis.call('ZSCORE', KEYS[i], ARGV[i + 6]) then return -2 - (i - 7) end
+end
 redis.call('SET', KEYS[1], ARGV[2])
 if KEYS[3] ~= KEYS[4] then
   redis.call('ZREM', KEYS[3], ARGV[3])
@@ -308,13 +347,15 @@ class Store:
     def claim(self, idempotency_keys: list[str], now: float | None = None) -> Claim:
         """A case id to get: run by ``settle``, or inside another script (the duplicate lookup)."""
         day = datetime.fromtimestamp(now or time.time(), self.tz).strftime("%Y%m%d")
-        return Claim(day, [f"{self.p}:seq:{day}", *(self.k_idem(k) for k in idempotency_keys)], SEQ_TTL_S)
+        return Claim(day, [f"{self.p}:seq:{day}", *(self.k_idem(k) for k in idempotency_keys)], SEQ_TTL_S,
+                     self.idem_ttl)
 
     async def settle(self, claim: Claim) -> Claim:
-        return claim.settle(await self._claim(keys=claim.keys, args=[claim.ttl]))
+        return claim.settle(await self._claim(keys=claim.keys, args=claim.args))
 
     async def claim_id(self, idempotency_keys: list[str], now: float | None = None) -> tuple[str, bool]:
-        """The case an idempotency key already names (id, True), else a new id as ``allocate_id`` (id, False)."""
+        """The case an idempotency key already names (id, True), else a new id as ``allocate_id`` (id, False),
+        which the keys name from then on."""
         claim = await self.settle(self.claim(idempotency_keys, now))
         return claim.case_id, claim.earlier
 
@@ -415,7 +456,8 @@ class Store:
         return bool(await self.r.exists(self.k_case(case_id)))
 
     async def update_case(self, case_id: str, mutate: Callable[[Case], dict[str, Any] | None], *,
-                          actor: str, action: str, target: Status | None = None, read: str | None = None) -> Case:
+                          actor: str, action: str, target: Status | None = None, read: str | None = None,
+                          require: Mapping[str, Status] | None = None) -> Case:
         """Read-modify-write one case, with its event, indexes and feed entry.
 
         ``mutate`` changes the case in place and returns the event's data. A ``target`` status is
@@ -423,7 +465,10 @@ class Store:
         record is still the one read (optimistic concurrency); otherwise the case is read and changed again.
         ``read``: the record as the caller has just read it (``statuses_and_record``), to start from
         without reading it again; if it has changed since, the write is refused and the case read anew.
+        ``require``: other cases and the status each must be in when the write happens, checked in the same
+        step as the write; if one is not, nothing is written and ``CaseChanged`` names it.
         """
+        required = list((require or {}).items())
         key = self.k_case(case_id)
         lock = self._case_locks.get(case_id)
         if lock is None:
@@ -446,15 +491,17 @@ class Store:
                 score = queue_score(case)
                 written = await self._update(
                     keys=[key, self.k_events(case_id), self.k_status(before), self.k_status(case.status),
-                          self.k_confirm, self.k_feed],
+                          self.k_confirm, self.k_feed, *(self.k_status(st) for _other, st in required)],
                     args=[raw, dumps(case.to_dict()), case_id, f"{case.created_at:.6f}",
                           "" if score is None else f"{score:.6f}", f"{now:.6f}", actor, action,
                           dumps(data), EVENTS_PER_CASE_MAX, str(case.status),
-                          FEED_MAXLEN])
+                          FEED_MAXLEN, *(other for other, _st in required)])
                 if int(written) == 1:
                     return case
                 if int(written) == -1:
                     raise CaseNotFound(case_id)
+                if int(written) <= -2:
+                    raise CaseChanged(required[-2 - int(written)][0])
 
     async def add_event(self, case_id: str, *, actor: str, action: str, data: dict[str, Any]) -> str:
         """An audit entry that does not change the case (a view, a note, a notification sent)."""

@@ -91,13 +91,14 @@ end
 _RANK_LUA = RANK_LUA + "return rank(1, 1)"
 
 # The claim of a new case's id (``Claim``) and the lookup of its candidates in one round trip. KEYS: the
-# claim's keys, then the lookup's. ARGV: the number of claim keys, the claim's ttl, then the lookup's.
-# Returns {claim reply} when an idempotency key named an earlier case, else {claim reply, lookup reply}.
+# claim's keys, then the lookup's. ARGV: the number of claim keys, the claim's three arguments (``Claim.args``),
+# then the lookup's. Returns {claim reply} when an idempotency key named an earlier case, else
+# {claim reply, lookup reply}.
 _CLAIM_RANK_LUA = CLAIM_LUA + RANK_LUA + """
 local n = tonumber(ARGV[1])
-local claimed = claim(1, n, ARGV[2])
+local claimed = claim(1, n, ARGV[2], ARGV[3], ARGV[4])
 if claimed[1] == 1 then return {claimed} end
-return {claimed, rank(n + 1, 3)}
+return {claimed, rank(n + 1, 5)}
 """
 
 
@@ -251,7 +252,7 @@ class DedupIndex:
             found, rows = await self._rank(keys=lookup_keys, args=args)
         else:
             reply = await self._claim_rank(keys=[*claim.keys, *lookup_keys],
-                                           args=[len(claim.keys), claim.ttl, *args])
+                                           args=[len(claim.keys), *claim.args, *args])
             if claim.settle(reply[0]).earlier:
                 return [], False
             found, rows = reply[1]
