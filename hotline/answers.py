@@ -9,8 +9,9 @@ Where answers go out:
 - web and JSON API: ``offer_for`` right after intake answers a confident consultation at once;
 - chat (WeChat, Telegram): an intake hook sends the answer with 是/否 options (kind ``answer``); the
   chat channels route the citizen's reply back to ``handle_reply``;
-- IVR: ``ivr_offer`` gives a short spoken prompt; the answer itself goes out by text (``send`` with a
-  chat channel and recipient) or is read by a call-taker — long answers are never read by TTS;
+- IVR: ``ivr_offer`` finds the answer; the flow plays fixed prompts (config/ivr.toml ``answer_*``) and the
+  answer itself goes out by text (``send`` through ``[answers].text_channel`` to the caller's number) or is
+  read by a call-taker — long answers are never read by TTS;
 - call-taker console: ``suggest_case`` (top 3) and ``send``.
 A 否 moves the case from answered back to classified: it waits in the confirmation queue as a normal case.
 """
@@ -92,7 +93,6 @@ class IvrOffer:
     entry_id: str
     department: str
     date: str
-    prompt: str  # short enough to speak; the answer itself goes out as text
     text: str  # the full answer with its source, for a chat message or a call-taker to read
 
 
@@ -366,10 +366,11 @@ class AnswerService:
 
     # IVR --------------------------------------------------------------------
     async def ivr_offer(self, case: Case) -> IvrOffer | None:
-        """For a caller's consultation: a short prompt offering the answer by text or from a call-taker.
+        """For a caller's consultation: the answer to offer, or None.
 
-        The IVR then calls ``send(case_id, entry_id, channel=…, recipient=…)`` or queues the caller for a
-        call-taker, who sees the same suggestion in the console.
+        The IVR flow offers it with fixed prompts, then calls ``send(case_id, entry_id, channel=…,
+        recipient=<caller number>)`` through ``[answers].text_channel`` or queues the caller for a call-taker,
+        who sees the same suggestion in the console.
         """
         if not is_consultation(case.normalized_text or case.text, case.suggestion):
             return None
@@ -377,10 +378,7 @@ class AnswerService:
         if decision.answer is None:
             return None
         e = decision.answer.entry
-        who = e.department or "相关部门"
-        prompt = (f"我们查到了{who}对类似问题的答复。需要通过微信把答复文字发给您，请按1；"
-                  "需要接线员为您读出，请按2；继续登记您的问题，请按3。")
-        return IvrOffer(case_id=case.id, entry_id=e.id, department=e.department, date=e.date, prompt=prompt,
+        return IvrOffer(case_id=case.id, entry_id=e.id, department=e.department, date=e.date,
                         text=answer_text({"answer": e.answer, "department": e.department, "date": e.date}))
 
 

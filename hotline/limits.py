@@ -99,6 +99,32 @@ def client_address(request: web.Request, trusted: tuple[Network, ...]) -> str:
     return peer
 
 
+def gate_address(request: web.Request) -> str:
+    """The address an allow list judges (``voice.pbx_allow``, ``metrics.allow``): the client as the rate limits
+    see it, so that behind ``limits.trusted_proxies`` it is the forwarded client, not the proxy on loopback that
+    every request comes from. "" (refused) when a trusted proxy forwarded an address that cannot be read: allow
+    lists fail closed where the rate limits fail open."""
+    cfg = request.app.get(LIMITS) or LimitConfig.from_settings(request.app[SETTINGS]["limits"])
+    trusted = cfg.trusted_proxies
+    peer = _ip(request.remote or "")
+    if peer is not None and any(peer in n for n in trusted):
+        hops = [h for part in request.headers.getall("X-Forwarded-For", []) for h in part.split(",")]
+        if any(_ip(h) is None for h in hops):
+            return ""
+    return client_address(request, trusted)
+
+
+def address_allowed(request: web.Request, networks: list[str]) -> bool:
+    """Whether ``gate_address`` lies in one of ``networks`` (CIDR strings); False for an unreadable address."""
+    addr = _ip(gate_address(request))
+    if addr is None:
+        return False
+    try:
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in networks)
+    except ValueError:
+        return False
+
+
 def _exempt(address: str, exempt: tuple[Network, ...]) -> bool:
     addr = _ip(address)
     return addr is not None and any(addr in n for n in exempt)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
 
 from hotline.appkeys import CLASSIFIER, INTAKE, SETTINGS, STORE, STT
+from hotline.limits import address_allowed
 from hotline.records import Case
 from hotline.store import StoreUnavailable
 from hotline.store.outbox import Outbox
@@ -193,14 +193,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _allowed(request: web.Request) -> bool:
+    """``[metrics] allow`` holds against the client as the PBX endpoints judge it: behind
+    ``limits.trusted_proxies`` the forwarded client, not the proxy on loopback that relays everyone."""
     nets = request.app[SETTINGS]["metrics"]["allow"]
     if not nets:
         return True
-    try:
-        addr = ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        return False
-    return any(addr in ipaddress.ip_network(n, strict=False) for n in nets)
+    return address_allowed(request, nets)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

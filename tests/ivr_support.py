@@ -113,6 +113,11 @@ class FakeCaller:
         return self._speech.popleft() if self._speech else bytes(self.frame)
 
 
+# AudioSocket audio message types by sample rate (current upstream include/asterisk/res_audiosocket.h).
+AUDIO_KINDS = {8000: 0x10, 12000: 0x11, 16000: 0x12, 24000: 0x13, 32000: 0x14, 44100: 0x15, 48000: 0x16,
+               96000: 0x17, 192000: 0x18}
+
+
 class FakeAudioSocketPBX:
     """Asterisk's side of AudioSocket(uuid, host:port): real framing, 20 ms real-time pacing."""
 
@@ -131,7 +136,7 @@ class FakeAudioSocketPBX:
 
     @property
     def kind(self) -> int:
-        return 0x10 if self.rate == 8000 else 0x11
+        return AUDIO_KINDS[self.rate]
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -168,7 +173,7 @@ class FakeAudioSocketPBX:
                 kind, length = HEADER.unpack(head)
                 payload = await self.reader.readexactly(length) if length else b""
                 self.kinds.append(kind)
-                if kind in (0x10, 0x11):
+                if kind in AUDIO_KINDS.values():
                     self.rx += payload
                 elif kind == 0x00:
                     self.got_hangup.set()

@@ -340,7 +340,7 @@ async def test_chat_consultation_answered_at_once_and_no_reply_makes_a_case(
     assert case.status == Status.CLASSIFIED and case.answer["feedback_by"] == "wechat:citizen"
 
 
-async def test_ivr_offer_is_short_and_sends_by_text(app_client: TestClient, ct: Headers, sup: Headers) -> None:
+async def test_ivr_offer_names_the_entry_and_sends_by_text(app_client: TestClient, ct: Headers, sup: Headers) -> None:
     ids = await add_entries(app_client, sup)
     wx = ChatDouble()
     app_client.app[NOTIFICATIONS].register("wechat", wx)
@@ -349,8 +349,8 @@ async def test_ivr_offer_is_short_and_sends_by_text(app_client: TestClient, ct: 
     service = app_client.app[ANSWERS]
     assert (await app_client.app[STORE].get_case(result.case.id)).status == Status.CLASSIFIED  # no TTS answer
     offer = await service.ivr_offer(result.case)
-    assert offer is not None and offer.entry_id == ids[0] and len(offer.prompt) < 80
-    assert "医疗保障局" in offer.prompt and offer.text.count("新生儿凭出生医学证明") == 1
+    assert offer is not None and offer.entry_id == ids[0] and "医疗保障局" in offer.department
+    assert offer.text.count("新生儿凭出生医学证明") == 1 and "医疗保障局" in offer.text
     case, delivered = await service.send(result.case.id, offer.entry_id, actor="voice:ivr", channel="wechat",
                                          recipient="openid-9")
     assert delivered and case.status == Status.ANSWERED and wx.sent[-1].recipient == "openid-9"

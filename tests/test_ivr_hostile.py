@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -33,7 +34,7 @@ from hotline.ivr.session import CallOutcome, CallSession, VoiceTimings, clean_nu
 from hotline.redis_server import EmbeddedRedis
 from hotline.speech import Transcript
 from tests.conftest import make_settings
-from tests.ivr_support import espeak, ko_model_dir, noise, silence
+from tests.ivr_support import FakeAudioSocketPBX, espeak, find_in, ko_model_dir, noise, silence
 
 HEADER = struct.Struct(">BH")
 LAMP = "xiao3 qu1 men2 kou3 de5 lu4 deng1 huai4 le5"  # 小区门口的路灯坏了
@@ -129,6 +130,7 @@ async def test_pbx_endpoints_judge_the_forwarded_client_behind_a_trusted_proxy(
     # The Asterisk server behind the same proxy.
     forwarded = {"X-Forwarded-For": "10.0.0.20"}
     assert (await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER}, headers=forwarded)).status == 204
+    assert await (await client.get(f"/ivr/calls/{call_id}/action", headers=forwarded)).text() == "pending"
     # The Asterisk server on this host, connected directly (no proxy, no header).
     assert (await client.post(f"/ivr/calls/{call_id}", data={"caller": CALLER})).status == 204
     resp = await client.get(f"/ivr/calls/{call_id}")
@@ -190,6 +192,52 @@ async def test_audiosocket_gives_no_audio_one_deadline(monkeypatch: pytest.Monke
     assert time.monotonic() - started < 3.5  # the 1 s deadline, not a timer restarted by every message
     assert not voice.active_sessions
     assert await voice.calls.get(str(call_id)) is None
+
+
+def tone(rate: int, hz: float = 1000.0, seconds: float = 1.0) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * np.pi * hz * t) * 8000).astype("<i2").tobytes()
+
+
+def peak_hz(pcm: bytes, rate: int) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(float)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
+
+
+async def test_audiosocket_takes_the_upstream_audio_types(aiohttp_client: Any, redis_server: EmbeddedRedis,
+                                                          tmp_path: Path, key_prefix: str) -> None:
+    # Current upstream numbers the audio types 0x10 = 8 kHz, 0x11 = 12 kHz, 0x12 = 16 kHz, … A 16 kHz call runs
+    # at 16 kHz; a 12 kHz call runs at 16 kHz too, its audio resampled both ways, and is answered with 0x11.
+    app, client = await start_app(aiohttp_client, redis_server, tmp_path, key_prefix)
+    voice = app[VOICE]
+    calls = {rate: FakeAudioSocketPBX("127.0.0.1", voice.audiosocket_port, rate=rate) for rate in (12000, 16000)}
+    for rate, pbx in calls.items():
+        pbx.caller.say(tone(rate))  # the caller's first second: a 1 kHz tone
+        await pbx.connect()
+    try:
+        for pbx in calls.values():
+            await pbx.wait_closed(30)
+    finally:
+        for pbx in calls.values():
+            await pbx.drop()
+    wide, mid = calls[16000], calls[12000]
+    assert {wide.kinds[0], wide.kinds[-1]} == {0x12, 0x00} and set(wide.kinds) == {0x12, 0x00}
+    assert {mid.kinds[0], mid.kinds[-1]} == {0x11, 0x00} and set(mid.kinds) == {0x11, 0x00}
+    assert len(mid.rx) % audio.frame_bytes(12000) == 0
+    # The 16 kHz call heard the shipped prompts as they are; the 12 kHz call the same length of audio.
+    assert find_in(bytes(wide.rx), PROMPTS.pcm("no_speech", 16000)) >= 0
+    assert audio.duration_s(len(mid.rx), 12000) == pytest.approx(audio.duration_s(len(wide.rx), 16000), abs=0.1)
+    for rate, pbx in calls.items():
+        status = await (await client.get(f"/ivr/calls/{pbx.call_id}")).json()
+        assert (status["action"], status["reason"]) == ("transfer", "no_speech")
+        # The recording is at 16 kHz and the caller's tone is still 1 kHz: the 12 kHz audio was resampled,
+        # not read as if it were 16 kHz.
+        decoded = audio.read_wav(voice.recording_path(pbx.call_id).read_bytes())
+        assert decoded.rate == 16000
+        assert audio.duration_s(len(decoded.pcm), 16000) == pytest.approx(pbx.caller.sent_bytes / 2 / rate, abs=0.1)
+        assert peak_hz(decoded.pcm[audio.frame_bytes(16000, 100):audio.frame_bytes(16000, 900)], 16000) == \
+            pytest.approx(1000, abs=10)
 
 
 # 3. A call id used again -------------------------------------------------------------------------------

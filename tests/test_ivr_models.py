@@ -140,6 +140,50 @@ async def test_cli_fetch_refuses_a_wrong_file(mirror: Mirror, tmp_path: Path) ->
         "--url", mirror.url("small.zip"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
-    assert "size mismatch" in err.decode()
+    # Exactly one line on stderr, no blank line before it.
+    assert err.decode().startswith("hotline: model not installed: size mismatch") and err.decode().count("\n") == 1
     assert not (tmp_path / "models" / MODELS["small-cn"].name).exists()
     assert leftovers(tmp_path / "models") == []
+
+
+class Stderr(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [False, True])
+async def test_cli_fetch_failure_is_one_line_and_ends_the_progress_line(
+        mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tty: bool) -> None:
+    from hotline.cli import main
+
+    # A download that completes (so a terminal sees the progress bar) and then fails its checksum.
+    data = model_zip(name=MODELS["small-cn"].name)
+    mirror.files["small.zip"] = data
+    monkeypatch.setitem(MODELS, "small-cn", spec_for(data, name=MODELS["small-cn"].name, sha256="0" * 64))
+    err = Stderr(tty)
+    monkeypatch.setattr(sys, "stderr", err)
+    argv = ["models", "fetch", "small-cn", "--data-dir", str(tmp_path), "--url", mirror.url("small.zip")]
+    assert await asyncio.to_thread(main, argv) == 1
+    lines = err.getvalue().split("\n")
+    assert lines[-1] == "" and lines[-2].startswith("hotline: model not installed: sha256 mismatch")
+    if tty:  # the bar's line is ended, then the one line of the failure
+        assert len(lines) == 3 and lines[0].startswith("\r" + MODELS["small-cn"].name + ": 100%")
+    else:
+        assert len(lines) == 2
+    assert not (tmp_path / "models" / MODELS["small-cn"].name).exists()
+
+
+async def test_cli_fetch_into_a_file_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hotline.cli import main
+
+    dest = tmp_path / "models"
+    dest.write_text("not a directory")
+    err = Stderr(False)
+    monkeypatch.setattr(sys, "stderr", err)
+    argv = ["models", "fetch", "small-cn", "--data-dir", str(tmp_path), "--dest", str(dest)]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert err.getvalue() == f"hotline: --dest {dest}: is a file, not a directory\n"

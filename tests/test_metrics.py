@@ -105,6 +105,23 @@ async def test_metrics_refused_outside_the_allow_list(aiohttp_client, redis_serv
     assert "hotline_" not in await resp.text()
 
 
+async def test_metrics_judge_the_forwarded_client_behind_a_trusted_proxy(
+        aiohttp_client, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str) -> None:
+    # The reverse proxy on loopback relays everyone: the allow list must judge the client it names, as the PBX
+    # endpoints do, not the proxy's own address.
+    settings = make_settings(redis_server.url, tmp_path, key_prefix, limits={"trusted_proxies": ["127.0.0.1/32"]},
+                             metrics={"allow": ["127.0.0.1/32", "10.0.0.0/8"]})
+    client = await aiohttp_client(create_app(settings))
+    for xff in ("203.0.113.9", "10.0.0.7, 203.0.113.9", "not-an-address", "10.0.0.7, junk"):
+        resp = await client.get("/metrics", headers={"X-Forwarded-For": xff})
+        assert resp.status == 403, xff
+        assert "hotline_" not in await resp.text()
+        assert (await client.get("/ivr/calls/abc/action", headers={"X-Forwarded-For": xff})).status == 403
+    # A scraper in the allowed network behind the proxy, and one on this host without a proxy.
+    assert (await client.get("/metrics", headers={"X-Forwarded-For": "10.0.0.7"})).status == 200
+    assert (await client.get("/metrics")).status == 200
+
+
 async def test_scrape_with_redis_away_reports_store_down() -> None:
     # A port nothing listens on: the scrape must still answer, with hotline_store_up 0.
     dead = Store.from_url("redis://127.0.0.1:1/0")

@@ -212,7 +212,7 @@ def test_random_bytes_parse_like_the_reference_or_end_cleanly(data: bytes, cuts:
 
 
 frame_strategy = st.tuples(
-    st.one_of(st.sampled_from([0x00, 0x01, 0x03, 0x10, 0x11, 0xFF]), st.integers(0, 255)),
+    st.one_of(st.sampled_from([0x00, 0x01, 0x03, 0x10, 0x11, 0x12, 0xFF]), st.integers(0, 255)),
     st.one_of(st.binary(max_size=700), st.binary(min_size=320, max_size=320), st.just(b"")),
 )
 

@@ -75,18 +75,27 @@ def fetch_model(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"\r{spec.name}: {pct}% ({got // (1 << 20)} / {total // (1 << 20)} MB)", end="", file=sys.stderr)
 
+    def end_bar() -> None:
+        # A progress bar drawn on the terminal leaves the cursor on its line: end that line, so whatever is
+        # printed next starts a line of its own. Nothing was drawn when stderr is not a terminal.
+        if last[0] >= 0:
+            print(file=sys.stderr)
+
     if dest.exists() and not dest.is_dir():
         print(f"hotline: --dest {dest}: is a file, not a directory", file=sys.stderr)
         return 2
     try:
         path = asyncio.run(fetch(spec, dest, url=args.url, force=args.force, progress=progress))
     except FetchError as exc:
-        print(f"\nhotline: model not installed: {exc}", file=sys.stderr)
+        end_bar()
+        print(f"hotline: model not installed: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the directory cannot be made or written (a file on its path, permissions, disk)
+        end_bar()
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"\nhotline: model not installed: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"hotline: model not installed: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    end_bar()
     print(f"installed {spec.name} in {path}")
     default = dest / spec.name == settings.data_dir / "models" / MODELS["small-cn"].name
     if not default:

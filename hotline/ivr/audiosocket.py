@@ -2,7 +2,9 @@
 
 Every message is 1 byte type + 2 bytes big-endian payload length + payload:
 0x00 hang-up (no payload), 0x01 call UUID (16 bytes, first message), 0x03 DTMF digit (1 ASCII byte),
-0x10 signed-linear 8 kHz mono little-endian audio, 0x11 the same at 16 kHz (newer Asterisk), 0xff error.
+0x10 signed-linear 8 kHz mono little-endian audio, 0xff error. Current upstream (include/asterisk/res_audiosocket.h)
+adds 0x11–0x18: the same audio at 12, 16, 24, 32, 44.1, 48, 96 and 192 kHz. 8 and 16 kHz calls run at their
+own rate; a call at any other of these rates runs at 16 kHz, its audio resampled both ways on this side.
 Asterisk does not time the audio we send: we pace 20 ms frames ourselves. To end the call leg we send
 a hang-up message and close; the dialplan then reads the outcome (transfer or not) from
 ``GET /ivr/calls/<uuid>/action`` (README: Voice).
@@ -27,10 +29,12 @@ KIND_HANGUP = 0x00
 KIND_UUID = 0x01
 KIND_DTMF = 0x03
 KIND_SLIN = 0x10
-KIND_SLIN16 = 0x11
+KIND_SLIN12 = 0x11
+KIND_SLIN16 = 0x12
 KIND_ERROR = 0xFF
-RATE_OF_KIND = {KIND_SLIN: 8000, KIND_SLIN16: 16000}
-KIND_OF_RATE = {8000: KIND_SLIN, 16000: KIND_SLIN16}
+RATE_OF_KIND = {KIND_SLIN: 8000, KIND_SLIN12: 12000, KIND_SLIN16: 16000, 0x13: 24000, 0x14: 32000, 0x15: 44100,
+                0x16: 48000, 0x17: 96000, 0x18: 192000}
+KIND_OF_RATE = {rate: kind for kind, rate in RATE_OF_KIND.items()}
 HEADER = struct.Struct(">BH")
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 # From the UUID to the first audio message, however many other messages come in between: until audio
@@ -77,18 +81,26 @@ async def read_until_audio(reader: asyncio.StreamReader) -> tuple[int, bytes, st
                 digits += digit
 
 
+def session_rate(wire_rate: int) -> int:
+    """The rate a call runs at (recording, prompts, speech) for audio that arrives at ``wire_rate``."""
+    return wire_rate if wire_rate in audio.RATES else 16000
+
+
 class AudioSocketTransport:
     name = "audiosocket"
 
-    def __init__(self, writer: asyncio.StreamWriter, rate: int) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, rate: int, wire_rate: int | None = None) -> None:
         self.writer = writer
-        self.rate = rate
-        self.kind = KIND_OF_RATE[rate]
+        self.rate = rate  # the session's: what send_audio is given
+        self.wire_rate = wire_rate or rate  # what the PBX sends, so what it gets back
+        self.kind = KIND_OF_RATE[self.wire_rate]
         self._lock = asyncio.Lock()
         self.closed = False
 
     async def send_audio(self, pcm: bytes) -> None:
-        size = audio.frame_bytes(self.rate)
+        if self.wire_rate != self.rate:
+            pcm = audio.resample(pcm, self.rate, self.wire_rate)
+        size = audio.frame_bytes(self.wire_rate)
         if len(pcm) % size:
             pcm += bytes(size - len(pcm) % size)
         start = time.monotonic()
@@ -139,7 +151,7 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
             writer.write(message(KIND_ERROR, b"\x01"))
             return
         call_id = str(uuid.UUID(bytes=payload))
-        # The rate is known from the first audio message (0x10 = 8 kHz, 0x11 = 16 kHz).
+        # The rate is known from the first audio message (0x10 = 8 kHz, 0x11 = 12 kHz, 0x12 = 16 kHz, …).
         try:
             first_kind, first_audio, early_digits = await read_until_audio(reader)
         except TimeoutError:
@@ -150,8 +162,9 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
             return
         if not first_kind:
             return
-        rate = RATE_OF_KIND[first_kind]
-        transport = AudioSocketTransport(writer, rate)
+        wire_rate = RATE_OF_KIND[first_kind]
+        rate = session_rate(wire_rate)
+        transport = AudioSocketTransport(writer, rate, wire_rate)
         session = await service.open_call(transport, call_id=call_id, caller="", rate=rate)
         resamplers: dict[int, audio.Resampler] = {}
         flow_task = asyncio.create_task(service.run_flow(session), name=f"ivr-{session.call_id}")
@@ -166,7 +179,8 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
                     break  # peer gone, or a truncated message at the end of the stream
             if kind in RATE_OF_KIND:
                 if RATE_OF_KIND[kind] != rate:
-                    # A switch of rate mid-call: keep the session's rate rather than garble the audio.
+                    # Another rate than the session's (12 kHz and the like, or a switch mid-call): resample
+                    # rather than garble the audio.
                     rs = resamplers.setdefault(kind, audio.Resampler(RATE_OF_KIND[kind], rate))
                     payload = rs.process(payload)
                 await session.audio_in(payload)
@@ -180,7 +194,7 @@ async def handle_connection(service: VoiceService, reader: asyncio.StreamReader,
                                                                   "call_id": session.call_id,
                                                                   "code": payload.hex()})
                 break
-            # Other kinds (newer audio rates, future types) are ignored rather than fatal.
+            # Other kinds (future types) are ignored rather than fatal.
         if not flow_task.done():
             transport.closed = True
             session.hangup_in()

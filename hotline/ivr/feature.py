@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +30,7 @@ from hotline.ivr.prompts import PromptLibrary
 from hotline.ivr.service import VoiceService
 from hotline.ivr.session import clean_call_id, clean_number
 from hotline.ivr.stt import STTError, VoskSTT, looks_like_model
-from hotline.limits import LIMITS, LimitConfig, client_address
+from hotline.limits import address_allowed
 from hotline.settings import Settings, SettingsError
 
 log = logging.getLogger("hotline.ivr")
@@ -179,37 +178,12 @@ async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def pbx_address(request: web.Request) -> str:
-    """The address to hold against ``voice.pbx_allow``: the client as the rate limits see it, so that behind
-    ``limits.trusted_proxies`` it is the forwarded client, not the proxy on loopback that every request comes
-    from. "" (refused) when a trusted proxy forwarded an address that cannot be read: the PBX endpoints fail
-    closed where the rate limits fail open."""
-    cfg = request.app.get(LIMITS) or LimitConfig.from_settings(request.app[SETTINGS]["limits"])
-    trusted = cfg.trusted_proxies
-    peer = _ip(request.remote)
-    if peer is not None and any(peer in n for n in trusted):
-        hops = [h for part in request.headers.getall("X-Forwarded-For", []) for h in part.split(",")]
-        if any(_ip(h) is None for h in hops):
-            return ""
-    return client_address(request, trusted)
-
-
-def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address((text or "").strip())
-    except ValueError:
-        return None
-
-
 def _pbx_only(handler: Handler) -> Handler:
+    """Only ``voice.pbx_allow`` addresses, judged as ``hotline.limits.gate_address`` says: behind
+    ``limits.trusted_proxies`` the forwarded client, and refused when a trusted proxy forwarded garbage."""
+
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        allowed = request.app[SETTINGS]["voice"]["pbx_allow"]
-        try:
-            addr = ipaddress.ip_address(pbx_address(request))
-            ok = any(addr in ipaddress.ip_network(net, strict=False) for net in allowed)
-        except ValueError:
-            ok = False
-        if not ok:
+        if not address_allowed(request, request.app[SETTINGS]["voice"]["pbx_allow"]):
             return web.json_response({"error": {"code": "forbidden", "message": "仅限电话交换机访问。"}},
                                      status=403)
         if VOICE not in request.app:

@@ -52,7 +52,7 @@ MODELS = {
 }
 
 CHUNK = 1 << 16
-MAX_UNPACKED_FACTOR = 8  # a zip that inflates beyond 8× its size (and beyond 20 GB) is refused as a bomb
+MAX_UNPACKED_FACTOR = 8  # a zip that inflates beyond 8× its size and beyond 20 GiB is refused as a bomb
 
 
 class FetchError(Exception):
