@@ -150,6 +150,15 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store.from_url(url, prefix=settings["store"]["key_prefix"],
                            timezone=settings["intake"]["timezone"],
                            idempotency_ttl_s=settings["store"]["idempotency_ttl_s"])
+    try:
+        # First thing: a store that does not answer stops start-up here, before the models load and the
+        # background tasks start (each of them would log its own traceback of the same refused connection).
+        await store.r.ping()
+    except BaseException:
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
     app[STORE] = store
     # The embedded server exits on an AOF write error (disk full); bring it back when it can run again.
     supervisor = asyncio.create_task(embedded.supervise()) if embedded is not None else None

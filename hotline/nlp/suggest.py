@@ -12,9 +12,10 @@ import logging
 import re
 import tomllib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from hotline.nlp.policy import ConfidencePolicy
 from hotline.nlp.taxonomy import Taxonomy
 from hotline.nlp.tokenize import Tokenizer, is_word
 from hotline.nlp.urgency import UrgencyRules
-from hotline.settings import PROJECT_ROOT, Settings
+from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("hotline.nlp")
 
@@ -215,6 +216,48 @@ def load_toml_file(path: Path) -> dict[str, Any]:
         return tomllib.load(fh)
 
 
+T = TypeVar("T")
+
+
+def read_table(settings: Settings, key: str, read: Callable[[Path], T]) -> T:
+    """``read`` the file of the setting ``nlp.<key>``. One that cannot be read or parsed is a SettingsError
+    naming the setting and the file, in the words the dedup tables use: one line when the service starts, not
+    a bare TOMLDecodeError or UnicodeDecodeError from the middle of start-up."""
+    path = config_path(settings, key)
+    try:
+        return read(path)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"nlp.{key}: file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"nlp.{key}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"nlp.{key}: {path} is not valid TOML: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"nlp.{key}: {path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(f"nlp.{key}: {path}: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # parsed, but not shaped as the table should be
+        raise SettingsError(f"nlp.{key}: {path}: {exc}") from exc
+
+
+def _taxonomy(path: Path) -> Taxonomy | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("taxonomy: expected a JSON object with a 'tree'")
+    return Taxonomy.from_json(data)
+
+
+def _department_table(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    table = load_toml_file(path).get("departments", {})
+    if not isinstance(table, dict):
+        raise ValueError("[departments] must be a table of category = \"department\"")
+    return {str(k): str(v) for k, v in table.items()}
+
+
 _TABLES = ("userdict", "taxonomy_file", "category_departments_file", "urgency_file")
 _LOADED: dict[tuple, Suggester] = {}
 
@@ -267,21 +310,19 @@ class Suggester:
     @classmethod
     def _load(cls, models_dir: Path, settings: Settings) -> Suggester:
         cfg = settings["nlp"]
-        tokenizer = Tokenizer(config_path(settings, "userdict"))
+        # The small tables first: one that is broken is reported before the models take their seconds.
+        tokenizer = read_table(settings, "userdict", Tokenizer)
+        taxonomy = read_table(settings, "taxonomy_file", _taxonomy)
+        table = read_table(settings, "category_departments_file", _department_table)
+        urgency = read_table(settings, "urgency_file", lambda path: UrgencyRules.from_config(load_toml_file(path)))
         heads = {h: LinearHead.load(models_dir / h) for h in HEADS if (models_dir / h / "head.json").is_file()}
         if "category" not in heads:
             raise FileNotFoundError(f"no category model in {models_dir}")
-        taxonomy_file = config_path(settings, "taxonomy_file")
-        taxonomy = (Taxonomy.from_json(json.loads(taxonomy_file.read_text(encoding="utf-8")))
-                    if taxonomy_file.is_file() else None)
-        table_file = config_path(settings, "category_departments_file")
-        table = load_toml_file(table_file).get("departments", {}) if table_file.is_file() else {}
-        urgency = UrgencyRules.from_config(load_toml_file(config_path(settings, "urgency_file")))
         versions = ",".join(f"{h}:{heads[h].meta.get('version', '?')}" for h in heads)
         log.info("models loaded", extra={"event": "nlp_loaded", "heads": versions})
         return cls(pipeline=TextPipeline(tokenizer), heads=heads, urgency=urgency,
                    policy=ConfidencePolicy(cfg["confirm_threshold"], cfg["confirm_margin"]),
-                   taxonomy=taxonomy, department_table={str(k): str(v) for k, v in table.items()},
+                   taxonomy=taxonomy, department_table=table,
                    department_fallback_below=float(cfg["department_fallback_below"]),
                    confirm_heads=tuple(cfg["confirm_heads"]), name=f"linear-tfidf[{versions}]")
 
