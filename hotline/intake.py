@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from hotline.classifier import Classifier
 from hotline.errors import ApiError
 from hotline.nlp.text import nfkc, normalize, sanitize
+from hotline.nlp.urgency import EMERGENCY, NORMAL, URGENT
 from hotline.records import Case, InboundMessage, Location
 from hotline.status import Status
 from hotline.store import CaseNotFound, CreateResult, Store
@@ -190,6 +191,8 @@ class Intake:
             raise IntakeError("bad_idempotency_key", "Idempotency-Key 过长。", 400)
         if msg.location is not None and not (-90 <= msg.location.lat <= 90 and -180 <= msg.location.lon <= 180):
             raise IntakeError("bad_location", "位置坐标不正确。")
+        if msg.urgency not in ("", EMERGENCY, URGENT, NORMAL):
+            raise IntakeError("bad_field", "紧急程度须为 emergency（紧急）、urgent（加急）或 normal（一般）。")
         return text, norm
 
     # pipeline ---------------------------------------------------------------
@@ -264,6 +267,10 @@ class Intake:
             ("system", "classified", {"model": case.suggestion.get("model", ""),
                                       "needs_confirmation": case.needs_confirmation}),
         ]
+        if msg.urgency:
+            # The call-taker's urgency next to the rules': an emergency they lowered stays on the record.
+            rules = str((case.suggestion.get("urgency") or {}).get("level") or NORMAL)
+            events.append((who, "urgency_set", {"suggested": rules, "chosen": msg.urgency}))
         # ``check`` has just read the best candidate's status: it is open, so it is no one's linked report and
         # the report joins it directly. If it closes or is merged in the meantime, ``attach`` refuses and the
         # report becomes a case of its own.
@@ -281,6 +288,8 @@ class Intake:
         """The case a validated message becomes: classified, not yet deduplicated or stored."""
         suggestion = self.classifier.suggest(norm)
         urgency = suggestion.get("urgency") or {}
+        # A call-taker's urgency (人工受理) decides; the rules' level stays in the suggestion.
+        level = msg.urgency or urgency.get("level")
         case = Case(
             id=case_id,
             channel=msg.channel,
@@ -300,8 +309,9 @@ class Intake:
             attachments=list(msg.attachments),
             suggestion=suggestion,
             needs_confirmation=bool(suggestion.get("needs_confirmation", True)),
-            emergency=urgency.get("level") == "emergency",
-            priority=1 if urgency.get("level") == "urgent" else 0,
+            classification={"urgency": msg.urgency} if msg.urgency else {},
+            emergency=level == EMERGENCY,
+            priority=1 if level == URGENT else 0,
             confidential=bool(msg.confidential),
         )
         return case

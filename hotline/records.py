@@ -38,6 +38,8 @@ class InboundMessage:
     meta: dict[str, Any] = field(default_factory=dict)
     taken_by: str = ""  # the call-taker who typed the complaint in during the call (人工受理)
     confidential: bool = False  # 保密: the citizen's identity is kept from the handling units
+    # The call-taker's urgency (人工受理): emergency / urgent / normal; "" leaves it to intake's urgency rules.
+    urgency: str = ""
     # What ``idempotency_key`` reused with other content means. "refuse": a client's request id (API,
     # Open311, console), answered 422 as Stripe does, since returning the first case would drop the second
     # complaint and hand out another citizen's case number. "new": the web form's per-page token, which the

@@ -94,6 +94,7 @@ async def test_call_taker_shift_in_chromium(redis_server: Any, tmp_path: Path, k
             assert case.status in (Status.CONFIRMED, Status.DISPATCHED)
             assert case.classification["category"] == "城乡建设"
             assert case.classification["department"] == "城乡建设局"
+            assert case.classification["urgency"] == "normal"  # the AI's urgency, pre-selected
             assert any(e.actor == "staff:wangfang" and e.action == "confirmed" for e in await store.events(fresh))
 
             # Another case: its department is wrong; search the department list and pick another.
@@ -106,11 +107,18 @@ async def test_call_taker_shift_in_chromium(redis_server: Any, tmp_path: Path, k
             await page.wait_for_selector(".picker-results li.active")
             await page.keyboard.press("Enter")
             assert "环境保护局" in (await page.text_content("#chosen-department") or "")
+            # The urgency: the AI's 一般 is pre-selected; u raises it to 加急.
+            level = 'button.opt[data-head="urgency"][data-label="{}"]'.format
+            assert await page.get_attribute(level("normal"), "aria-pressed") == "true"
+            await page.keyboard.press("u")
+            assert "加急" in (await page.text_content("#chosen-urgency") or "")
+            assert await page.get_attribute(level("urgent"), "aria-pressed") == "true"
             await page.screenshot(path=str(artifacts / "console-correct-department.png"))
             await page.keyboard.press("Enter")
             await page.wait_for_selector(f'li.item[data-case-id="{wrong}"]', state="detached")
             corrected = await store.get_case(wrong)
             assert corrected.classification["department"] == "环境保护局"
+            assert corrected.classification["urgency"] == "urgent" and corrected.dispatch["time_limit"] == "urgent"
 
             # A suggested duplicate that is not one: reject the merge.
             await page.click(f'li.item[data-case-id="{dup}"]')

@@ -174,14 +174,19 @@ async def test_call_taker_registers_a_call_in_chromium(client: TestClient, artif
         await page.click("#in-reset")
         await page.fill("#in-phone", "13700001111")
         await page.fill("#in-text", "东湖村村口的宣传栏倒了，挡住了半条路")
+        # The AI's urgency is pre-selected; the call-taker raises it.
+        await page.wait_for_selector("#in-urgency-ai:has-text('AI 建议：一般')")
+        await page.select_option("#in-urgency", "urgent")
         await page.click("#in-submit")
         await page.wait_for_selector("#in-result:not([hidden])")
         second = await page.inner_text("#in-case-id")
         assert second != number
         await page.click("#in-confirm")
-        await page.wait_for_selector(f"article.case-detail[data-case-id='{second}']")
+        await page.wait_for_selector(f"article.case-detail[data-case-id='{second}'][data-urgency='urgent']")
+        assert "加急" in await page.inner_text("#chosen-urgency")
     master = await client.app[STORE].get_case(earlier["case_id"])
     assert [r.report_id for r in master.reports] == [number]
+    assert (await client.app[STORE].get_case(second)).classification == {"urgency": "urgent"}
 
 
 async def test_preview_offers_knowledge_base_answers_to_a_question(aiohttp_client: Any, redis_server: Any,

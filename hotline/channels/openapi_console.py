@@ -76,8 +76,13 @@ _QUEUE_ITEM = {"type": "object", "required": ["id", "status", "created_at"],
                "properties": {"id": {"type": "string"}, "channel": {"type": "string"}, "status": _STATUS,
                               "created_at": {"type": "number"}, "emergency": {"type": "boolean"},
                               "priority": {"type": "number"}, "returned": {"type": "boolean"},
+                              "urgency": {"type": "string", "enum": ["emergency", "urgent", "normal"]},
                               "duplicates": {"type": "integer"}, "category": {"type": "string"},
                               "department": {"type": "string"}}}
+
+_URGENCY_CHOICE = {"type": ["string", "null"], "enum": ["emergency", "urgent", "normal", "", None],
+                   "description": "坐席选定的紧急程度（紧急/加急/一般）；不填：沿用此前坐席的选择，"
+                                  "否则按受理时的紧急规则"}
 
 _CONFIRM_IN = {
     "type": "object",
@@ -91,6 +96,7 @@ _CONFIRM_IN = {
         "address": {"type": "string"},
         "category_path": {"type": ["array", "null"], "items": {"type": "string"}},
         "co_departments": {"type": ["array", "null"], "items": {"type": "string"}},
+        "urgency": _URGENCY_CHOICE,
     },
 }
 
@@ -121,7 +127,8 @@ def _decide(op_id: str, summary: str, body: dict[str, Any] | None, out: dict[str
 _INTAKE_IN = {"type": "object", "required": ["text"], "properties": {
     "phone": {"type": "string", "description": "来电号码（无来电显示时留空）"}, "name": {"type": "string"},
     "address": {"type": "string"}, "text": {"type": "string", "description": "诉求内容"},
-    "confidential": {"type": "boolean", "description": "来电人要求保密：派单不带姓名、电话和录音"}}}
+    "confidential": {"type": "boolean", "description": "来电人要求保密：派单不带姓名、电话和录音"},
+    "urgency": {**_URGENCY_CHOICE, "description": "坐席选定的紧急程度；不填则按紧急规则（预览时不采用）"}}}
 _PREVIEW = {"type": "object", "required": ["ready"], "properties": {
     "ready": {"type": "boolean", "description": "false: the text is still too short to classify"},
     "phone_ok": {"type": "boolean", "description": "false: the number is malformed; previewed without it"},

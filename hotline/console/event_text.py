@@ -32,6 +32,7 @@ ACTION_LABELS = {
     "hotspot_raised": "列入热点", "hotspot_closed": "热点结束", "open311_service": "Open311 服务类型",
     "voice_call": "来电记录", "ivr_answer_offered": "电话中提供答复", "ivr_answer_online": "答复留待网上查询",
     "ivr_answer_requested": "市民要求短信答复", "personal_data_purged": "清除个人信息（超过保存期限）",
+    "urgency_set": "接线员设定紧急程度",
 }
 
 ACTOR_NAMES = {"voice:ivr": "电话 IVR", "voice:survey": "自动回访电话", "dispatch:forwarder": "工单投递",
@@ -58,10 +59,12 @@ KEY_LABELS = {
     "resolved": "问题已解决", "satisfaction": "满意度", "comment": "意见", "due_at": "计划时间",
     "recipients": "回访人数", "service_code": "服务代码", "choice": "市民选择", "by": "方式",
     "call_back_at": "约定回拨时间", "photos": "照片", "recording": "通话录音", "reports": "合并反映",
-    "suggested": "AI 建议", "chosen": "采用", "with_reports": "随案并入的反映",
+    "suggested": "AI 建议", "chosen": "采用", "with_reports": "随案并入的反映", "urgency": "紧急程度",
 }
 
-HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型"}
+HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型", "urgency": "紧急程度"}
+# Urgency levels (config/urgency.toml), wherever a level is a value: the AI's, the call-taker's, the case's.
+_URGENCY = {"emergency": "紧急", "urgent": "加急", "normal": "一般"}
 _TIME_LIMITS = {"urgent": "紧急", "utilities": "水电气热", "consultation": "咨询", "default": "一般"}
 _VALUES: dict[str, dict[str, str]] = {
     "outcome": {"answered": "已回答", "hung_up": "中途挂断", "unanswered": "未回答", "no_answer": "无人接听",
@@ -79,6 +82,7 @@ _VALUES: dict[str, dict[str, str]] = {
              "answer": "答复"},
     "time_limit": _TIME_LIMITS,
     "changed": HEAD_LABELS,
+    "urgency": _URGENCY, "suggested": _URGENCY, "chosen": _URGENCY,
 }
 MAX_VALUE_CHARS = 120
 MAX_LIST_ITEMS = 10

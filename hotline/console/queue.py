@@ -18,12 +18,23 @@ from hotline.console.auth import render_console, staff_actor
 from hotline.console.catalog import Catalog, CatalogSource
 from hotline.console.event_text import HEAD_LABELS
 from hotline.console.kb_pages import answer_panel
-from hotline.console.views import case_view, check_case_id, heads_of, history_rows, json_response, top_labels
+from hotline.console.views import (
+    URGENCY_LABELS,
+    URGENCY_LEVELS,
+    case_view,
+    check_case_id,
+    heads_of,
+    history_rows,
+    json_response,
+    suggested_urgency,
+    top_labels,
+)
+from hotline.dispatch.deadlines import urgency_of
 from hotline.errors import ApiError
 from hotline.records import Case
 from hotline.status import IllegalTransition, Status
-from hotline.store import CONFIRM_QUEUE_STATES, CaseNotFound
-from hotline.store.users import HEADS, ConsoleStats
+from hotline.store import CONFIRM_QUEUE_STATES, CaseNotFound, queue_score
+from hotline.store.users import HEADS, URGENCY_HEAD, ConsoleStats
 
 log = logging.getLogger("hotline.console")
 
@@ -40,14 +51,17 @@ async def queue_cases(request: web.Request) -> list[Case]:
     store = request.app[STORE]
     limit = int(request.app[SETTINGS]["console"]["queue_limit"])
     cases = await store.get_cases(await store.confirm_queue(limit))
-    # The index can briefly list a case that already moved on: show only what still waits.
-    return [c for c in cases if c.status in CONFIRM_QUEUE_STATES]
+    # The index can briefly list a case that already moved on: show only what still waits. The order is the
+    # one the records give now (an entry scored before the queue had tiers sorts where it belongs).
+    waiting = [c for c in cases if c.status in CONFIRM_QUEUE_STATES]
+    return sorted(waiting, key=lambda c: queue_score(c) or 0.0)
 
 
 def queue_item(case: Case) -> dict[str, Any]:
     tops = top_labels(case)
     return {"id": case.id, "channel": case.channel, "status": str(case.status), "created_at": case.created_at,
             "emergency": case.emergency, "priority": case.priority,
+            "urgency": urgency_of(case, case.classification or {}),
             "returned": case.status in (Status.RETURNED, Status.REOPENED),
             "duplicates": len(case.duplicate_candidates), "category": tops["category"],
             "department": tops["department"]}
@@ -81,7 +95,8 @@ async def queue_case_fragment(request: web.Request) -> web.Response:
     history = history_rows(await request.app[STORE].caller_history(case))
     return render_console(request, "console/queue_case.html", case=view, candidates=candidates,
                           in_queue=case.status in CONFIRM_QUEUE_STATES, default_department=default_dep,
-                          answers=await answer_panel(request, case), history=history)
+                          answers=await answer_panel(request, case), history=history,
+                          urgency_labels=URGENCY_LABELS)
 
 
 @requires(CALL_TAKER, SUPERVISOR)
@@ -161,7 +176,19 @@ def parse_classification(body: dict[str, Any], case: Case, catalog: Catalog) -> 
     if rtype and catalog.types and rtype not in set(catalog.types) | suggested["type"]:
         raise ApiError("unknown_type", f"诉求类型“{rtype}”不在目录中。")
     return {"category": category, "category_path": path, "department": department, "co_departments": co,
-            "street": street, "type": rtype, "address": address}
+            "street": street, "type": rtype, "address": address, "urgency": chosen_urgency(body, case)}
+
+
+def chosen_urgency(body: dict[str, Any], case: Case) -> str:
+    """The call-taker's urgency (emergency / urgent / normal). Not given: the one chosen earlier (人工受理, or
+    the round before a return), else "" and the dispatcher takes intake's rules."""
+    value = body.get("urgency")
+    if value is None or value == "":
+        earlier = (case.classification or {}).get("urgency")
+        return earlier if earlier in URGENCY_LEVELS else ""
+    if value not in URGENCY_LEVELS:
+        raise ApiError("bad_classification", "紧急程度须为 emergency（紧急）、urgent（加急）或 normal（一般）。")
+    return str(value)
 
 
 def _dispatcher(app: web.Application) -> Any:
@@ -202,6 +229,13 @@ async def confirm(request: web.Request) -> web.Response:
     classification = parse_classification(body, case, request.app[CATALOG].get())
     suggested = top_labels(case)
     accepted = {h: classification[h] == suggested[h] for h in HEADS if suggested[h]}
+    # The urgency is reviewed like a head when the call-taker gave one (the console always does): the rules'
+    # level against the choice, in the audit trail, the corrections and the 采纳率.
+    labels = {h: classification[h] for h in HEADS}
+    if body.get("urgency"):
+        suggested = {**suggested, URGENCY_HEAD: suggested_urgency(case)}
+        accepted[URGENCY_HEAD] = classification["urgency"] == suggested[URGENCY_HEAD]
+        labels[URGENCY_HEAD] = classification["urgency"]
 
     dispatcher = _dispatcher(request.app)
     try:
@@ -209,7 +243,9 @@ async def confirm(request: web.Request) -> web.Response:
             case = await dispatcher.confirm(case_id, classification, actor)
         else:
             def apply(c: Case) -> dict[str, Any]:
-                c.classification = {**c.classification, **classification}
+                c.classification = {**c.classification, **classification,
+                                    "urgency": urgency_of(c, classification)}
+                c.emergency = c.classification["urgency"] == "emergency"
                 c.address = classification["address"]
                 c.needs_confirmation = False
                 return {"classification": classification}
@@ -224,7 +260,12 @@ async def confirm(request: web.Request) -> web.Response:
     await store.add_event(case_id, actor=actor, action="ai_reviewed",
                           data={"accepted": accepted, "changed": changed})
     await ConsoleStats(store).record_review(user.name, accepted, time.time())
-    recorded = await _record_correction(request, case, {h: classification[h] for h in HEADS}, suggested, actor)
+    if URGENCY_HEAD in changed and changed[URGENCY_HEAD]["suggested"] == "emergency":
+        # The call-taker decides, but an emergency the rules raised and a person lowered is worth a line.
+        log.info("emergency lowered by call-taker", extra={"event": "emergency_lowered", "case_id": case_id,
+                                                              "user": user.name,
+                                                              "urgency": changed[URGENCY_HEAD]["chosen"]})
+    recorded = await _record_correction(request, case, labels, suggested, actor)
     log.info("case confirmed", extra={"event": "staff_confirmed", "case_id": case_id, "user": user.name,
                                       "accepted": all(accepted.values()) if accepted else None})
     return json_response({"case_id": case.id, "status": str(case.status), "classification": case.classification,

@@ -19,7 +19,7 @@ from hotline.appkeys import INTAKE, STORE
 from hotline.channels.web import api_case_body, read_json_object
 from hotline.console.auth import current_user, render_console
 from hotline.console.kb_pages import answer_panel
-from hotline.console.views import case_view, history_rows, json_response, match_reasons
+from hotline.console.views import URGENCY_LEVELS, case_view, history_rows, json_response, match_reasons
 from hotline.intake import EMERGENCY_ADVICE, PHONE_PATTERN, IntakeError
 from hotline.pages import format_ts
 from hotline.records import InboundMessage, mask_pii
@@ -49,11 +49,17 @@ def _message(request: web.Request, body: dict[str, Any]) -> InboundMessage:
     confidential = body.get("confidential", False)
     if not isinstance(confidential, bool):
         raise IntakeError("bad_field", "字段 confidential 必须是 true 或 false。")
+    # The urgency the call-taker chose (the AI's is pre-selected on the page); absent: intake's rules decide.
+    urgency = body.get("urgency")
+    urgency = "" if urgency is None else urgency
+    if not isinstance(urgency, str) or urgency not in ("", *URGENCY_LEVELS):
+        raise IntakeError("bad_field", "字段 urgency 须为 emergency（紧急）、urgent（加急）或 normal（一般）。")
     user = current_user(request)
     return InboundMessage(channel=CHANNEL, sender=f["phone"] or NO_CALLER_ID, contact=f["phone"], name=f["name"],
                           address=f["address"], text=f["text"],
                           idempotency_key=request.headers.get("Idempotency-Key", ""),
-                          taken_by=user.name if user is not None else "", confidential=confidential)
+                          taken_by=user.name if user is not None else "", confidential=confidential,
+                          urgency=urgency)
 
 
 @requires(CALL_TAKER, SUPERVISOR)
@@ -70,6 +76,7 @@ async def preview(request: web.Request) -> web.Response:
     runs without it (no caller history) and says so with ``phone_ok: false``."""
     body = await read_json_object(request)
     msg = _message(request, body)
+    msg.urgency = ""  # the pane shows what the rules make of the words; the call-taker's choice is theirs
     phone_ok = not msg.contact or bool(PHONE_PATTERN.match(msg.contact))
     if not phone_ok:
         msg.contact, msg.sender = "", NO_CALLER_ID

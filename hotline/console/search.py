@@ -2,7 +2,12 @@
 
 A case number is looked up directly. Everything else scans the cases created in the date range, newest
 first, up to ``console.search_scan_limit`` (the page says when the scan stopped early), and filters them:
-a hotline's few thousand cases a day are scanned faster than a second index could be kept right.
+a hotline's few thousand cases a day are scanned faster than a second index could be kept right. (The caller
+index holds hashes of whole numbers, so it cannot answer "ends with 3333" either.)
+
+A query of 7-20 digits is a phone number, matched whole or as the end of a case's or a merged reporter's
+number. 4-6 digits are what a citizen reads out as "尾号": the cases whose number ends with them, together
+with the cases whose text holds them (a house number, a year).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from hotline.console.auth import render_console
 from hotline.console.views import case_view, json_response, top_labels
 from hotline.dates import parse_day
 from hotline.errors import ApiError
+from hotline.numbers import digits_of
 from hotline.records import Case
 from hotline.status import LABELS_ZH, Status
 from hotline.store import CaseNotFound
@@ -28,6 +34,8 @@ MAX_RESULTS = 200
 BATCH = 500
 _CASE_ID = re.compile(r"^\d{8}-\d{6}$")
 _PHONE_QUERY = re.compile(r"^\+?[\d\s\-]{7,20}$")
+# 尾号: the last 4-6 digits of a phone (full-width digits typed with a Chinese input method included).
+_PHONE_SUFFIX = re.compile(r"^\d{4,6}$")
 
 
 def _date(value: str, tz: Any, name: str) -> datetime | None:
@@ -59,8 +67,11 @@ def parse_params(request: web.Request) -> dict[str, Any]:
             "_end": (end + timedelta(days=1)).timestamp()}
 
 
-def _digits(value: str) -> str:
-    return re.sub(r"\D", "", value or "")
+def _phone_matches(case: Case, want: str) -> bool:
+    if len(want) < 4:  # digits no ASCII digit stands for ("-------", "٣٣٣٣") would end every number
+        return False
+    phones = [digits_of(case.contact), *(digits_of(r.contact) for r in case.reports)]
+    return any(p and (p == want or p.endswith(want)) for p in phones)
 
 
 def matches(case: Case, params: dict[str, Any]) -> bool:
@@ -77,11 +88,11 @@ def matches(case: Case, params: dict[str, Any]) -> bool:
     if not q:
         return True
     if _PHONE_QUERY.match(q):
-        want = _digits(q)
-        phones = [_digits(case.contact), *(_digits(r.contact) for r in case.reports)]
-        return any(p and (p == want or p.endswith(want)) for p in phones)
+        return _phone_matches(case, digits_of(q))
     haystack = " ".join([case.text, case.transcript, case.address, *map(str, (case.classification or {}).values())])
-    return q in haystack
+    if q in haystack:
+        return True
+    return bool(_PHONE_SUFFIX.match(q)) and _phone_matches(case, digits_of(q))
 
 
 async def run_search(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:

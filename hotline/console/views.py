@@ -11,13 +11,23 @@ from aiohttp import web
 from hotline.access import can_see_phone
 from hotline.attachments import name_of
 from hotline.console.event_text import ACTION_LABELS, CHANNEL_LABELS, actor_label, describe, merged_by_label
+from hotline.dispatch.deadlines import urgency_of
 from hotline.errors import ApiError
+from hotline.nlp.urgency import EMERGENCY, NORMAL, URGENT
 from hotline.records import Case, mask_name, mask_phone, mask_pii
 from hotline.status import LABELS_ZH, Status
 from hotline.store import Event
 from hotline.store.users import HEADS, User
 
-URGENCY_LABELS = {"emergency": "紧急", "urgent": "加急", "normal": "一般"}
+URGENCY_LABELS = {EMERGENCY: "紧急", URGENT: "加急", NORMAL: "一般"}
+# The levels of config/urgency.toml's rules, which a call-taker may also choose.
+URGENCY_LEVELS = tuple(URGENCY_LABELS)
+
+
+def suggested_urgency(case: Case) -> str:
+    """The level intake's urgency rules gave the case (the AI suggestion a call-taker reviews)."""
+    level = str(((case.suggestion or {}).get("urgency") or {}).get("level") or NORMAL)
+    return level if level in URGENCY_LEVELS else NORMAL
 
 
 MAX_ATTACHMENTS_SHOWN = 20
@@ -103,6 +113,9 @@ def contact_for(user: User, case: Case) -> str:
 def case_view(case: Case, user: User) -> dict[str, Any]:
     """What staff pages show of a case: text with ID/phone numbers masked, contact masked by role."""
     urgency = (case.suggestion or {}).get("urgency") or {}
+    # What the case is handled as: the call-taker's choice (人工受理 or confirmation), else the rules'.
+    chosen = urgency_of(case, case.classification or {})
+    chosen = chosen if chosen in URGENCY_LEVELS else NORMAL
     return {
         "id": case.id, "status": str(case.status), "status_label": LABELS_ZH.get(case.status, str(case.status)),
         "channel": case.channel, "channel_label": CHANNEL_LABELS.get(case.channel, case.channel),
@@ -114,6 +127,7 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
         "emergency": case.emergency, "priority": case.priority, "confidential": case.confidential,
         "urgency": {"level": str(urgency.get("level") or "normal"),
                     "label": URGENCY_LABELS.get(str(urgency.get("level") or "normal"), ""),
+                    "suggested": suggested_urgency(case), "chosen": chosen, "chosen_label": URGENCY_LABELS[chosen],
                     # Cases filed before the rules had labels show the raw reasons.
                     "reasons": [str(r) for r in urgency.get("reason_labels") or urgency.get("reasons") or []][:5],
                     "advice": str(urgency.get("advice") or "")},

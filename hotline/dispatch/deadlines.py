@@ -77,8 +77,9 @@ class WorkCalendar:
 
 
 def urgency_of(case: Case, classification: dict[str, Any]) -> str:
-    """The call-taker's urgency when given, else what intake flagged."""
-    chosen = str(classification.get("urgency") or "")
+    """The call-taker's urgency when given: in ``classification``, else the one kept on the case (chosen in
+    人工受理, or in the round before a return); else what intake's rules flagged."""
+    chosen = str(classification.get("urgency") or (case.classification or {}).get("urgency") or "")
     if chosen:
         return chosen
     if case.emergency:

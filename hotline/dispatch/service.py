@@ -251,6 +251,9 @@ class Dispatcher:
                 case.address = normalize(cls["address"])
             resolved = self._resolve(case, cls)
             case.classification = {**resolved, "confirmed_by": actor, "confirmed_at": now}
+            # The case is handled as urgent as the call-taker decided: an emergency the rules flagged and the
+            # call-taker lowered is no longer one (the rules' finding stays in the suggestion and the trail).
+            case.emergency = resolved["urgency"] == "emergency"
             return self._open_round(case, now, redo=False, reason="")
 
         case = await self._move(case_id, to_confirmed, actor=actor, action="confirmed", target=S.CONFIRMED,
@@ -314,7 +317,8 @@ class Dispatcher:
         }
         cls = case.classification
         return {"order_id": key, "round": round_, "category": cls.get("category"), "department": cls.get("department"),
-                "co_departments": cls.get("co_departments"), "street": cls.get("street"), "time_limit": limit.name,
+                "co_departments": cls.get("co_departments"), "street": cls.get("street"),
+                "urgency": cls.get("urgency"), "time_limit": limit.name,
                 "deadline_at": case.deadline_at, "redo": redo, "reason": reason}
 
     async def _send(self, case: Case, actor: str) -> Case:

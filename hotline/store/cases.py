@@ -46,8 +46,12 @@ FEED_POLL_S = 0.1
 FEED_BATCH_S = 0.05
 FEED_BATCH = 200  # entries a follower asks for per read
 EVENTS_PER_CASE_MAX = 10_000
-# Priority outranks age in the confirmation queue: one priority step is worth this many seconds.
+# Within a tier of the confirmation queue priority outranks age: one priority step is worth this many seconds.
 PRIORITY_WEIGHT_S = 10 * 24 * 3600.0
+# The tiers (emergencies, then returned 退单 and reopened orders, then the rest) are this far apart: about
+# 317 years, more than any age and priority inside a tier, so no boost carries a case into the tier above.
+TIER_WEIGHT_S = 1e10
+MAX_QUEUE_PRIORITY = 100  # a runaway priority still stays inside its tier
 # Reopened cases wait here too until they are re-dispatched (automatically when a dispatcher runs).
 CONFIRM_QUEUE_STATES = frozenset({Status.CLASSIFIED, Status.RETURNED, Status.REOPENED})
 
@@ -267,12 +271,18 @@ return 1
 
 
 def queue_score(case: Case) -> float | None:
-    """Position in the confirmation queue (lower first), or None when the case does not wait there."""
+    """Position in the confirmation queue (lower first), or None when the case does not wait there.
+
+    Strict tiers: emergencies, then returned 退单 and reopened orders, then the rest. Inside a tier each
+    priority step (a merged report, intake's urgent rules) counts as ``PRIORITY_WEIGHT_S`` of age; then the
+    oldest first. The plain tier keeps the scores of before the tiers, so entries written then still sort
+    among it (the console orders what it reads by this function, too).
+    """
     if case.status not in CONFIRM_QUEUE_STATES:
         return None
-    back = case.status in (Status.RETURNED, Status.REOPENED)
-    boost = case.priority + (2 if case.emergency else 0) + (1 if back else 0)
-    return case.created_at - boost * PRIORITY_WEIGHT_S
+    tier = 2 if case.emergency else 1 if case.status in (Status.RETURNED, Status.REOPENED) else 0
+    priority = min(max(int(case.priority), 0), MAX_QUEUE_PRIORITY)
+    return case.created_at - priority * PRIORITY_WEIGHT_S - tier * TIER_WEIGHT_S
 
 
 class Store:

@@ -2,6 +2,9 @@
 
 - ``hl:nlp:corrections``  stream, one entry per confirmation: case_id, text, labels, suggested, actor, ts
 
+Besides the classifier's heads a decision may carry ``urgency`` (emergency / urgent / normal): the call-taker's
+level next to the one config/urgency.toml's rules gave, for reviewing those rules (it trains no model).
+
 A case confirmed twice (the call-taker changed their mind) is exported once, with the last labels.
 ``hotline nlp export-corrections`` writes them as training rows, so that ``hotline nlp train --data
 history.jsonl --data corrections.jsonl`` learns the city's own routing.
@@ -16,6 +19,8 @@ from typing import Any
 from hotline.store.cases import Store
 
 HEADS = ("category", "department", "type")
+URGENCY = "urgency"
+LABEL_KEYS = (*HEADS, URGENCY)
 MAX_TEXT_CHARS = 20_000
 MAX_LABEL_CHARS = 200
 # Far beyond any city's yearly volume; a bound only so that a runaway client cannot fill the memory.
@@ -37,8 +42,8 @@ class Corrections:
             raise ValueError(f"{what}: expected a mapping of head → label")
         out: dict[str, str] = {}
         for head, label in value.items():
-            if head not in HEADS:
-                raise ValueError(f"{what}: unknown head {head!r} (expected one of {', '.join(HEADS)})")
+            if head not in LABEL_KEYS:
+                raise ValueError(f"{what}: unknown head {head!r} (expected one of {', '.join(LABEL_KEYS)})")
             if label is None or label == "":
                 continue
             if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS:
@@ -96,9 +101,9 @@ def _row(fields: dict[str, str]) -> dict[str, Any] | None:
     if not isinstance(labels, dict) or not fields.get("case_id"):
         return None
     row: dict[str, Any] = {"title": "", "text": fields.get("text", "")}
-    for head in HEADS:
+    for head in LABEL_KEYS:
         row[head] = str(labels.get(head) or "")
     row["suggested"] = {h: str(v) for h, v in suggested.items()} if isinstance(suggested, dict) else {}
-    row["corrected"] = [h for h in HEADS if row[h] and row["suggested"].get(h) not in (None, "", row[h])]
+    row["corrected"] = [h for h in LABEL_KEYS if row[h] and row["suggested"].get(h) not in (None, "", row[h])]
     row.update(case_id=fields["case_id"], actor=fields.get("actor", ""), ts=float(fields.get("ts") or 0))
     return row

@@ -42,6 +42,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-\u4e00-\u9fff]{1,32}$")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 256
 HEADS = ("category", "department", "type")
+# Reviewed like the classifier's heads when the call-taker chooses it: the urgency rules' level.
+URGENCY_HEAD = "urgency"
+REVIEWED_HEADS = (*HEADS, URGENCY_HEAD)
 
 _hasher = PasswordHasher()
 
@@ -336,7 +339,7 @@ class ConsoleStats:
         def rate(n: int, ok: int) -> dict[str, Any]:
             return {"reviewed": n, "accepted": ok, "rate": round(ok / n, 4) if n else None}
 
-        heads = {h: rate(totals.get(f"head:{h}:n", 0), totals.get(f"head:{h}:ok", 0)) for h in HEADS}
+        heads = {h: rate(totals.get(f"head:{h}:n", 0), totals.get(f"head:{h}:ok", 0)) for h in REVIEWED_HEADS}
         users = {}
         for field_, n in totals.items():
             if field_.startswith("user:") and field_.endswith(":n"):

@@ -45,6 +45,8 @@
     toast.timer = setTimeout(() => { el.className = ""; }, 4000);
   }
 
+  const URGENCY_LABELS = { emergency: "紧急", urgent: "加急", normal: "一般" };
+
   function typing(target) {
     return target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT");
   }
@@ -155,6 +157,9 @@
         department: art.dataset.department,
         type: art.dataset.type,
         co_departments: [],
+        // Pre-selected: the call-taker's urgency from 人工受理 if any, else the AI's (intake's rules).
+        urgency: art.dataset.urgency || art.dataset.urgencyAi || "normal",
+        urgencyAi: art.dataset.urgencyAi || "normal",
       };
       render();
       for (const input of detail.querySelectorAll("input.picker")) setupPicker(input);
@@ -177,8 +182,12 @@
       show("#chosen-department", state.department ? "已选：" + state.department : "未选");
       show("#chosen-type", state.type ? "已选：" + state.type : "未选");
       show("#chosen-co", state.co_departments.length ? "已选：" + state.co_departments.join("、") : "无");
+      show("#chosen-urgency", "已选：" + (URGENCY_LABELS[state.urgency] || state.urgency) +
+        (state.urgency !== state.urgencyAi ? "（AI 建议：" + (URGENCY_LABELS[state.urgencyAi] || state.urgencyAi) + "）" : ""));
       for (const btn of detail.querySelectorAll("button.opt")) {
-        btn.classList.toggle("on", state[btn.dataset.head] === btn.dataset.label);
+        const on = state[btn.dataset.head] === btn.dataset.label;
+        btn.classList.toggle("on", on);
+        if (btn.dataset.head === "urgency") btn.setAttribute("aria-pressed", on ? "true" : "false");
       }
     }
 
@@ -197,6 +206,13 @@
         state[head] = label;
       }
       render();
+    }
+
+    // u: 一般 → 加急 → 紧急 → 一般.
+    function cycleUrgency() {
+      if (!state || !detail.querySelector('button.opt[data-head="urgency"]')) return;
+      const order = ["normal", "urgent", "emergency"];
+      pickOption("urgency", order[(order.indexOf(state.urgency) + 1) % order.length]);
     }
 
     function pickByKey(key) {
@@ -256,7 +272,7 @@
       const street = detail.querySelector("#edit-street");
       const body = {
         category: state.category, category_path: state.category_path, department: state.department,
-        type: state.type, co_departments: state.co_departments,
+        type: state.type, co_departments: state.co_departments, urgency: state.urgency,
         address: address ? address.value : undefined, street: street ? street.value : "",
       };
       const btn = detail.querySelector("#confirm-btn");
@@ -338,6 +354,7 @@
         case "d": focus("#pick-department"); break;
         case "c": focus("#pick-co"); break;
         case "a": focus("#edit-address"); break;
+        case "u": ev.preventDefault(); cycleUrgency(); break;
         case "m": { const b = detail.querySelector("button.merge"); if (b) { ev.preventDefault(); mergeInto(b.dataset.into); } break; }
         case "x": { const b = detail.querySelector("button.reject"); if (b) { ev.preventDefault(); rejectDup(b.dataset.candidate); } break; }
         default:

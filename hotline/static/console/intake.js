@@ -14,6 +14,12 @@
   let timer = null;
   let asked = 0; // the newest preview request; older answers arriving late are dropped
   let key = newKey();
+  // The urgency select follows the AI's level until the call-taker changes it; only a changed one is sent,
+  // otherwise intake's rules decide on the words as registered.
+  const URGENCY = { emergency: "紧急", urgent: "加急", normal: "一般" };
+  const urgency = form.elements.urgency;
+  let urgencyTouched = false;
+  let aiUrgency = "";
 
   function newKey() {
     return (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
@@ -24,6 +30,17 @@
     for (const name of ["phone", "name", "address", "text"]) out[name] = form.elements[name].value;
     out.confidential = form.elements.confidential.checked;
     return out;
+  }
+
+  function urgencyNote() {
+    $("in-urgency-ai").textContent = aiUrgency
+      ? "AI 建议：" + URGENCY[aiUrgency] + (urgency.value !== aiUrgency ? "（已改动）" : "") : "默认采用 AI 判断，可改动";
+  }
+
+  function showUrgency(data) {
+    aiUrgency = (data.ready && data.urgency && URGENCY[data.urgency.level]) ? data.urgency.level : "";
+    if (!urgencyTouched) urgency.value = aiUrgency || "normal";
+    urgencyNote();
   }
 
   function item(parts) {
@@ -51,6 +68,7 @@
     const emergency = $("as-emergency");
     emergency.hidden = !data.emergency;
     emergency.textContent = data.emergency ? "紧急情况（" + (data.urgency.reasons || []).join("、") + "）：" + data.advice : "";
+    showUrgency(data);
     const heads = $("as-heads");
     heads.textContent = "";
     if (data.ready) {
@@ -126,6 +144,7 @@
   }
 
   for (const name of ["phone", "address", "text"]) form.elements[name].addEventListener("input", schedule);
+  urgency.addEventListener("change", () => { urgencyTouched = true; urgencyNote(); });
 
   async function register(event) {
     event.preventDefault();
@@ -133,7 +152,9 @@
     if (!form.elements.text.value.trim()) { window.HotlineConsole.toast("请填写诉求内容。", true); return; }
     submit.disabled = true;
     try {
-      const data = await window.HotlineConsole.api("POST", "/api/v1/console/intake", fields(), { "Idempotency-Key": key });
+      const body = fields();
+      if (urgencyTouched) body.urgency = urgency.value;
+      const data = await window.HotlineConsole.api("POST", "/api/v1/console/intake", body, { "Idempotency-Key": key });
       $("in-case-id").textContent = data.case_id;
       $("in-reply").textContent = data.reply;
       $("in-confirm").href = data.queue_url;
@@ -143,6 +164,7 @@
       $("in-case").href = data.case_url;
       result.hidden = false;
       for (const el of form.elements) if (el.tagName !== "BUTTON") el.readOnly = true;
+      urgency.disabled = true; // a select has no readOnly
       window.HotlineConsole.toast("已登记：" + data.case_id);
     } catch (e) {
       submit.disabled = false;
@@ -160,6 +182,8 @@
     asked++;
     clearTimeout(timer);
     for (const el of form.elements) el.readOnly = false;
+    urgency.disabled = false;
+    urgencyTouched = false;
     submit.disabled = false;
     result.hidden = true;
     setTimeout(() => { show({ ready: false }); form.elements.phone.focus(); }, 0);
