@@ -47,8 +47,8 @@ from hotline.nlp.places import read_plain_words
 from hotline.records import Case, Report
 from hotline.settings import PROJECT_ROOT, Settings, SettingsError
 from hotline.status import LABELS_ZH, OPEN_STATES, IllegalTransition, Status
-from hotline.store import CaseNotFound, Store
-from hotline.store.cases import FEED_BATCH, FEED_BATCH_S, Claim
+from hotline.store import CaseNotFound, Store, stored_record
+from hotline.store.cases import FEED_BATCH, FEED_BATCH_S, Changes, Claim
 from hotline.store.dedup import DedupIndex, IndexEntry
 from hotline.store.filing import Filing
 from hotline.tasks import stop_tasks
@@ -60,6 +60,8 @@ MAX_PRIORITY_BUMP = 3
 # Place keys outweigh single bigrams when ranking candidates: they name the object of the complaint.
 PLACE_KEY_WEIGHT = 12.0
 SUGGESTIONS_KEPT = 3
+# duplicate_of links followed to find the case that is worked on (a longer chain is a loop or a fault).
+MAX_CHAIN = 8
 PENDING_ENTRIES = 1000
 
 
@@ -76,6 +78,15 @@ MERGEABLE = frozenset({Status.RECEIVED, Status.CLASSIFIED})
 
 class _NotThere(Exception):
     """Aborts a case update that would change nothing (the report is not on that case)."""
+
+
+class _Undone(Exception):
+    """Aborts adding a report to a case: the report is no longer marked merged into that case (its merge was
+    undone meanwhile)."""
+
+
+class _ChainMoved(Exception):
+    """Aborts an undo computed for the cases a report's links led to: the links have changed since."""
 
 
 def not_mergeable(case: Case) -> DedupError:
@@ -310,32 +321,22 @@ class DedupService:
         except IllegalTransition as exc:
             # Confirmed (its work order is on the way) or merged by someone else since it was read.
             raise not_mergeable(await self.store.get_case(report.id)) from exc
-        report = await self.attach(report, master_id, score, actor)
-        if report.reports:
-            report = await self._move_reports(report, master_id, actor)
-        return report
+        return await self.attach(report, master_id, score, actor)
 
-    async def _move_reports(self, report: Case, master_id: str, actor: str) -> Case:
-        """A case merged with its own linked reports hands them on (``attach`` has already added them to
-        ``master_id``): each report then points at the case that is worked on, which surveys and notifies them."""
-        moved = [r.report_id for r in report.reports]
-
-        def clear(c: Case) -> dict[str, Any]:
-            c.reports = []
-            c.priority = 0
-            return {"reports": moved, "into": master_id}
+    async def _repoint(self, moved: list[str], from_id: str, master_id: str, actor: str) -> None:
+        """Reports that case ``from_id`` handed on to ``master_id`` (``attach``) then point at the case that is
+        worked on, which surveys and notifies them. One undone or moved since keeps its pointer; an undo
+        finds a report not yet repointed along the links (``from_id`` is merged into ``master_id``)."""
 
         def repoint(c: Case) -> dict[str, Any]:
-            if c.duplicate_of != report.id:
+            if c.duplicate_of != from_id:
                 raise _NotThere()
             c.duplicate_of = master_id
-            return {"from_case": report.id, "into": master_id}
+            return {"from_case": from_id, "into": master_id}
 
-        report = await self.store.update_case(report.id, clear, actor=actor, action="reports_moved")
         for report_id in moved:
             with contextlib.suppress(_NotThere, CaseNotFound):
                 await self.store.update_case(report_id, repoint, actor=actor, action="report_moved")
-        return report
 
     async def merge_target(self, into: str) -> str:
         """The case a report for ``into`` joins: ``into`` itself, or the case it was merged into."""
@@ -361,41 +362,72 @@ class DedupService:
         now = time.time()
         merged_by = "auto" if actor == "system" else actor
 
-        def add_report(c: Case) -> dict[str, Any]:
+        moved: list[str] = []
+
+        def add_report(cases: dict[str, Case]) -> Changes:
+            # The report as stored now, not as the caller read it: an undo in between has taken it (or one of
+            # its own reports) back, and a case must not list a report that is not merged into it.
+            rep = cases.get(report.id)
+            if rep is None or rep.status != Status.MERGED or rep.duplicate_of != master_id:
+                raise _Undone()
+            c = cases.get(master_id)
+            if c is None:
+                raise CaseNotFound(master_id)
             if c.status not in OPEN_STATES or c.duplicate_of:
                 raise DedupError("master_not_open", f"案件 {c.id} 已不在办理中，不能并入。")
-            if any(r.report_id == report.id for r in c.reports):
-                return {"report_id": report.id, "reporters": c.reporter_count, "repeat": True}
-            c.reports.append(Report(report_id=report.id, channel=report.channel, sender=report.sender,
-                                    contact=report.contact, text=report.text, received_at=report.created_at,
+            moved.clear()
+            if any(r.report_id == rep.id for r in c.reports):
+                return {master_id: ("report_merged", {"report_id": rep.id, "reporters": c.reporter_count,
+                                                      "repeat": True})}
+            c.reports.append(Report(report_id=rep.id, channel=rep.channel, sender=rep.sender,
+                                    contact=rep.contact, text=rep.text, received_at=rep.created_at,
                                     score=round(score, 4), merged_by=merged_by))
-            # A case merged with reports of its own brings its reporters along.
+            # A case merged with reports of its own brings its reporters along, and its list is emptied in the
+            # same write: a report is never listed by two cases, nor by none while it is merged.
             held = {r.report_id for r in c.reports}
-            brought = [r for r in report.reports if r.report_id not in held and r.report_id != c.id]
+            brought = [r for r in rep.reports if r.report_id not in held and r.report_id != c.id]
             c.reports.extend(brought)
             c.priority = min(MAX_PRIORITY_BUMP, c.priority + 1 + len(brought))
-            data = {"report_id": report.id, "score": round(score, 4), "reporters": c.reporter_count,
+            data = {"report_id": rep.id, "score": round(score, 4), "reporters": c.reporter_count,
                     "merged_by": merged_by}
             if brought:
                 data["with_reports"] = [r.report_id for r in brought]
-            return data
+            changes: Changes = {master_id: ("report_merged", data)}
+            if rep.reports:
+                moved.extend(r.report_id for r in rep.reports)
+                rep.reports = []
+                rep.priority = 0
+                changes[rep.id] = ("reports_moved", {"reports": list(moved), "into": master_id})
+            return changes
 
         try:
-            master = await self.store.update_case(master_id, add_report, actor=actor, action="report_merged",
-                                                  read=read)
+            cases = await self.store.update_linked([master_id, report.id], add_report, actor=actor,
+                                                   read={master_id: read, report.id: stored_record(report)})
+        except _Undone as exc:
+            raise DedupError("merge_undone", f"案件 {report.id} 的合并已被撤销，未并入 {master_id}。") from exc
         except (DedupError, CaseNotFound) as exc:
-            # The report must never hang on a case that did not take it: put it back as its own case.
-            await self.store.update_case(report.id, lambda c: _clear_dup(c, "master_not_open"), actor="system",
-                                         action="unmerged", target=Status.CLASSIFIED)
+            # The report must never hang on a case that did not take it: put it back as its own case (unless
+            # an undo has done so meanwhile).
+            def put_back(c: Case) -> dict[str, Any]:
+                if c.duplicate_of != master_id:
+                    raise _NotThere()
+                return _clear_dup(c, "master_not_open")
+
+            with contextlib.suppress(_NotThere, IllegalTransition, CaseNotFound):
+                await self.store.update_case(report.id, put_back, actor="system", action="unmerged",
+                                             target=Status.CLASSIFIED)
             if isinstance(exc, DedupError):
                 raise
             raise DedupError("not_found", f"案件 {master_id} 不存在。") from exc
+        report = cases[report.id]
+        if moved:
+            await self._repoint(moved, report.id, master_id, actor)
         if indexed:
             await self.forget(report.id)
         log.info("report merged", extra={"event": "report_merged", "case_id": master_id, "report": report.id,
                                          "score": round(score, 4), "actor": actor, "ts": now})
         if self.hotspots is not None:
-            await self.hotspots.changed_later(master.id)
+            await self.hotspots.changed_later(master_id)
         return report
 
     async def confirm_merge(self, case_id: str, into: str, actor: str) -> Case:
@@ -438,38 +470,74 @@ class DedupService:
             raise DedupError("not_found", "案件不存在。") from exc
         if report.status != Status.MERGED or not report.duplicate_of:
             raise DedupError("not_merged", "该案件未被合并。")
-        master_id = report.duplicate_of
+        linked = report.duplicate_of
 
-        def drop_report(c: Case) -> dict[str, Any]:
-            kept = [r for r in c.reports if r.report_id != report_case_id]
-            if len(kept) == len(c.reports):
-                raise _NotThere()
-            c.reports = kept
-            if len(c.reports) < MAX_PRIORITY_BUMP:
-                c.priority = max(0, c.priority - 1)
-            return {"report_id": report_case_id, "reporters": c.reporter_count}
+        def undo(cases: dict[str, Case]) -> Changes:
+            nonlocal linked
+            c = cases.get(report_case_id)
+            if c is None:
+                raise CaseNotFound(report_case_id)
+            if c.status != Status.MERGED or not c.duplicate_of:
+                raise DedupError("not_merged", "该案件未被合并。")
+            if self._links(c.duplicate_of, cases, masters) != masters:
+                linked = c.duplicate_of
+                raise _ChainMoved()
+            # Off every case along the links (a report whose pointer was not yet rewritten after its case was
+            # merged on is listed by the case worked on), and back on its own, in one write.
+            changes: Changes = {}
+            for holder in masters:
+                h = cases.get(holder)
+                kept = [r for r in h.reports if r.report_id != report_case_id] if h is not None else []
+                if h is None or len(kept) == len(h.reports):
+                    continue
+                h.reports = kept
+                if len(h.reports) < MAX_PRIORITY_BUMP:
+                    h.priority = max(0, h.priority - 1)
+                changes[holder] = ("unmerged", {"report_id": report_case_id, "reporters": h.reporter_count})
+            data = _clear_dup(c, "undo")
+            c.status = Status.CLASSIFIED
+            changes[report_case_id] = ("unmerged", data)
+            return changes
 
-        # The cases first, the report last: a second undo at the same time, or one repeated after a crash
-        # in between, finds nothing left to drop, and only one of them moves the report back.
-        masters = await self._chain(master_id)
-        for holder in masters:
-            with contextlib.suppress(CaseNotFound, _NotThere):
-                await self.store.update_case(holder, drop_report, actor=actor, action="unmerged")
-        try:
-            report = await self.store.update_case(report_case_id, lambda c: _clear_dup(c, "undo", master_id),
-                                                  actor=actor, action="unmerged", target=Status.CLASSIFIED)
-        except IllegalTransition as exc:
-            raise DedupError("not_merged", "该案件未被合并。") from exc
+        # The report and the cases its links lead to are read and written as one: a merge of one of those
+        # cases at the same time (which carries the report along) is either seen whole or waits, and of two
+        # undos at once one moves the report back, the other finds it not merged.
+        while True:
+            masters = await self._chain(linked)
+            try:
+                cases = await self.store.update_linked([report_case_id, *masters], undo, actor=actor)
+                break
+            except _ChainMoved:
+                continue
+            except CaseNotFound as exc:
+                raise DedupError("not_found", "案件不存在。") from exc
+        report = cases[report_case_id]
         for holder in masters:
             await self.index.add_rejection(report_case_id, holder)
         await self.opened(report)
         return report
 
+    @staticmethod
+    def _links(case_id: str, cases: dict[str, Case], read: list[str]) -> list[str]:
+        """``_chain`` of ``case_id`` over records read at once (``read``: their ids, including those that do
+        not exist); raises _ChainMoved where the links leave them."""
+        chain: list[str] = []
+        current = case_id
+        while current and current not in chain and len(chain) < MAX_CHAIN:
+            if current not in read:
+                raise _ChainMoved()
+            chain.append(current)
+            case = cases.get(current)
+            if case is None:
+                break
+            current = case.duplicate_of
+        return chain
+
     async def _chain(self, case_id: str) -> list[str]:
         """``case_id`` and the cases its duplicate_of links lead to, the one actually worked on last."""
         chain: list[str] = []
         current = case_id
-        while current and current not in chain and len(chain) < 8:
+        while current and current not in chain and len(chain) < MAX_CHAIN:
             chain.append(current)
             try:
                 case = await self.store.get_case(current)

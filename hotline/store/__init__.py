@@ -13,7 +13,8 @@ from hotline.store.cases import (
     Store,
     StoreUnavailable,
     queue_score,
+    stored_record,
 )
 
 __all__ = ["CONFIRM_QUEUE_STATES", "CaseChanged", "CaseNotFound", "CreateResult", "Event", "Store",
-           "StoreUnavailable", "queue_score"]
+           "StoreUnavailable", "queue_score", "stored_record"]

@@ -14,11 +14,12 @@ Layout (prefix ``hl`` by default; a case's own keys share the hash tag ``{case_i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -238,36 +239,72 @@ if n_file > 0 then file_entry(last_idem + 1, ARGV[1], ARGV[3], tonumber(ARGV[12]
 return {1, ARGV[1]}
 """
 
+# Writes one case's new record with its event, index moves and feed entry, as a Lua function the update scripts
+# share. KEYS[kc]: case, KEYS[ke]: its events, KEYS[ks0]/KEYS[ks1]: status index before/after, KEYS[kq]: confirm
+# queue, KEYS[kf]: feed. ARGV[a ..]: new record, case id, created ts, queue score ('' = not queued), event ts,
+# actor, action, event data json, events maxlen, new status, feed maxlen.
+WRITE_CASE_LUA = """
+local function write_case(kc, ke, ks0, ks1, kq, kf, a)
+  redis.call('SET', KEYS[kc], ARGV[a])
+  if KEYS[ks0] ~= KEYS[ks1] then
+    redis.call('ZREM', KEYS[ks0], ARGV[a + 1])
+    redis.call('ZADD', KEYS[ks1], ARGV[a + 2], ARGV[a + 1])
+  end
+  if ARGV[a + 3] == '' then
+    redis.call('ZREM', KEYS[kq], ARGV[a + 1])
+  else
+    redis.call('ZADD', KEYS[kq], ARGV[a + 3], ARGV[a + 1])
+  end
+  redis.call('XADD', KEYS[ke], 'MAXLEN', '~', ARGV[a + 8], '*', 'ts', ARGV[a + 4], 'actor', ARGV[a + 5],
+             'action', ARGV[a + 6], 'data', ARGV[a + 7])
+  redis.call('XADD', KEYS[kf], 'MAXLEN', '~', ARGV[a + 10], '*', 'case', ARGV[a + 1], 'action', ARGV[a + 6],
+             'status', ARGV[a + 9])
+end
+"""
+
 # Writes an updated case with its event, index moves and feed entry, if the stored record is still the one
 # the update was computed from: the check and the write in one round trip, where WATCH/GET/MULTI/EXEC took
 # three. KEYS: case, events, status index before, status index after, confirm queue, feed, then the status
-# index of each required case. ARGV: record read, new record, case id, created ts, queue score ('' = not
-# queued), event ts, actor, action, event data json, events maxlen, new status, feed maxlen, then the required
-# cases' ids (one per extra key: that case must be in that index for the write to happen).
+# index of each required case. ARGV: record read, then what write_case takes (new record ... feed maxlen), then
+# the required cases' ids (one per extra key: that case must be in that index for the write to happen).
 # Returns 1 written, 0 the record changed meanwhile (read it again), -1 no such case, -2 - i the i-th
 # required case is not in its status (nothing written).
-_UPDATE_LUA = """
+_UPDATE_LUA = WRITE_CASE_LUA + """
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
 if current ~= ARGV[1] then return 0 end
 for i = 7, #KEYS do
   if not redis.call('ZSCORE', KEYS[i], ARGV[i + 6]) then return -2 - (i - 7) end
 end
-redis.call('SET', KEYS[1], ARGV[2])
-if KEYS[3] ~= KEYS[4] then
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-end
-if ARGV[5] == '' then
-  redis.call('ZREM', KEYS[5], ARGV[3])
-else
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[3])
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'ts', ARGV[6], 'actor', ARGV[7], 'action', ARGV[8],
-           'data', ARGV[9])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[12], '*', 'case', ARGV[3], 'action', ARGV[8], 'status', ARGV[11])
+write_case(1, 2, 3, 4, 5, 6, 2)
 return 1
 """
+
+# Writes several cases at once, if none of the cases read (written or not) has changed since: a change that
+# spans cases (a report taken off one case and put back on its own, a case and its reports moved onto
+# another) is written whole or not at all. KEYS: the n cases read, confirm queue, feed, then per case written
+# its events, status index before and after. ARGV: n, the number of cases written, the n records read ('' for
+# a case that did not exist), then per case written the position of its record among the n and what
+# write_case takes (12 values each). Returns 1 written, 0 a case changed meanwhile (read them again).
+_UPDATE_MANY_LUA = WRITE_CASE_LUA + """
+local n, w = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, n do
+  if (redis.call('GET', KEYS[i]) or '') ~= ARGV[2 + i] then return 0 end
+end
+for j = 0, w - 1 do
+  local b, k = n + 3 + 12 * j, n + 3 + 3 * j
+  write_case(tonumber(ARGV[b]), k, k + 1, k + 2, n + 1, n + 2, b + 1)
+end
+return 1
+"""
+
+# What ``update_linked``'s mutate returns: for each case it changed, the action and data of its event.
+Changes = dict[str, tuple[str, dict[str, Any]]]
+
+
+def stored_record(case: Case) -> str:
+    """The record of ``case`` as the store writes it: what ``read=`` of the updates compares with."""
+    return dumps(case.to_dict())
 
 
 def queue_score(case: Case) -> float | None:
@@ -297,6 +334,7 @@ class Store:
         self._statuses = self.r.register_script(_STATUSES_LUA)
         self._claim = self.r.register_script(_CLAIM_LUA)
         self._update = self.r.register_script(_UPDATE_LUA)
+        self._update_many = self.r.register_script(_UPDATE_MANY_LUA)
         # Concurrent updates of one case in this process queue here instead of racing for the same record:
         # a burst of 200 reports merged into one case would otherwise retry O(n²) times.
         self._case_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -381,7 +419,7 @@ class Store:
         callers = [self.k_caller(k) for k in caller_keys(case)]
         keys = [self.k_case(case.id), self.k_events(case.id), self.k_all, self.k_status(case.status),
                 self.k_confirm, self.k_feed, *callers, *(self.k_idem(k) for k in idempotency_keys)]
-        args = [case.id, dumps(case.to_dict()), f"{case.created_at:.6f}",
+        args = [case.id, stored_record(case), f"{case.created_at:.6f}",
                 self.idem_ttl, dumps(evs), "" if score is None else f"{score:.6f}",
                 str(case.status), FEED_MAXLEN, len(callers), CASES_PER_CALLER]
         if filing is None:
@@ -480,10 +518,7 @@ class Store:
         """
         required = list((require or {}).items())
         key = self.k_case(case_id)
-        lock = self._case_locks.get(case_id)
-        if lock is None:
-            lock = self._case_locks[case_id] = asyncio.Lock()
-        async with lock:
+        async with self._lock(case_id):
             while True:
                 raw, read = (read, None) if read is not None else (await self.r.get(key), None)
                 if raw is None:
@@ -495,23 +530,86 @@ class Store:
                     case.status = target
                 data = mutate(case) or {}
                 now = time.time()
-                case.updated_at = now
-                if case.status != before:
-                    data = {"from": str(before), "to": str(case.status), **data}
-                score = queue_score(case)
                 written = await self._update(
-                    keys=[key, self.k_events(case_id), self.k_status(before), self.k_status(case.status),
-                          self.k_confirm, self.k_feed, *(self.k_status(st) for _other, st in required)],
-                    args=[raw, dumps(case.to_dict()), case_id, f"{case.created_at:.6f}",
-                          "" if score is None else f"{score:.6f}", f"{now:.6f}", actor, action,
-                          dumps(data), EVENTS_PER_CASE_MAX, str(case.status),
-                          FEED_MAXLEN, *(other for other, _st in required)])
+                    keys=[*self._write_keys(case_id, before, case.status), self.k_confirm, self.k_feed,
+                          *(self.k_status(st) for _other, st in required)],
+                    args=[raw, *self._write_args(case, before, now, actor, action, data),
+                          *(other for other, _st in required)])
                 if int(written) == 1:
                     return case
                 if int(written) == -1:
                     raise CaseNotFound(case_id)
                 if int(written) <= -2:
                     raise CaseChanged(required[-2 - int(written)][0])
+
+    async def update_linked(self, case_ids: Sequence[str], mutate: Callable[[dict[str, Case]], Changes | None], *,
+                            actor: str, read: Mapping[str, str | None] | None = None) -> dict[str, Case]:
+        """Read-modify-write several cases as one change (``update_case`` for a change that spans cases).
+
+        ``mutate`` gets the cases by id (one that does not exist is left out), changes some of them in place
+        and returns, for each case it changed, the action and data of its event; a status it sets is checked
+        against the status machine. The changed cases are written with their events, indexes and feed
+        entries only if none of the cases read, changed or not, is different from what was read; otherwise
+        all are read and changed again. An exception from ``mutate`` writes nothing. ``read``: records as the
+        caller knows them (``stored_record``), to start from without reading them again. Returns the cases
+        as read and changed.
+        """
+        ids = list(dict.fromkeys(case_ids))
+        keys = [self.k_case(c) for c in ids]
+        known = {c: raw for c, raw in (read or {}).items() if raw is not None and c in ids}
+        async with contextlib.AsyncExitStack() as stack:
+            for case_id in sorted(ids):  # one order for every caller: no two wait for each other
+                await stack.enter_async_context(self._lock(case_id))
+            while True:
+                missing = [i for i, c in enumerate(ids) if c not in known]
+                raws: list[str | None] = [known.get(c) for c in ids]
+                if missing:
+                    for i, raw in zip(missing, await self.r.mget([keys[i] for i in missing]), strict=True):
+                        raws[i] = raw
+                known = {}
+                cases = {c: Case.from_dict(json.loads(raw)) for c, raw in zip(ids, raws, strict=True)
+                         if raw is not None}
+                before = {c: case.status for c, case in cases.items()}
+                changes = mutate(cases) or {}
+                if not changes:
+                    return cases
+                now = time.time()
+                w_keys: list[str] = []
+                w_args: list[Any] = []
+                for case_id, (action, data) in changes.items():
+                    case = cases[case_id]
+                    if case.status != before[case_id]:
+                        check_move(before[case_id], case.status)
+                    w_keys.extend(self._write_keys(case_id, before[case_id], case.status)[1:])
+                    w_args.extend([ids.index(case_id) + 1,
+                                   *self._write_args(case, before[case_id], now, actor, action, data)])
+                written = await self._update_many(
+                    keys=[*keys, self.k_confirm, self.k_feed, *w_keys],
+                    args=[len(ids), len(changes), *(raw or "" for raw in raws), *w_args])
+                if int(written) == 1:
+                    return cases
+
+    def _lock(self, case_id: str) -> asyncio.Lock:
+        lock = self._case_locks.get(case_id)
+        if lock is None:
+            lock = self._case_locks[case_id] = asyncio.Lock()
+        return lock
+
+    def _write_keys(self, case_id: str, before: Status, after: Status) -> list[str]:
+        """The keys ``write_case`` takes for one case, but the confirm queue and the feed: case, events,
+        status index before and after."""
+        return [self.k_case(case_id), self.k_events(case_id), self.k_status(before), self.k_status(after)]
+
+    @staticmethod
+    def _write_args(case: Case, before: Status, now: float, actor: str, action: str,
+                    data: dict[str, Any]) -> list[Any]:
+        """What ``write_case`` takes for ``case`` changed from status ``before``: stamps it updated at ``now``."""
+        case.updated_at = now
+        if case.status != before:
+            data = {"from": str(before), "to": str(case.status), **data}
+        score = queue_score(case)
+        return [stored_record(case), case.id, f"{case.created_at:.6f}", "" if score is None else f"{score:.6f}",
+                f"{now:.6f}", actor, action, dumps(data), EVENTS_PER_CASE_MAX, str(case.status), FEED_MAXLEN]
 
     async def add_event(self, case_id: str, *, actor: str, action: str, data: dict[str, Any]) -> str:
         """An audit entry that does not change the case (a view, a note, a notification sent)."""
