@@ -20,6 +20,7 @@ PUBLIC_EVENTS = {
     "accepted": "承办单位已接单",
     "in_progress": "承办单位处理中",
     "returned": "重新派遣中",
+    "extension_approved": "承办单位申请延期，已同意，办理时限延长",
     "resolved": "已办理完毕",
     "closed": "已办结",
     "reopened": "重新办理",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hotline import __version__
-from hotline.channels import openapi_answers, openapi_console, openapi_dispatch
+from hotline.channels import openapi_answers, openapi_console, openapi_dispatch, openapi_extensions
 from hotline.channels.openapi_common import SECURITY_SCHEMES, errors
 from hotline.status import Status
 
@@ -96,7 +96,8 @@ _CASE = {
 
 def openapi_document() -> dict[str, Any]:
     paths = _citizen_paths()
-    for part in (openapi_console.PATHS, openapi_dispatch.PATHS, openapi_answers.PATHS):
+    for part in (openapi_console.PATHS, openapi_dispatch.PATHS, openapi_extensions.PATHS,
+                 openapi_answers.PATHS):
         for path, operations in part.items():
             paths.setdefault(path, {}).update(operations)
     return {

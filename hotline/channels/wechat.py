@@ -94,6 +94,7 @@ _TEMPLATE_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 TEMPLATE_TITLES = {
     "received": "您反映的问题已受理", "dispatched": "您反映的问题已派单办理", "resolved": "您反映的问题已办结",
     "reopened": "您反映的问题已重新办理", "survey": "请您评价办理结果", "answer": "您的咨询已答复",
+    "extension": "您反映的问题办理时限已延长",
 }
 TEMPLATE_TEXT_CHARS = 100
 

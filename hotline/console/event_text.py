@@ -24,7 +24,8 @@ ACTION_LABELS = {
     "duplicate_rejected": "否认重复", "ai_reviewed": "AI 建议审核",
     "phone_viewed": "查看完整电话", "answered": "直接答复", "survey_answered": "回访评价",
     "notified": "通知市民", "suggested": "AI 建议更新",
-    "extension_requested": "申请延期", "overdue": "超期提醒", "order_delivered": "工单已送达派单系统",
+    "extension_requested": "申请延期", "extension_approved": "同意延期", "extension_refused": "不同意延期",
+    "overdue": "超期提醒", "order_delivered": "工单已送达派单系统",
     "order_failed": "工单投递失败", "order_redriven": "工单重新投递", "dispatch_event_ignored": "忽略派单系统事件",
     "survey_scheduled": "安排回访", "survey_followup": "转人工回访", "callback_call": "人工回访电话",
     "survey_call": "自动回访电话", "survey_call_placed": "拨出回访电话", "survey_withdrawn": "取消回访",
@@ -60,6 +61,8 @@ KEY_LABELS = {
     "recipients": "回访人数", "service_code": "服务代码", "choice": "市民选择", "by": "方式",
     "call_back_at": "约定回拨时间", "photos": "照片", "recording": "通话录音", "reports": "合并反映",
     "suggested": "AI 建议", "chosen": "采用", "with_reports": "随案并入的反映", "urgency": "紧急程度",
+    "requested_hours": "申请延期小时数", "previous_deadline_at": "原办理期限", "extensions": "累计延期次数",
+    "replaces": "替换此前的申请",
 }
 
 HEAD_LABELS = {"category": "类别", "department": "承办部门", "type": "诉求类型", "urgency": "紧急程度"}
@@ -79,7 +82,7 @@ _VALUES: dict[str, dict[str, str]] = {
     "type": {"accepted": "接单", "in_progress": "处理中", "resolved": "办结", "returned": "退单",
              "extension_requested": "申请延期"},
     "kind": {"received": "受理", "dispatched": "派遣", "resolved": "办结", "reopened": "重办", "survey": "回访",
-             "answer": "答复"},
+             "answer": "答复", "extension": "延期"},
     "time_limit": _TIME_LIMITS,
     "changed": HEAD_LABELS,
     "urgency": _URGENCY, "suggested": _URGENCY, "chosen": _URGENCY,

@@ -1,5 +1,6 @@
 """督办: what a supervisor chases each day — orders past their time limit, orders about to pass it,
-returned orders (退单) waiting to be re-routed, and orders the work-order system never took (dead letters).
+returned orders (退单) waiting to be re-routed, and orders the work-order system never took (dead letters);
+and what a supervisor decides: the units' extension requests (延期申请).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from aiohttp import web
 from hotline import appkeys
 from hotline.access import SUPERVISOR, requires
 from hotline.console.auth import render_console
+from hotline.dispatch.extensions import Extensions, extension_row
 from hotline.records import Case, mask_pii
 from hotline.status import LABELS_ZH, Status
 
@@ -77,4 +79,15 @@ async def overview(app: web.Application, due_soon_h: float) -> dict[str, Any]:
 async def supervision_page(request: web.Request) -> web.Response:
     due_soon_h = min(max(float(request.app[appkeys.SETTINGS]["console"]["supervision_due_soon_h"]), 0.0), 720.0)
     data = await overview(request.app, due_soon_h)
-    return render_console(request, "console/supervision.html", due_soon_h=due_soon_h, **data)
+    return render_console(request, "console/supervision.html", due_soon_h=due_soon_h,
+                          extensions=await extension_rows(request.app), **data)
+
+
+async def extension_rows(app: web.Application) -> list[dict[str, Any]]:
+    """Pending extension requests (延期申请), oldest first: what the supervisor approves or refuses here."""
+    dispatcher = app.get(appkeys.DISPATCHER)
+    if dispatcher is None:
+        return []
+    now = time.time()
+    rows = [extension_row(c, now) for c in await Extensions(dispatcher).pending(limit=ROWS)]
+    return [{**r, "requested_text": span_text(r["requested_hours"] * 3600)} for r in rows]

@@ -6,6 +6,8 @@ Routes:
 - ``GET  /api/v1/dispatch/dead``              dead letters (supervisors)
 - ``POST /api/v1/dispatch/dead/{dead_id}/redrive``  put one dead letter back into the outbox (supervisors)
 - ``GET  /api/v1/dispatch/stats``             outbox, pending, retrying, dead and open orders (supervisors)
+- ``/api/v1/dispatch/extensions``             pending extension requests, approve / refuse (supervisors;
+                                              hotline/dispatch/extensions.py)
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from aiohttp import web
 from hotline.access import can_see_phone, requires
 from hotline.appkeys import ATTACHMENTS, DISPATCHER, INTAKE, NOTIFICATIONS, SETTINGS, STORE
 from hotline.attachments import MediaLinks, photo_headers
+from hotline.dispatch import extensions
 from hotline.dispatch.backends import Open311Backend, WebhookBackend
 from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
+from hotline.dispatch.params import query_int
 from hotline.dispatch.poller import poll_forever
 from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
 from hotline.dispatch.tables import DispatchTables, Taxonomy, load_tables
-from hotline.numbers import ascii_digits
 from hotline.records import Case, mask_name, mask_phone
 from hotline.secret import service_secret
 from hotline.settings import Settings
@@ -159,19 +162,10 @@ def _stream_id(value: str) -> bool:
     return bool(DEAD_ID.fullmatch(value)) and all(int(part) < 2**64 for part in value.split("-"))
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not ascii_digits(raw) or not low <= int(raw) <= high:
-        raise DispatchError("bad_query", f"参数 {name} 须为 {low} 到 {high} 之间的整数。", 400)
-    return int(raw)
-
-
 @requires("call_taker", "follow_up", "supervisor")
 async def list_cases(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 50, 1, MAX_LIST)
-    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = query_int(request, "limit", 50, 1, MAX_LIST)
+    offset = query_int(request, "offset", 0, 0, 1_000_000)
     overdue = request.query.get("overdue", "")
     if overdue not in ("", "0", "1"):
         raise DispatchError("bad_query", "参数 overdue 须为 0 或 1。", 400)
@@ -195,7 +189,7 @@ async def list_cases(request: web.Request) -> web.Response:
 
 @requires("supervisor")
 async def list_dead(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 100, 1, 1000)
+    limit = query_int(request, "limit", 100, 1, 1000)
     outbox = request.app[DISPATCHER].outbox
     dead = await outbox.dead_letters(limit)
     return web.json_response({"dead": [_masked_letter(d.to_dict()) for d in dead], "total": await outbox.dead_count()},
@@ -243,3 +237,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/dispatch/dead", list_dead)
     app.router.add_post("/api/v1/dispatch/dead/{dead_id}/redrive", redrive_dead)
     app.router.add_get("/api/v1/dispatch/stats", dispatch_stats)
+    extensions.setup_routes(app)

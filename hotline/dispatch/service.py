@@ -29,6 +29,7 @@ from hotline.notify import Notifications
 from hotline.records import Case
 from hotline.status import LABELS_ZH, IllegalTransition, Status, check_move
 from hotline.store import CaseNotFound, Store
+from hotline.store.extensions import ExtensionIndex
 from hotline.store.outbox import DeadLetter, Outbox
 
 log = logging.getLogger("hotline.dispatch")
@@ -231,6 +232,7 @@ class Dispatcher:
         self.tz = ZoneInfo(timezone)
         self.calendar = WorkCalendar.from_tables(tables, timezone)
         self.media = media
+        self.extension_index = ExtensionIndex(store)
 
     def work_order(self, case: Case) -> dict[str, Any]:
         media = self.media
@@ -551,8 +553,16 @@ class Dispatcher:
             d["state"] = "returned"
             data["reason"] = ev.reason
         elif ev.type == "extension_requested":
-            d["extension_request"] = {"hours": ev.extension_hours, "reason": ev.reason, "at": now}
+            # One pending request per round: a new one replaces it (the unit revised its request), and the
+            # trail keeps what it replaced. A supervisor decides it (hotline/dispatch/extensions.py).
+            previous = d.get("extension_request")
+            d["extension_request"] = {"hours": ev.extension_hours, "reason": ev.reason, "at": now,
+                                      "event_id": ev.event_id, "order_id": d.get("order_id", ""),
+                                      "round": int(d.get("round") or 0)}
             data.update(hours=ev.extension_hours, reason=ev.reason)
+            if isinstance(previous, dict) and previous.get("order_id") == d.get("order_id"):
+                data["replaces"] = {"hours": previous.get("hours"), "reason": previous.get("reason"),
+                                    "event_id": previous.get("event_id", "")}
         elif ev.type == "in_progress":
             d["state"] = "in_progress"
         case.dispatch = d
@@ -594,6 +604,11 @@ class Dispatcher:
 
     async def _settled(self, case: Case, ev: StatusEvent, decision: _Decision) -> EventOutcome:
         if decision.kind == "duplicate":
+            request = case.dispatch.get("extension_request")
+            if ev.type == "extension_requested" and isinstance(request, dict) and \
+                    request.get("event_id") == ev.event_id and case.status in (S.DISPATCHED, S.IN_PROGRESS):
+                # The backend's retry after an answer it never heard: the index entry may be what was lost.
+                await self.extension_index.add(case.id, float(request.get("at") or 0.0))
             return EventOutcome("duplicate", case, decision.note)
         await self.store.add_event(case.id, actor=f"dispatch:{ev.source}", action="dispatch_event_ignored",
                                    data={"event_id": ev.event_id, "type": ev.type, "note": decision.note,
@@ -603,6 +618,9 @@ class Dispatcher:
     async def _after_event(self, case: Case, ev: StatusEvent) -> None:
         if ev.type in ("resolved", "returned"):
             await self.outbox.clear_open(case.id)
+            await self.extension_index.remove(case.id)  # a request of a round that ended is moot
+        if ev.type == "extension_requested":
+            await self.extension_index.add(case.id, float(case.dispatch["extension_request"]["at"]))
         if ev.type == "resolved":
             await self._notify(case, "resolved", self.resolved_text(case))
 
@@ -641,8 +659,8 @@ class Dispatcher:
                 continue
 
             def flag(c: Case) -> dict[str, Any]:
-                if c.dispatch.get("overdue_flagged"):
-                    raise _Duplicate()
+                if c.dispatch.get("overdue_flagged") or c.deadline_at >= time.time():
+                    raise _Duplicate()  # flagged already, or an extension moved the deadline meanwhile
                 c.dispatch = {**c.dispatch, "overdue_flagged": True}
                 return {"deadline_at": c.deadline_at, "order_id": c.dispatch.get("order_id", ""),
                         "department": c.classification.get("department", "")}
