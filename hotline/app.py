@@ -204,7 +204,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[security_headers_middleware, errors_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app[TEMPLATES] = make_environment()
+    app[TEMPLATES] = make_environment(settings["intake"]["timezone"])
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.router.add_get("/healthz", healthz)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -20,6 +21,8 @@ from hotline.store import Store
 from tests.conftest import make_settings
 from tests.console_support import staff_login
 from tests.test_console_queue import submit, suggest
+
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 DAY = 86400.0
 CONFIRM = "/api/v1/console/cases/{}/confirm"
@@ -148,7 +151,7 @@ async def test_call_taker_sets_urgency_on_confirm_and_the_time_limit_follows(cli
     review = next(e for e in await store.events(gas) if e.action == "ai_reviewed")
     assert review.actor == "staff:ct-urgency"
     assert review.data["changed"]["urgency"] == {"suggested": "emergency", "chosen": "normal"}
-    assert "紧急程度（AI 建议：紧急，采用：一般）" in describe(review.data)
+    assert "紧急程度（AI 建议：紧急，采用：一般）" in describe(review.data, BEIJING)
     review = next(e for e in await store.events(water) if e.action == "ai_reviewed")
     assert review.data["changed"]["urgency"] == {"suggested": "urgent", "chosen": "normal"}
 
@@ -177,9 +180,11 @@ async def test_confirm_without_urgency_keeps_the_rules_and_accepting_it_counts(c
         assert "urgency" not in (await resp.json())["accepted"]
         resp = await staff.post_json(CONFIRM.format(other), {**CLASSIFICATION, "urgency": "urgent"})
         assert (await resp.json())["accepted"]["urgency"] is True
-    for case_id in (water, other):
+    # Both are urgent; the one the rules alone found (a water outage) has the utilities limit (3 h), the one a
+    # call-taker marked 加急 the urgent limit (2 h).
+    for case_id, limit in ((water, "utilities"), (other, "urgent")):
         case = await store.get_case(case_id)
-        assert case.classification["urgency"] == "urgent" and case.dispatch["time_limit"] == "urgent"
+        assert case.classification["urgency"] == "urgent" and case.dispatch["time_limit"] == limit
 
 
 async def test_intake_call_taker_chooses_urgency_and_the_queue_keeps_it(client: TestClient) -> None:

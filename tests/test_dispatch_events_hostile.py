@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -29,6 +30,8 @@ from hotline.store import Store
 from tests.console_support import staff_login
 from tests.dispatch_support import CLASSIFICATION, Open311Receiver, new_case, post_event
 from tests.test_dispatch_app import dispatch_settings, dispatched, event
+
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 BIG_SEQ = 1795562000123456789  # float(BIG_SEQ) == float(BIG_SEQ + 100)
 
@@ -81,8 +84,8 @@ async def test_occurred_at_outside_the_window_is_refused_and_changes_nothing(app
 def test_format_ts_never_raises() -> None:
     for value in (1795562000123.0, -1e18, 1e18, 1e308, -1e308, float("nan"), float("inf"), float("-inf"),
                   2.0**70, 253402300800.0):
-        assert format_ts(value) == "—", value
-    assert format_ts(0.0) == "" and format_ts(1795000000.0) == "2026-11-18 19:06"
+        assert format_ts(value, BEIJING) == "—", value
+    assert format_ts(0.0, BEIJING) == "" and format_ts(1795000000.0, BEIJING) == "2026-11-18 19:06"
 
 
 async def test_stored_out_of_range_times_do_not_break_the_console(app_client: TestClient,

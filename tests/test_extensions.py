@@ -31,6 +31,7 @@ TZ = ZoneInfo("Asia/Shanghai")
 API = "/api/v1/dispatch/extensions"
 
 
+
 @pytest.fixture
 async def app_client(aiohttp_client: Any, redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str,
                      receiver: Open311Receiver) -> TestClient:
@@ -101,10 +102,10 @@ async def test_approved_with_fewer_hours_moves_the_deadline_and_the_citizen_is_t
     assert len(approved) == 1 and approved[0].actor.startswith("staff:")
     assert approved[0].data["hours"] == 24 and approved[0].data["requested_hours"] == 48
     assert approved[0].data["previous_deadline_at"] == late and approved[0].data["deadline_at"] == new
-    view = event_view(approved[0])
+    view = event_view(approved[0], TZ)
     assert view["action_label"] == "同意延期"
     assert "延期小时数：24" in view["details"] and "申请延期小时数：48" in view["details"]
-    assert f"原办理期限：{format_ts(late)}" in view["details"]
+    assert f"原办理期限：{format_ts(late, TZ)}" in view["details"]
     assert [e.action for e in trail].count("overdue") == 1
 
     # The citizen: a notice on their channel with the new time, and the status page shows it.
@@ -112,7 +113,7 @@ async def test_approved_with_fewer_hours_moves_the_deadline_and_the_citizen_is_t
     told = notes.sent[-1].text
     assert datetime.fromtimestamp(new, TZ).strftime("%Y年%m月%d日 %H:%M") in told and case.id in told
     page = await (await app_client.post("/status", data={"case_id": case.id, "last4": "3333"})).text()
-    assert f'id="case-deadline">办理时限：{format_ts(new)} 前反馈' in page
+    assert f'id="case-deadline">办理时限：{format_ts(new, TZ)} 前反馈' in page
     assert "办理时限延长" in page
     sid = stored.id
     view311 = (await (await app_client.get(f"/open311/v2/requests/{sid}.json")).json())[0]
@@ -140,7 +141,7 @@ async def test_refused_request_leaves_the_deadline(app_client: TestClient, recei
     assert stored.dispatch["extensions"][-1]["outcome"] == "refused"
     refused = [e for e in await store.events(case.id) if e.action == "extension_refused"]
     assert len(refused) == 1 and refused[0].data["note"] == "时限内可以办完，请抓紧"
-    assert event_view(refused[0])["action_label"] == "不同意延期"
+    assert event_view(refused[0], TZ)["action_label"] == "不同意延期"
     assert notes.kinds(case.id) == ["dispatched"]
 
 
@@ -200,7 +201,7 @@ async def test_a_second_request_replaces_the_pending_one(app_client: TestClient,
     assert (status, body["result"]) == (200, "applied")
     second = [e for e in await store.events(case.id) if e.action == "extension_requested"][-1]
     assert second.data["replaces"] == {"hours": 24, "reason": "材料未到", "event_id": "evt-ext-a"}
-    assert "替换此前的申请（延期小时数：24" in event_view(second)["details"]
+    assert "替换此前的申请（延期小时数：24" in event_view(second, TZ)["details"]
 
     async with staff_login(app_client, "supervisor") as sup:
         [row] = await pending(sup)
@@ -263,7 +264,7 @@ async def test_supervisor_decides_on_the_supervision_page(app_client: TestClient
     assert table_ids(html, "extensions") == [first.id, second.id]
     row = html.split(f'data-case-id="{first.id}"', 1)[1].split("</tr>", 1)[0]
     assert "48 小时（2 天）" in row and "需协调共享单车企业" in row and "城乡建设局" in row
-    assert format_ts(first.deadline_at + 48 * 3600) in row
+    assert format_ts(first.deadline_at + 48 * 3600, TZ) in row
 
     await add_user(store, "banzhang", "supervisor")
     base = str(app_client.make_url("")).rstrip("/")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -28,6 +29,8 @@ from tests.dispatch_support import Open311Receiver, RecordingNotifier
 from tests.test_callbacks_e2e import callback_settings, dispatch_and_resolve
 from tests.test_console_queue import submit, suggest
 
+BEIJING = ZoneInfo("Asia/Shanghai")
+
 
 def cli_env(redis_server: EmbeddedRedis, tmp_path: Path, key_prefix: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "HOTLINE_STORE__KEY_PREFIX": key_prefix,
@@ -47,12 +50,12 @@ async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int
 
 def test_review_and_merge_details_have_no_english_keys_or_raw_actors() -> None:
     review = describe({"accepted": {"category": False, "department": True},
-                       "changed": {"category": {"suggested": "城乡建设", "chosen": "劳动和社会保障"}}})
+                       "changed": {"category": {"suggested": "城乡建设", "chosen": "劳动和社会保障"}}}, BEIJING)
     assert review == ("采纳 AI 建议（类别：否，承办部门：是）；"
                       "修改项（类别（AI 建议：城乡建设，采用：劳动和社会保障））")
-    merged = describe({"into": "20261122-000001", "score": 0.0, "merged_by": "staff:ct2"})
+    merged = describe({"into": "20261122-000001", "score": 0.0, "merged_by": "staff:ct2"}, BEIJING)
     assert merged == "并入案件：20261122-000001；相似度：0.00；合并方式：ct2（工作人员）"
-    assert describe({"merged_by": "auto"}) == "合并方式：系统自动"
+    assert describe({"merged_by": "auto"}, BEIJING) == "合并方式：系统自动"
 
 
 async def test_case_trail_words_a_correction_and_a_staff_merge(client: TestClient) -> None:

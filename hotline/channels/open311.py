@@ -28,6 +28,7 @@ from hotline.bodies import LoneSurrogate, parse_json, read_form
 from hotline.channels.web import client_address_of, contact_proof, valid_case_id
 from hotline.dispatch.tables import Taxonomy
 from hotline.intake import IntakeError, drop_surrogates
+from hotline.progress import citizen_progress
 from hotline.records import Case, InboundMessage, Location, mask_pii
 from hotline.status import LABELS_ZH, Status
 from hotline.store import CaseNotFound
@@ -69,8 +70,11 @@ def _iso(ts: float, tz: ZoneInfo) -> str:
 
 def request_view(case: Case, tz: ZoneInfo, *, details: bool = True) -> dict[str, Any]:
     """What a third party may see of a case: no contact, no name, phone and ID numbers masked; without
-    ``details`` (the caller did not prove the contact) no description, reply, address or place either."""
+    ``details`` (the caller did not prove the contact) no description, reply, address or place either. The unit
+    and the time limit as the citizen's status page tells them (hotline/progress.py): the unit once the order
+    went out, not while a returned order is re-routed; the time limit only while the unit works on it."""
     d = case.dispatch
+    progress = citizen_progress(case)
     notes = LABELS_ZH[case.status]
     if details and d.get("reply") and case.status in (Status.RESOLVED, Status.CLOSED):
         notes = f"{notes}：{d['reply']}"
@@ -85,11 +89,11 @@ def request_view(case: Case, tz: ZoneInfo, *, details: bool = True) -> dict[str,
         "service_name": (cls.get("category_path") or [cls.get("category", "")])[-1] if code else "",
         "service_code": code,
         "description": mask_pii(case.text),
-        "agency_responsible": cls.get("department", ""),
+        "agency_responsible": progress.department,
         "service_notice": "",
         "requested_datetime": _iso(case.created_at, tz),
         "updated_datetime": _iso(case.updated_at, tz),
-        "expected_datetime": _iso(case.deadline_at, tz) if case.deadline_at else None,
+        "expected_datetime": _iso(progress.deadline_at, tz) if progress.deadline_at else None,
         "address": mask_pii(case.address),
         "address_id": None,
         "zipcode": None,

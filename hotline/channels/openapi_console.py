@@ -97,6 +97,9 @@ _CONFIRM_IN = {
         "category_path": {"type": ["array", "null"], "items": {"type": "string"}},
         "co_departments": {"type": ["array", "null"], "items": {"type": "string"}},
         "urgency": _URGENCY_CHOICE,
+        "urgency_preselected": {"type": "boolean",
+                                "description": "true：urgency 是页面预选、坐席未改动的值（沿用此前坐席的选择"
+                                               "或紧急规则，停水停电等按水电气热时限）；不填或 false：坐席选定"},
     },
 }
 

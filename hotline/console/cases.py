@@ -12,6 +12,7 @@ from hotline.attachments import photo_headers
 from hotline.console.auth import render_console, staff_actor
 from hotline.console.views import case_view, check_case_id, event_view, history_rows, json_response
 from hotline.errors import ApiError
+from hotline.pages import page_zone
 from hotline.records import Case
 from hotline.store import CaseNotFound
 from hotline.store.users import User
@@ -28,10 +29,11 @@ async def _load(request: web.Request) -> tuple[Case, dict[str, Any]]:
     if can_see_phone(user, case) and case.contact:
         # Seeing a citizen's full number is itself an audited act.
         await store.add_event(case_id, actor=staff_actor(request), action="phone_viewed", data={})
-    events = [event_view(e) for e in await store.events(case_id)]
+    tz = page_zone(request.app)
+    events = [event_view(e, tz) for e in await store.events(case_id)]
     linked = [c for c in [case.duplicate_of] if c]
     history = history_rows(await store.caller_history(case))
-    return case, {"case": case_view(case, user), "events": events, "linked": linked, "history": history}
+    return case, {"case": case_view(case, user, tz), "events": events, "linked": linked, "history": history}
 
 
 @requires(CALL_TAKER, FOLLOW_UP, SUPERVISOR)

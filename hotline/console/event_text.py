@@ -7,6 +7,7 @@ the case page needs "派遣轮次：2；承办部门：住建局；办理期限�
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import tzinfo
 from typing import Any
 
 from hotline.pages import format_ts
@@ -119,39 +120,40 @@ _FORMATTERS: dict[str, Callable[[Any], str]] = {
 }
 
 
-def _value(key: str, value: Any, depth: int = 0) -> str:
+def _value(key: str, value: Any, tz: tzinfo, depth: int = 0) -> str:
     if isinstance(value, bool):
         return "是" if value else "否"
     if key in _FORMATTERS:
         return _FORMATTERS[key](value)
     if isinstance(value, int | float) and (key.endswith("_at") or key == "at"):
-        return format_ts(float(value)) if value > 0 else ""
+        return format_ts(float(value), tz) if value > 0 else ""
     if isinstance(value, list):
-        parts = [_value(key, v, depth + 1) for v in value[:MAX_LIST_ITEMS]]
+        parts = [_value(key, v, tz, depth + 1) for v in value[:MAX_LIST_ITEMS]]
         more = f" 等 {len(value)} 项" if len(value) > MAX_LIST_ITEMS else ""
         return "、".join(p for p in parts if p) + more
     if isinstance(value, dict):
-        return "，".join(_pairs(value, depth + 1)) if depth < 2 else ""
+        return "，".join(_pairs(value, tz, depth + 1)) if depth < 2 else ""
     text = str(value)
     text = _VALUES.get(key, {}).get(text, text)
     return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + "…"
 
 
-def _pairs(data: dict[str, Any], depth: int = 0) -> list[str]:
+def _pairs(data: dict[str, Any], tz: tzinfo, depth: int = 0) -> list[str]:
     out = []
     for key, value in data.items():
         if value is None or value == "" or value == [] or value == {}:
             continue  # an empty field says nothing to a reader
-        shown = _value(str(key), value, depth)
+        shown = _value(str(key), value, tz, depth)
         if shown:
             label = KEY_LABELS.get(str(key), str(key))
             out.append(f"{label}（{shown}）" if isinstance(value, dict) else f"{label}：{shown}")
     return out
 
 
-def describe(data: dict[str, Any]) -> str:
-    """The event's data as "标签：值；标签：值" for staff; raw keys and values where there is no wording."""
-    text = "；".join(_pairs(data)) if isinstance(data, dict) else ""
+def describe(data: dict[str, Any], tz: tzinfo) -> str:
+    """The event's data as "标签：值；标签：值" for staff, times in ``tz``; raw keys and values where there is no
+    wording."""
+    text = "；".join(_pairs(data, tz)) if isinstance(data, dict) else ""
     return text if len(text) <= MAX_DETAILS_CHARS else text[:MAX_DETAILS_CHARS] + "…"
 
 

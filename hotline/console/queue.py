@@ -29,8 +29,9 @@ from hotline.console.views import (
     suggested_urgency,
     top_labels,
 )
-from hotline.dispatch.deadlines import urgency_of
+from hotline.dispatch.deadlines import BY_CALL_TAKER, BY_RULES, urgency_choice, urgency_of
 from hotline.errors import ApiError
+from hotline.pages import page_zone
 from hotline.records import Case
 from hotline.status import IllegalTransition, Status
 from hotline.store import CONFIRM_QUEUE_STATES, CaseNotFound, queue_score
@@ -70,14 +71,14 @@ def queue_item(case: Case) -> dict[str, Any]:
 @requires(CALL_TAKER, SUPERVISOR)
 async def queue_page(request: web.Request) -> web.Response:
     cases = await queue_cases(request)
-    items = [case_view(c, request["user"]) for c in cases]
+    items = [case_view(c, request["user"], page_zone(request.app)) for c in cases]
     return render_console(request, "console/queue.html", items=items)
 
 
 @requires(CALL_TAKER, SUPERVISOR)
 async def queue_list_fragment(request: web.Request) -> web.Response:
     cases = await queue_cases(request)
-    items = [case_view(c, request["user"]) for c in cases]
+    items = [case_view(c, request["user"], page_zone(request.app)) for c in cases]
     return render_console(request, "console/queue_list.html", items=items)
 
 
@@ -85,9 +86,10 @@ async def queue_list_fragment(request: web.Request) -> web.Response:
 async def queue_case_fragment(request: web.Request) -> web.Response:
     case = await _get(request, check_case_id(request.match_info["case_id"]))
     user = request["user"]
-    view = case_view(case, user)
+    tz = page_zone(request.app)
+    view = case_view(case, user, tz)
     ids = [d["case_id"] for d in view["duplicate_candidates"] if d["case_id"]]
-    by_id = {c.id: case_view(c, user) for c in await request.app[STORE].get_cases(ids[:3])}
+    by_id = {c.id: case_view(c, user, tz) for c in await request.app[STORE].get_cases(ids[:3])}
     candidates = [{**d, "case": by_id.get(d["case_id"])} for d in view["duplicate_candidates"][:3]]
     catalog = request.app[CATALOG].get()
     tops = top_labels(case)
@@ -180,14 +182,18 @@ def parse_classification(body: dict[str, Any], case: Case, catalog: Catalog) -> 
 
 
 def chosen_urgency(body: dict[str, Any], case: Case) -> str:
-    """The call-taker's urgency (emergency / urgent / normal). Not given: the one chosen earlier (人工受理, or
-    the round before a return), else "" and the dispatcher takes intake's rules."""
+    """The call-taker's urgency (emergency / urgent / normal). Not given, or given as the page pre-selected it
+    without the call-taker touching it (``urgency_preselected``): the one a call-taker chose earlier (人工受理,
+    or the round before a return), else "" and the dispatcher takes intake's rules."""
+    earlier, by_person = urgency_choice(case, {})
+    earlier = earlier if by_person and earlier in URGENCY_LEVELS else ""
     value = body.get("urgency")
     if value is None or value == "":
-        earlier = (case.classification or {}).get("urgency")
-        return earlier if earlier in URGENCY_LEVELS else ""
+        return earlier
     if value not in URGENCY_LEVELS:
         raise ApiError("bad_classification", "紧急程度须为 emergency（紧急）、urgent（加急）或 normal（一般）。")
+    if body.get("urgency_preselected") is True and value == urgency_of(case, case.classification or {}):
+        return earlier
     return str(value)
 
 
@@ -233,9 +239,11 @@ async def confirm(request: web.Request) -> web.Response:
     # level against the choice, in the audit trail, the corrections and the 采纳率.
     labels = {h: classification[h] for h in HEADS}
     if body.get("urgency"):
+        # What the call-taker confirmed, also when it was the page's pre-selection (left to the rules then).
+        reviewed = str(body["urgency"])
         suggested = {**suggested, URGENCY_HEAD: suggested_urgency(case)}
-        accepted[URGENCY_HEAD] = classification["urgency"] == suggested[URGENCY_HEAD]
-        labels[URGENCY_HEAD] = classification["urgency"]
+        accepted[URGENCY_HEAD] = reviewed == suggested[URGENCY_HEAD]
+        labels[URGENCY_HEAD] = reviewed
 
     dispatcher = _dispatcher(request.app)
     try:
@@ -243,8 +251,9 @@ async def confirm(request: web.Request) -> web.Response:
             case = await dispatcher.confirm(case_id, classification, actor)
         else:
             def apply(c: Case) -> dict[str, Any]:
-                c.classification = {**c.classification, **classification,
-                                    "urgency": urgency_of(c, classification)}
+                urgency, chosen = urgency_choice(c, classification)
+                c.classification = {**c.classification, **classification, "urgency": urgency,
+                                    "urgency_by": BY_CALL_TAKER if chosen else BY_RULES}
                 c.emergency = c.classification["urgency"] == "emergency"
                 c.address = classification["address"]
                 c.needs_confirmation = False
@@ -256,7 +265,7 @@ async def confirm(request: web.Request) -> web.Response:
     except CaseNotFound as exc:
         raise ApiError("not_found", "案件不存在。", 404) from exc
 
-    changed = {h: {"suggested": suggested[h], "chosen": classification[h]} for h, ok in accepted.items() if not ok}
+    changed = {h: {"suggested": suggested[h], "chosen": labels[h]} for h, ok in accepted.items() if not ok}
     await store.add_event(case_id, actor=actor, action="ai_reviewed",
                           data={"accepted": accepted, "changed": changed})
     await ConsoleStats(store).record_review(user.name, accepted, time.time())

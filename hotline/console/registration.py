@@ -21,7 +21,7 @@ from hotline.console.auth import current_user, render_console
 from hotline.console.kb_pages import answer_panel
 from hotline.console.views import URGENCY_LEVELS, case_view, history_rows, json_response, match_reasons
 from hotline.intake import EMERGENCY_ADVICE, PHONE_PATTERN, IntakeError
-from hotline.pages import format_ts
+from hotline.pages import format_ts, page_zone
 from hotline.records import InboundMessage, mask_pii
 from hotline.status import LABELS_ZH
 
@@ -87,7 +87,8 @@ async def preview(request: web.Request) -> web.Response:
             return json_response({"ready": False})
         raise
     user = request["user"]
-    view = case_view(case, user)
+    tz = page_zone(request.app)
+    view = case_view(case, user, tz)
     candidates = (decision.candidates if decision is not None else [])[:DUPLICATES_SHOWN]
     open_cases = {c.id: c for c in await request.app[STORE].get_cases([d["case_id"] for d in candidates])}
     duplicates = []
@@ -97,12 +98,12 @@ async def preview(request: web.Request) -> web.Response:
             continue
         duplicates.append({"case_id": other.id, "score": d["score"], "reason_text": match_reasons(d["reasons"]),
                            "status_label": LABELS_ZH.get(other.status, str(other.status)),
-                           "created_at": other.created_at, "created": format_ts(other.created_at),
+                           "created_at": other.created_at, "created": format_ts(other.created_at, tz),
                            "reporter_count": other.reporter_count,
                            "text": mask_pii(other.text)[:80],
                            "merge": decision is not None and decision.action == "merge"
                            and d["case_id"] == decision.case_id})
-    history = [{**h, "created": format_ts(h["created_at"])}
+    history = [{**h, "created": format_ts(h["created_at"], tz)}
                for h in history_rows(await request.app[STORE].caller_history(case))] if msg.contact else []
     # A consultation is mostly answered on the call from the knowledge base (直接答复).
     panel = await answer_panel(request, case)

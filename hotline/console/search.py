@@ -25,6 +25,7 @@ from hotline.console.views import case_view, json_response, top_labels
 from hotline.dates import parse_day
 from hotline.errors import ApiError
 from hotline.numbers import digits_of
+from hotline.pages import page_zone
 from hotline.records import Case
 from hotline.status import LABELS_ZH, Status
 from hotline.store import CaseNotFound
@@ -98,13 +99,14 @@ def matches(case: Case, params: dict[str, Any]) -> bool:
 async def run_search(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:
     store = request.app[STORE]
     user = request["user"]
+    tz = page_zone(request.app)
     q = params["q"]
     if _CASE_ID.match(q):
         try:
             found = [await store.get_case(q)]
         except CaseNotFound:
             found = []
-        return {"results": [case_view(c, user) for c in found], "scanned": len(found), "truncated": False}
+        return {"results": [case_view(c, user, tz) for c in found], "scanned": len(found), "truncated": False}
     limit = int(request.app[SETTINGS]["console"]["search_scan_limit"])
     ids = await ConsoleStats(store).case_ids_newest(params["_start"], params["_end"], limit + 1)
     truncated = len(ids) > limit
@@ -116,7 +118,7 @@ async def run_search(request: web.Request, params: dict[str, Any]) -> dict[str, 
                 results.append(case)
         if len(results) >= MAX_RESULTS:
             break
-    return {"results": [case_view(c, user) for c in results[:MAX_RESULTS]], "scanned": len(ids),
+    return {"results": [case_view(c, user, tz) for c in results[:MAX_RESULTS]], "scanned": len(ids),
             "truncated": truncated or len(results) > MAX_RESULTS}
 
 

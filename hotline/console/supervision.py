@@ -56,23 +56,31 @@ def returned_row(case: Case) -> dict[str, Any]:
 
 
 async def overview(app: web.Application, due_soon_h: float) -> dict[str, Any]:
+    """The page's lists, each up to ROWS rows, and the true number of cases in each (the summary line)."""
     store = app[appkeys.STORE]
     returned_ids = await store.case_ids(status=Status.RETURNED, offset=0, limit=ROWS)
     returned = [returned_row(c) for c in await store.get_cases(returned_ids)]
+    returned_total = max(await store.count(Status.RETURNED), len(returned))
     dispatcher = app.get(appkeys.DISPATCHER)
     if dispatcher is None:
         return {"enabled": False, "calendar_missing": [], "overdue": [], "due_soon": [], "returned": returned,
-                "dead": [], "dead_total": 0}
+                "dead": [], "dead_total": 0, "overdue_total": 0, "due_soon_total": 0,
+                "returned_total": returned_total}
     now = time.time()
+    within = due_soon_h * 3600
     labels = {name: (lim.label or name) for name, lim in dispatcher.tables.limits.items()}
     overdue = [order_row(c, now, labels) for c in await dispatcher.overdue(limit=ROWS)]
-    due = [order_row(c, now, labels) for c in await dispatcher.due_soon(due_soon_h * 3600, limit=ROWS)]
+    due = [order_row(c, now, labels) for c in await dispatcher.due_soon(within, limit=ROWS)]
     dead = [{"dead_id": d.dead_id, "case_id": d.case_id, "order_id": d.key, "attempts": d.attempts,
              "error": mask_pii(d.error)[:200], "failed_at": d.failed_at}
             for d in await dispatcher.outbox.dead_letters(ROWS)]
+    # Counted in the deadline index (ZCOUNT), not from the rows shown.
     return {"enabled": True, "calendar_missing": dispatcher.calendar.missing_years(now), "overdue": overdue,
             "due_soon": due, "returned": returned, "dead": dead,
-            "dead_total": await dispatcher.outbox.dead_count()}
+            "dead_total": await dispatcher.outbox.dead_count(),
+            "overdue_total": max(await dispatcher.outbox.overdue_count(now), len(overdue)),
+            "due_soon_total": max(await dispatcher.outbox.due_count(now, now + within), len(due)),
+            "returned_total": returned_total}
 
 
 @requires(SUPERVISOR)

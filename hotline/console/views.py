@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import tzinfo
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -110,8 +111,9 @@ def contact_for(user: User, case: Case) -> str:
     return case.contact if can_see_phone(user, case) else mask_phone(case.contact)
 
 
-def case_view(case: Case, user: User) -> dict[str, Any]:
-    """What staff pages show of a case: text with ID/phone numbers masked, contact masked by role."""
+def case_view(case: Case, user: User, tz: tzinfo) -> dict[str, Any]:
+    """What staff pages show of a case: text with ID/phone numbers masked, contact masked by role, times in
+    ``tz`` (``intake.timezone``)."""
     urgency = (case.suggestion or {}).get("urgency") or {}
     # What the case is handled as: the call-taker's choice (人工受理 or confirmation), else the rules'.
     chosen = urgency_of(case, case.classification or {})
@@ -145,7 +147,8 @@ def case_view(case: Case, user: User) -> dict[str, Any]:
                      "merged_by_text": merged_by_label(r.merged_by), "score": r.score} for r in case.reports],
         "attachments": attachment_views(case.attachments),
         "reporter_count": case.reporter_count,
-        "dispatch": case.dispatch, "dispatch_rows": dispatch_rows(case.dispatch or {}), "deadline_at": case.deadline_at,
+        "dispatch": case.dispatch, "dispatch_rows": dispatch_rows(case.dispatch or {}, tz),
+        "deadline_at": case.deadline_at,
         "answer": case.answer, "survey": {k: v for k, v in (case.survey or {}).items() if k != "reports"},
         "snippet": mask_pii(case.text[:80]),
     }
@@ -156,7 +159,7 @@ DISPATCH_FIELDS = {"state": "派遣状态", "order_id": "工单号", "round": "�
                    "reply": "承办单位答复", "redo": "重办", "redo_reason": "重办原因", "return_reason": "退单原因"}
 
 
-def dispatch_rows(dispatch: dict[str, Any]) -> list[tuple[str, str]]:
+def dispatch_rows(dispatch: dict[str, Any], tz: tzinfo) -> list[tuple[str, str]]:
     """The dispatch record as (label, value) rows for people: known fields only, times as local times."""
     from hotline.pages import format_ts
 
@@ -166,18 +169,18 @@ def dispatch_rows(dispatch: dict[str, Any]) -> list[tuple[str, str]]:
         if value in (None, "", 0, 0.0, False, -1):
             continue
         if key.endswith("_at") and isinstance(value, int | float):
-            value = format_ts(float(value))
+            value = format_ts(float(value), tz)
         elif value is True:
             value = "是"
         rows.append((label, mask_pii(str(value))[:500]))
     return rows
 
 
-def event_view(ev: Event) -> dict[str, Any]:
+def event_view(ev: Event, tz: tzinfo) -> dict[str, Any]:
     data = json.dumps(ev.data, ensure_ascii=False) if ev.data else ""
     return {"id": ev.id, "ts": ev.ts, "actor": ev.actor, "actor_label": actor_label(ev.actor),
             "action": ev.action, "action_label": ACTION_LABELS.get(ev.action, ev.action),
-            "data": mask_pii(data)[:600], "details": mask_pii(describe(ev.data))}
+            "data": mask_pii(data)[:600], "details": mask_pii(describe(ev.data, tz))}
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

@@ -1,7 +1,9 @@
 """Time limits (办理时限) of work orders, with working-day arithmetic.
 
 Each category belongs to a time-limit class (config/dispatch.toml): urgent 2 hours, utilities 3 hours,
-consultations 1 working day, everything else 15 days. Working days skip weekends and public holidays
+consultations 1 working day, everything else 15 days. Urgency comes first: an emergency, and an urgency a
+call-taker chose, get the urgent class; an `urgent` that only intake's utility-outage rules raised (停水, 停电 …,
+``[urgency_group_limits]``) gets the class those rules name (utilities). Working days skip weekends and public holidays
 and count the make-up working days (调休) on weekends; the table lists both.
 """
 
@@ -16,6 +18,10 @@ from hotline.dispatch.tables import DispatchTables, TimeLimit
 from hotline.records import Case
 
 URGENT_LEVELS = ("emergency", "urgent")
+# ``classification.urgency_by``: who set ``classification.urgency``. Absent (人工受理, records from before it
+# was kept) counts as a call-taker.
+BY_CALL_TAKER = "call_taker"
+BY_RULES = "rules"
 
 
 @dataclass(frozen=True)
@@ -76,25 +82,40 @@ class WorkCalendar:
         return self.add_working_days(start, int(limit.amount))
 
 
-def urgency_of(case: Case, classification: dict[str, Any]) -> str:
-    """The call-taker's urgency when given: in ``classification``, else the one kept on the case (chosen in
-    人工受理, or in the round before a return); else what intake's rules flagged."""
-    chosen = str(classification.get("urgency") or (case.classification or {}).get("urgency") or "")
-    if chosen:
-        return chosen
+def urgency_choice(case: Case, classification: dict[str, Any]) -> tuple[str, bool]:
+    """(urgency, True when a call-taker chose it). The call-taker's urgency when given: in ``classification``,
+    else the one kept on the case (chosen in 人工受理, or in the round before a return); else what intake's
+    rules flagged."""
+    for source in (classification, case.classification or {}):
+        chosen = str(source.get("urgency") or "")
+        if chosen and source.get("urgency_by") != BY_RULES:
+            return chosen, True
     if case.emergency:
-        return "emergency"
+        return "emergency", False
     # Not the priority that merged repeats raise: more reporters move a case up the queue, but the same
     # broken street lamp reported twice is not a 2-hour emergency.
     level = str((case.suggestion.get("urgency") or {}).get("level") or "")
-    return level if level in URGENT_LEVELS else "normal"
+    return (level if level in URGENT_LEVELS else "normal"), False
+
+
+def urgency_of(case: Case, classification: dict[str, Any]) -> str:
+    return urgency_choice(case, classification)[0]
+
+
+def rule_groups(case: Case) -> list[str]:
+    """The rule groups of config/urgency.toml that intake's urgency rules matched (reasons ``group:words``)."""
+    reasons = (case.suggestion.get("urgency") or {}).get("reasons") or []
+    return [str(r).partition(":")[0] for r in reasons if isinstance(r, str) and r]
 
 
 def limit_for(tables: DispatchTables, case: Case, classification: dict[str, Any],
               category_path: list[str]) -> TimeLimit:
-    """The time-limit class of a case: urgency first, then the category, then the request type."""
-    if urgency_of(case, classification) in URGENT_LEVELS:
-        return tables.limit(tables.urgent_limit)
+    """The time-limit class of a case: urgency first, then the category, then the request type. An ``urgent``
+    that only intake's rules raised takes the class ``[urgency_group_limits]`` gives their groups, if any."""
+    urgency, chosen = urgency_choice(case, classification)
+    if urgency in URGENT_LEVELS:
+        by_rules = None if chosen or urgency != "urgent" else tables.rule_group_limit(rule_groups(case))
+        return tables.limit(by_rules or tables.urgent_limit)
     by_category = DispatchTables.lookup(tables.category_limits, category_path)
     if by_category:
         return tables.limit(by_category)

@@ -33,12 +33,12 @@ from hotline.dispatch.events import post_event
 from hotline.dispatch.forwarder import Forwarder, ForwarderConfig, consumer_name
 from hotline.dispatch.params import query_int
 from hotline.dispatch.poller import poll_forever
-from hotline.dispatch.service import DispatchConfig, Dispatcher, DispatchError
+from hotline.dispatch.service import SUPERVISED_STATES, DispatchConfig, Dispatcher, DispatchError
 from hotline.dispatch.tables import DispatchTables, Taxonomy, load_tables
 from hotline.records import Case, mask_name, mask_phone
 from hotline.secret import service_secret
 from hotline.settings import Settings
-from hotline.status import LABELS_ZH, OPEN_STATES, parse_status
+from hotline.status import LABELS_ZH, parse_status
 from hotline.store.outbox import Outbox
 from hotline.tasks import stop_tasks
 
@@ -153,7 +153,9 @@ def staff_case(case: Case, now: float, user: Any) -> dict[str, Any]:
         report["sender"] = ""
     data["status_label"] = LABELS_ZH[case.status]
     data["reporter_count"] = case.reporter_count
-    data["overdue"] = case.status in OPEN_STATES and 0 < case.deadline_at < now
+    # Overdue while the order is being handled: a returned (退单) or reopened case keeps the last round's deadline
+    # until it is dispatched again, but no unit is late on it.
+    data["overdue"] = case.status in SUPERVISED_STATES and 0 < case.deadline_at < now
     return data
 
 

@@ -3,8 +3,11 @@
 A dispatch round is three steps, each idempotent, so a crash between them is finished later by
 ``recover`` instead of losing or doubling the order:
 1. the case moves to CONFIRMED with the classification, deadline and the round's order id;
-2. the work order is enqueued in the outbox under that order id (a second enqueue adds nothing);
+2. the work order is enqueued in the outbox under that order id (a second enqueue adds nothing) and the case
+   joins the deadline index (督办, polling);
 3. the case moves to DISPATCHED and the citizen is told.
+Whoever finishes a round (the confirming request, ``recover``, an early status event) does steps 2 and 3
+both, so a DISPATCHED case is always in the deadline index; ``recover`` also puts back any that is not.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hotline.attachments import MediaLinks
-from hotline.dispatch.deadlines import WorkCalendar, limit_for, urgency_of
+from hotline.dispatch.deadlines import BY_CALL_TAKER, BY_RULES, WorkCalendar, limit_for, urgency_choice
 from hotline.dispatch.tables import DispatchTables, Taxonomy
 from hotline.dispatch.workorder import build_work_order, order_key
 from hotline.errors import ApiError
@@ -48,6 +51,15 @@ MAX_SEQ = 2**63 - 1  # a signed 64-bit counter: what backends' databases hold
 # the backend is told to retry (503 + Retry-After): a bounded wait, never a 409 that reads as "drop it".
 EVENT_BUSY_WAIT_S = 5.0
 EVENT_RETRY_AFTER_S = 2
+# Cases under supervision: in the deadline index, overdue once their deadline passes (CONFIRMED only for the
+# moment between the two steps of a dispatch).
+SUPERVISED_STATES = frozenset({S.CONFIRMED, S.DISPATCHED, S.IN_PROGRESS})
+# The overdue sweep reads its worklist this many cases at a time, at most FLAG_MAX_PAGES pages per sweep (the
+# next sweep goes on where it stopped).
+FLAG_PAGE = 200
+FLAG_MAX_PAGES = 50
+# Dispatched cases the sweep checks against the deadline index per status and sweep, going round the index.
+REPAIR_WINDOW = 500
 
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # [0-9]: \d also matches other scripts' digits
@@ -233,6 +245,7 @@ class Dispatcher:
         self.calendar = WorkCalendar.from_tables(tables, timezone)
         self.media = media
         self.extension_index = ExtensionIndex(store)
+        self._unflagged_filled = False
 
     def work_order(self, case: Case) -> dict[str, Any]:
         media = self.media
@@ -302,8 +315,10 @@ class Dispatcher:
         co = [c for c in co if c != lead]
         street = cls["street"] or self.tables.street_for(case.address, case.location.label if case.location else "",
                                                          case.text)
+        urgency, chosen = urgency_choice(case, cls)
         out = {"category": cls["category"], "category_path": path, "department": lead, "co_departments": co,
-               "street": street, "type": cls["type"], "urgency": urgency_of(case, cls)}
+               "street": street, "type": cls["type"], "urgency": urgency,
+               "urgency_by": BY_CALL_TAKER if chosen else BY_RULES}
         return out
 
     def _open_round(self, case: Case, now: float, *, redo: bool, reason: str) -> dict[str, Any]:
@@ -324,14 +339,21 @@ class Dispatcher:
                 "deadline_at": case.deadline_at, "redo": redo, "reason": reason}
 
     async def _send(self, case: Case, actor: str) -> Case:
-        order = self.work_order(case)
-        await self.outbox.enqueue(case.dispatch["order_id"], case.id, order)
-        await self.outbox.set_open(case.id, case.deadline_at)
-        case = await self._mark_dispatched(case.id, case.dispatch["order_id"], actor)
-        await self._notify(case, "dispatched", self.dispatched_text(case))
+        case, moved = await self._finish_round(case, actor)
+        if moved:
+            await self._notify(case, "dispatched", self.dispatched_text(case))
         return case
 
-    async def _mark_dispatched(self, case_id: str, order_id: str, actor: str) -> Case:
+    async def _finish_round(self, case: Case, actor: str) -> tuple[Case, bool]:
+        """Steps 2 and 3 of the round ``case`` (as read in CONFIRMED) opened: the order in the outbox and the
+        case in the deadline index (both no-ops when done already), then DISPATCHED. (case, True when this call
+        made the move; False when another finished it first or a newer round replaced it)."""
+        order_id = case.dispatch["order_id"]
+        await self.outbox.enqueue(order_id, case.id, self.work_order(case))
+        await self.outbox.set_open(case.id, case.deadline_at)
+        return await self._mark_dispatched(case.id, order_id, actor)
+
+    async def _mark_dispatched(self, case_id: str, order_id: str, actor: str) -> tuple[Case, bool]:
         def mark(case: Case) -> dict[str, Any]:
             if case.dispatch.get("order_id") != order_id:
                 raise _Duplicate()
@@ -342,10 +364,11 @@ class Dispatcher:
                     "deadline_at": case.deadline_at, "redo": bool(case.dispatch.get("redo"))}
 
         try:
-            return await self.store.update_case(case_id, mark, actor=actor, action="dispatched", target=S.DISPATCHED)
+            return await self.store.update_case(case_id, mark, actor=actor, action="dispatched",
+                                                target=S.DISPATCHED), True
         except (_Duplicate, IllegalTransition):
             # Finished by someone else already (recover, or an early status event): that is fine.
-            return await self.store.get_case(case_id)
+            return await self.store.get_case(case_id), False
 
     def dispatched_text(self, case: Case) -> str:
         dept = case.classification.get("department", "")
@@ -583,8 +606,11 @@ class Dispatcher:
             except CaseNotFound as exc:
                 raise DispatchError("unknown_case", f"案件 {ev.case_id} 不存在。", 404) from exc
             if self._finish_dispatch_first(case, ev):
-                # The backend answered before step 3 of the dispatch finished: finish it first.
-                case = await self._mark_dispatched(case.id, case.dispatch["order_id"], "dispatch:recover")
+                # The backend answered before the dispatch finished (the process stopped, or Redis failed, after
+                # the order went out): finish steps 2 and 3 first, the deadline index included.
+                case, moved = await self._finish_round(case, "dispatch:recover")
+                if moved:
+                    await self._notify(case, "dispatched", self.dispatched_text(case))
             try:
                 case = await self.store.update_case(case.id, lambda c: self._decide_and_apply(c, ev),
                                                     actor=f"dispatch:{ev.source}", action=ev.type)
@@ -644,49 +670,102 @@ class Dispatcher:
     async def _still_open(self, ids: list[str]) -> list[Case]:
         out = []
         for case in await self.store.get_cases(ids):
-            if case.status in (S.DISPATCHED, S.IN_PROGRESS, S.CONFIRMED):
+            if case.status in SUPERVISED_STATES:
                 out.append(case)
             else:
                 # Left the open states by a path that did not clear the index (closed by hand, merged).
                 await self.outbox.clear_open(case.id)
         return out
 
-    async def flag_overdue(self, limit: int = 200) -> int:
-        """Write one 'overdue' audit entry per case when its deadline passes."""
+    async def flag_overdue(self, page: int = FLAG_PAGE, max_pages: int = FLAG_MAX_PAGES) -> int:
+        """Write one 'overdue' audit entry per case when its deadline passes.
+
+        Reads only the worklist of open orders not flagged yet (``Outbox.unflagged_due``), ``page`` at a time:
+        each case read leaves it (flagged, found flagged, or no longer open) or waits there under its record's
+        later deadline, so a sweep costs what became overdue since the last one, however many are overdue."""
+        if not self._unflagged_filled:
+            await self.outbox.fill_unflagged()
+            self._unflagged_filled = True
+        now = time.time()
         flagged = 0
-        for case in await self.overdue(limit):
-            if case.dispatch.get("overdue_flagged"):
-                continue
-
-            def flag(c: Case) -> dict[str, Any]:
-                if c.dispatch.get("overdue_flagged") or c.deadline_at >= time.time():
-                    raise _Duplicate()  # flagged already, or an extension moved the deadline meanwhile
-                c.dispatch = {**c.dispatch, "overdue_flagged": True}
-                return {"deadline_at": c.deadline_at, "order_id": c.dispatch.get("order_id", ""),
-                        "department": c.classification.get("department", "")}
-
-            try:
-                await self.store.update_case(case.id, flag, actor="system", action="overdue")
-                flagged += 1
-            except _Duplicate:
-                pass
+        for _ in range(max_pages):
+            rows = await self.outbox.unflagged_due(now, page)
+            if not rows:
+                break
+            found = {c.id: c for c in await self.store.get_cases([cid for cid, _ in rows])}
+            for case_id, score in rows:
+                case = found.get(case_id)
+                if case is None or case.status not in SUPERVISED_STATES:
+                    await self.outbox.clear_open(case_id)
+                    continue
+                if case.deadline_at >= now:
+                    # A newer round's deadline the index has not caught up with: wait for that one.
+                    await self.outbox.settle_unflagged(case_id, score, case.deadline_at)
+                    continue
+                if not case.dispatch.get("overdue_flagged") and case.deadline_at > 0:
+                    flagged += await self._flag_one(case, now)
+                await self.outbox.settle_unflagged(case_id, score)
+            if len(rows) < page:
+                break
         return flagged
 
+    async def _flag_one(self, case: Case, now: float) -> int:
+        order_id = case.dispatch.get("order_id", "")
+
+        def flag(c: Case) -> dict[str, Any]:
+            # Decided on the record written over: not twice, and not for a round opened since it was read.
+            if (c.dispatch.get("overdue_flagged") or c.dispatch.get("order_id", "") != order_id
+                    or c.status not in SUPERVISED_STATES or not 0 < c.deadline_at < now):
+                raise _Duplicate()
+            c.dispatch = {**c.dispatch, "overdue_flagged": True}
+            return {"deadline_at": c.deadline_at, "order_id": order_id,
+                    "department": c.classification.get("department", "")}
+
+        try:
+            await self.store.update_case(case.id, flag, actor="system", action="overdue")
+        except (_Duplicate, CaseNotFound):
+            return 0
+        return 1
+
     async def recover(self, older_than_s: float = 30.0, limit: int = 500) -> int:
-        """Finish dispatch rounds a crashed process left between CONFIRMED and DISPATCHED."""
+        """Finish dispatch rounds a crashed process left between CONFIRMED and DISPATCHED, and put dispatched
+        cases missing from the deadline index back into it. Returns how many cases it finished or put back."""
         done = 0
         now = time.time()
         for case in await self.store.get_cases(await self.store.case_ids(status=S.CONFIRMED, limit=limit)):
             order_id = case.dispatch.get("order_id")
             if not order_id or case.status != S.CONFIRMED or now - case.updated_at < older_than_s:
                 continue
-            await self.outbox.enqueue(order_id, case.id, self.work_order(case))
-            await self.outbox.set_open(case.id, case.deadline_at)
-            updated = await self._mark_dispatched(case.id, order_id, "dispatch:recover")
-            if updated.status == S.DISPATCHED:
+            updated, moved = await self._finish_round(case, "dispatch:recover")
+            if moved:
                 await self._notify(updated, "dispatched", self.dispatched_text(updated))
             done += 1
-        return done
+        return done + await self.repair_open_index()
+
+    async def repair_open_index(self, window: int = REPAIR_WINDOW) -> int:
+        """Dispatched and in-progress cases that are not in the deadline index go back into it.
+
+        Each sweep checks the next ``window`` cases of each status index (one ZMSCORE), going round the index
+        sweep by sweep, and reads only the records of the cases missing."""
+        ids: list[str] = []
+        for status in (S.DISPATCHED, S.IN_PROGRESS):
+            ids += await self.outbox.repair_window(self.store.k_status(status), str(status), window)
+        repaired = 0
+        for case in await self.store.get_cases(await self.outbox.not_open(list(dict.fromkeys(ids)))):
+            if case.status not in (S.DISPATCHED, S.IN_PROGRESS) or case.deadline_at <= 0:
+                continue
+            await self.outbox.set_open(case.id, case.deadline_at)
+            try:
+                still = (await self.store.get_case(case.id)).status in SUPERVISED_STATES
+            except CaseNotFound:
+                still = False
+            if not still:  # resolved or returned meanwhile: the event's clear_open may have come first
+                await self.outbox.clear_open(case.id)
+                continue
+            repaired += 1
+            log.warning("dispatched case was missing from the deadline index; put back",
+                        extra={"event": "open_index_repaired", "case_id": case.id})
+        return repaired
 
 
 @dataclass

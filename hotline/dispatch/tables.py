@@ -31,6 +31,11 @@ class TimeLimit:
     unit: str  # hours | days | working_days
     label: str = ""
 
+    @property
+    def nominal_s(self) -> float:
+        """Roughly how long the limit is, for comparing classes (a working day counted as a day)."""
+        return self.amount * (3600.0 if self.unit == "hours" else 86400.0)
+
 
 @dataclass
 class DispatchTables:
@@ -39,6 +44,8 @@ class DispatchTables:
     urgent_limit: str
     category_limits: dict[str, str] = field(default_factory=dict)
     type_limits: dict[str, str] = field(default_factory=dict)
+    # Rule group of config/urgency.toml → time-limit class, for an `urgent` that only those rules raised.
+    urgency_group_limits: dict[str, str] = field(default_factory=dict)
     departments: dict[str, str] = field(default_factory=dict)
     co_handling: dict[str, list[str]] = field(default_factory=dict)
     streets: dict[str, str] = field(default_factory=dict)
@@ -51,6 +58,14 @@ class DispatchTables:
 
     def limit(self, name: str) -> TimeLimit:
         return self.limits.get(name) or self.limits[self.default_limit]
+
+    def rule_group_limit(self, groups: list[str]) -> str | None:
+        """The class ``[urgency_group_limits]`` gives intake's urgent rule groups, when it names every one of
+        them (a utility outage found together with a safety hazard stays urgent); of two classes, the shorter."""
+        if not groups or not all(g in self.urgency_group_limits for g in groups):
+            return None
+        names = {self.urgency_group_limits[g] for g in groups}
+        return min(sorted(names), key=lambda n: self.limit(n).nominal_s)
 
     def street_for(self, *texts: str) -> str:
         """The first street hint whose keyword appears in the address (then the text): 属地."""
@@ -114,7 +129,9 @@ def load_tables(path: Path, extra_departments: Path | None = None) -> DispatchTa
             raise SettingsError(f"{path.name}: time limit class {k!r} is not defined in [time_limits]")
     category_limits = _str_map(data.get("category_limits") or {}, f"{path.name}: category_limits")
     type_limits = _str_map(data.get("type_limits") or {}, f"{path.name}: type_limits")
-    for table, name in ((category_limits, "category_limits"), (type_limits, "type_limits")):
+    group_limits = _str_map(data.get("urgency_group_limits") or {}, f"{path.name}: urgency_group_limits")
+    for table, name in ((category_limits, "category_limits"), (type_limits, "type_limits"),
+                        (group_limits, "urgency_group_limits")):
         for label, cls in table.items():
             if cls not in limits:
                 raise SettingsError(f"{path.name}: {name}.{label}: unknown time limit class {cls!r}")
@@ -142,7 +159,7 @@ def load_tables(path: Path, extra_departments: Path | None = None) -> DispatchTa
     open311 = data.get("open311") or {}
     return DispatchTables(
         limits=limits, default_limit=default, urgent_limit=urgent,
-        category_limits=category_limits, type_limits=type_limits,
+        category_limits=category_limits, type_limits=type_limits, urgency_group_limits=group_limits,
         departments=departments, co_handling=co,
         streets=_str_map(data.get("streets") or {}, f"{path.name}: streets"),
         service_codes=_str_map(open311.get("service_codes") or {}, f"{path.name}: open311.service_codes"),

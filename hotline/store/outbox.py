@@ -7,6 +7,11 @@ Layout (prefix ``hl``):
 - ``hl:dispatch:retry``                  zset of outbox entry ids waiting for their next attempt, by due time
 - ``hl:dispatch:dead``                   stream of orders that failed max_attempts times (dead letters)
 - ``hl:dispatch:open``                   zset of dispatched, unfinished cases by deadline (督办, polling)
+- ``hl:dispatch:unflagged``              zset of the same cases whose ``overdue`` entry is not written yet, by
+                                         deadline: the overdue sweep reads only these
+- ``hl:dispatch:unflagged_ready``        set once ``unflagged`` was filled from ``open`` (orders that were open
+                                         before the index existed)
+- ``hl:dispatch:repair_cursor``          hash: where the open-index repair goes on in each status index
 - ``hl:dispatch:poll_lock``              one process polls the backend per interval
 
 Every order has an idempotency key (case id + dispatch round). Enqueueing the same key twice adds
@@ -62,6 +67,16 @@ local dead = redis.call('XADD', KEYS[3], '*', 'key', ARGV[3], 'case', ARGV[4], '
                         'attempts', ARGV[6], 'error', ARGV[7], 'failed_at', ARGV[8], 'entry', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'dead', 'dead_entry', dead, 'error', ARGV[7], 'attempts', ARGV[6])
 return dead
+"""
+
+# Change an unflagged entry only when it still has the deadline that was read: a new round's deadline written
+# meanwhile stays. KEYS: unflagged. ARGV: case id, score read, new score ('' removes the entry)
+_UNFLAGGED_LUA = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
 """
 
 # KEYS: dead, stream, order. ARGV: dead id, now
@@ -122,6 +137,7 @@ class Outbox:
         self._delivered = self.r.register_script(_DELIVERED_LUA)
         self._bury = self.r.register_script(_BURY_LUA)
         self._redrive = self.r.register_script(_REDRIVE_LUA)
+        self._unflagged = self.r.register_script(_UNFLAGGED_LUA)
 
     # keys -----------------------------------------------------------------
     @property
@@ -139,6 +155,10 @@ class Outbox:
     @property
     def k_open(self) -> str:
         return f"{self.p}:dispatch:open"
+
+    @property
+    def k_unflagged(self) -> str:
+        return f"{self.p}:dispatch:unflagged"
 
     def k_order(self, key: str, case_id: str) -> str:
         return f"{self.p}:dispatch:order:{{{case_id}}}:{key}"
@@ -282,20 +302,73 @@ class Outbox:
 
     # open orders by deadline ----------------------------------------------
     async def set_open(self, case_id: str, deadline_at: float) -> None:
-        await self.r.zadd(self.k_open, {case_id: deadline_at})
+        """Put a case under supervision with its deadline (again: a no-op but for a changed deadline). It waits
+        in ``unflagged`` too until the overdue sweep has written its entry."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.k_open, {case_id: deadline_at})
+            pipe.zadd(self.k_unflagged, {case_id: deadline_at})
+            await pipe.execute()
 
     async def clear_open(self, case_id: str) -> None:
-        await self.r.zrem(self.k_open, case_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.k_open, case_id)
+            pipe.zrem(self.k_unflagged, case_id)
+            await pipe.execute()
 
     async def overdue_ids(self, now: float, limit: int = 100, offset: int = 0) -> list[str]:
         return await self.r.zrangebyscore(self.k_open, "-inf", f"({now}", start=offset, num=limit)
+
+    async def overdue_count(self, now: float) -> int:
+        """How many open orders are past their deadline (all of them, not one page)."""
+        return int(await self.r.zcount(self.k_open, "-inf", f"({now}"))
 
     async def due_ids(self, now: float, until: float, limit: int = 100) -> list[str]:
         """Open orders whose deadline falls in [now, until), soonest first."""
         return await self.r.zrangebyscore(self.k_open, now, f"({until}", start=0, num=limit)
 
+    async def due_count(self, now: float, until: float) -> int:
+        return int(await self.r.zcount(self.k_open, now, f"({until}"))
+
     async def open_ids(self, offset: int = 0, limit: int = 500) -> list[str]:
         return await self.r.zrange(self.k_open, offset, offset + limit - 1)
+
+    async def not_open(self, case_ids: list[str]) -> list[str]:
+        """Those of ``case_ids`` that are not in the open index."""
+        if not case_ids:
+            return []
+        scores = await self.r.zmscore(self.k_open, case_ids)
+        return [cid for cid, score in zip(case_ids, scores, strict=True) if score is None]
+
+    # the overdue sweep's worklist --------------------------------------------
+    async def fill_unflagged(self) -> bool:
+        """Once per store: orders opened before ``unflagged`` existed join it (the sweep drops those it has
+        flagged already). True when this call filled it. Two processes doing it at once do no harm."""
+        ready = f"{self.p}:dispatch:unflagged_ready"
+        if await self.r.exists(ready):
+            return False
+        await self.r.zunionstore(self.k_unflagged, [self.k_unflagged, self.k_open], aggregate="MAX")
+        await self.r.set(ready, "1")
+        return True
+
+    async def unflagged_due(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """Open orders past their deadline whose overdue entry is not written yet, oldest deadline first."""
+        rows = await self.r.zrangebyscore(self.k_unflagged, "-inf", f"({now}", start=0, num=limit,
+                                          withscores=True)
+        return [(str(cid), float(score)) for cid, score in rows]
+
+    async def settle_unflagged(self, case_id: str, read_score: float, deadline_at: float | None = None) -> bool:
+        """Take a case off the sweep's worklist (``deadline_at`` None), or wait for a later deadline; only while
+        it still has the deadline the sweep read."""
+        new = "" if deadline_at is None else repr(float(deadline_at))
+        return bool(await self._unflagged(keys=[self.k_unflagged], args=[case_id, repr(float(read_score)), new]))
+
+    async def repair_window(self, status_key: str, field: str, limit: int) -> list[str]:
+        """The next ``limit`` ids of a status index for the open-index repair, going round it sweep by sweep."""
+        cursor_key = f"{self.p}:dispatch:repair_cursor"
+        start = int(await self.r.hget(cursor_key, field) or 0)
+        ids = await self.r.zrange(status_key, start, start + limit - 1)
+        await self.r.hset(cursor_key, field, start + limit if len(ids) == limit else 0)
+        return list(ids)
 
     async def take_poll_turn(self, interval_s: float) -> bool:
         """True for the one process that polls the backend in this interval."""

@@ -160,6 +160,9 @@
         // Pre-selected: the call-taker's urgency from 人工受理 if any, else the AI's (intake's rules).
         urgency: art.dataset.urgency || art.dataset.urgencyAi || "normal",
         urgencyAi: art.dataset.urgencyAi || "normal",
+        // Until the call-taker picks a level, the pre-selection stands: the server keeps the urgency's source
+        // (a call-taker's 加急 gives the urgent time limit, a utility outage the rules found the utilities one).
+        urgencyPicked: false,
       };
       render();
       for (const input of detail.querySelectorAll("input.picker")) setupPicker(input);
@@ -204,6 +207,7 @@
         }
       } else {
         state[head] = label;
+        if (head === "urgency") state.urgencyPicked = true;
       }
       render();
     }
@@ -273,6 +277,7 @@
       const body = {
         category: state.category, category_path: state.category_path, department: state.department,
         type: state.type, co_departments: state.co_departments, urgency: state.urgency,
+        urgency_preselected: !state.urgencyPicked,
         address: address ? address.value : undefined, street: street ? street.value : "",
       };
       const btn = detail.querySelector("#confirm-btn");
