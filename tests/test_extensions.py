@@ -275,6 +275,7 @@ async def test_supervisor_decides_on_the_supervision_page(app_client: TestClient
         await page.wait_for_selector("body[data-ready='1']")
         assert await violations(page, "supervision with extension requests") == []
         assert await page.inner_text("#extension-count") == "2"
+        assert await page.inner_text("#extension-total") == "2"  # in the page's summary line too
         first_row = f'#extensions tr[data-case-id="{first.id}"]'
         await page.fill(f"{first_row} input.ext-hours", "12")
         await page.click(f"{first_row} button.ext-approve")
@@ -287,6 +288,7 @@ async def test_supervisor_decides_on_the_supervision_page(app_client: TestClient
         await page.click(f"{second_row} button.ext-refuse")
         await page.wait_for_selector(f"{second_row}.done")
         assert await page.inner_text("#extension-count") == "0"
+        assert await page.inner_text("#extension-total") == "0"
         await page.screenshot(path=str(artifacts / "supervision-extensions.png"), full_page=True)
 
     assert (await store.get_case(first.id)).deadline_at == first.deadline_at + 12 * 3600

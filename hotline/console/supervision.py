@@ -87,8 +87,13 @@ async def overview(app: web.Application, due_soon_h: float) -> dict[str, Any]:
 async def supervision_page(request: web.Request) -> web.Response:
     due_soon_h = min(max(float(request.app[appkeys.SETTINGS]["console"]["supervision_due_soon_h"]), 0.0), 720.0)
     data = await overview(request.app, due_soon_h)
-    return render_console(request, "console/supervision.html", due_soon_h=due_soon_h,
-                          extensions=await extension_rows(request.app), **data)
+    extensions = await extension_rows(request.app)
+    dispatcher = request.app.get(appkeys.DISPATCHER)
+    # The index may still hold a request decided by a process that died before taking it off: never fewer
+    # than the rows read (which drop such entries).
+    total = max(await dispatcher.extension_index.count(), len(extensions)) if dispatcher is not None else 0
+    return render_console(request, "console/supervision.html", due_soon_h=due_soon_h, extensions=extensions,
+                          extensions_total=total, **data)
 
 
 async def extension_rows(app: web.Application) -> list[dict[str, Any]]:

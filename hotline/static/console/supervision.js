@@ -49,8 +49,10 @@
       row.classList.add("done");
       const cell = row.querySelector("td.ext-decide");
       cell.textContent = approve ? "已同意，办理期限延至 " + res.deadline_text : "已不同意，期限不变";
-      const count = document.getElementById("extension-count");
-      count.textContent = String(Math.max(0, Number(count.textContent) - 1));
+      for (const id of ["extension-count", "extension-total"]) {
+        const count = document.getElementById(id);
+        if (count) count.textContent = String(Math.max(0, Number(count.textContent) - 1));
+      }
       toast(approve ? "案件 " + caseId + " 延期 " + res.hours + " 小时，已告知市民。" : "已不同意案件 " + caseId + " 的延期申请。");
     } catch (e) {
       for (const b of buttons) b.disabled = false;
