@@ -277,6 +277,11 @@ async def test_open311_hides_the_unit_and_deadline_of_a_returned_order(client: T
         assert view["agency_responsible"] == "" and view["expected_datetime"] is None
     status_page = await (await client.post("/status", data={"case_id": case.id, "last4": "5678"})).text()
     assert 'id="case-unit"' not in status_page and 'id="case-deadline"' not in status_page
+    # Staff see that the old round's limit no longer runs.
+    async with staff_login(client, "call_taker") as staff:
+        page = await (await staff.page(f"/console/cases/{case.id}")).text()
+    shown = re.search(r'id="case-deadline">([^<]*)<', page).group(1)
+    assert shown.startswith("（已退单，") and "重新派遣后重新计算" in shown and "上一轮期限" in shown, shown
 
 
 # 7. utility outages: 3 h, unless a call-taker marks them urgent ----------------------------------------------
