@@ -246,12 +246,20 @@ async def test_search_by_the_last_four_to_six_digits_of_a_phone(client: TestClie
         assert await ids("q=1212") == [text]
         assert await ids("q=13600003333") == [mine]
         assert await ids("q=5555") == []
+        assert sorted(await ids("q=%EF%BC%93%EF%BC%93%EF%BC%93%EF%BC%93")) == sorted([mine, text])  # ３３３３
         assert await ids("q=3333&from=2001-01-01&to=2001-01-02") == []
         found = await (await staff.get("/api/v1/console/search?q=3333")).json()
         contacts = {r["id"]: r["contact"] for r in found["results"]}
         assert contacts[mine] == "136****3333" and "13600003333" not in json.dumps(found)
         page = await (await staff.page("/console/search?q=3333")).text()
         assert mine in page and "136****3333" in page and "13600003333" not in page
+
+    # A number inside the text is searched as staff see it (masked): digits typed one at a time cannot tell it.
+    masked = await submit(client, "邻居电话13912349278总是半夜打来骚扰", contact="13800001111")
+    async with staff_login(client, "call_taker") as staff:
+        assert masked in await ids("q=9278")  # shown as 139****9278
+        assert masked not in await ids("q=49278") and masked not in await ids("q=349278")
+        assert masked in await ids("q=1111")
 
     # A merged reporter's number finds the case worked on.
     report = await submit(client, "人民路那个井盖还是松的", contact="13700009876")

@@ -297,3 +297,33 @@ async def test_supervisor_decides_on_the_supervision_page(app_client: TestClient
     assert trail["extension_approved"].actor == trail["extension_refused"].actor == "staff:banzhang"
     assert trail["extension_refused"].data["note"] == "请在原时限内办结"
     assert notes.kinds(first.id)[-1] == "extension" and notes.kinds(second.id) == ["dispatched"]
+
+
+async def test_an_extension_that_would_not_move_the_deadline_or_leaves_it_past_is_refused(
+        app_client: TestClient, receiver: Open311Receiver) -> None:
+    """The citizen is told of a new time limit only when there is one: a request of a few seconds is refused by
+    the events endpoint, and an approval that leaves the deadline in the past by the staff API."""
+    store = app_client.app[STORE]
+    notes = record_notifications(app_client)
+    case = await dispatched(app_client, receiver)
+    for hours in (1e-300, 0.0001, 0.2):
+        status, body = await request_extension(app_client, case, hours, "需协调")
+        assert status == 422 and body["error"]["code"] == "bad_field", (hours, body)
+    late = time.time() - 5 * 3600
+    await move_deadline(app_client, case, late)
+    assert (await request_extension(app_client, case, 8, "材料未到"))[0] == 200
+    async with staff_login(app_client, "supervisor") as sup:
+        for hours in (1e-300, 0.2):
+            resp = await sup.post_json(f"{API}/{case.id}/approve", {"hours": hours})
+            assert resp.status == 422 and (await resp.json())["error"]["code"] == "bad_field", hours
+        resp = await sup.post_json(f"{API}/{case.id}/approve", {"hours": 2})  # 3 h short of today
+        assert resp.status == 422, await resp.text()
+        body = await resp.json()
+        assert body["error"]["code"] == "deadline_still_past" and "仍早于现在" in body["error"]["message"]
+        assert [row["case_id"] for row in await pending(sup)] == [case.id]  # still to decide
+        resp = await sup.post_json(f"{API}/{case.id}/approve", {"hours": 8})
+        assert resp.status == 200, await resp.text()
+    stored = await store.get_case(case.id)
+    assert stored.deadline_at == late + 8 * 3600 > time.time()
+    assert [e.action for e in await store.events(case.id)].count("extension_approved") == 1
+    assert notes.kinds(case.id) == ["dispatched", "extension"]

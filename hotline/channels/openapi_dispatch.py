@@ -71,7 +71,7 @@ _EVENT_IN: dict[str, Any] = {
                    "description": "退单或延期理由，returned / extension_requested 必填"},
         "department": {**_OPT_STRING, "maxLength": 100},
         "service_request_id": {**_OPT_STRING, "maxLength": 100, "description": "承办系统自己的工单编号"},
-        "extension_hours": {"description": "申请延期的小时数（0 < h ≤ 2160），仅 extension_requested 读取"},
+        "extension_hours": {"description": "申请延期的小时数（0.25 ≤ h ≤ 2160），仅 extension_requested 读取"},
     },
     "allOf": [
         {"if": {"required": ["type"], "properties": {"type": {"const": "resolved"}}},

@@ -8,7 +8,7 @@ from typing import Any
 from hotline.channels.openapi_common import CASE_ID_PARAM, STAFF_READ, STAFF_WRITE, json_body, ok, staff_errors
 from hotline.channels.openapi_dispatch import _limit, _obj, _query
 from hotline.dispatch.events import MAX_EVENT_ID_CHARS
-from hotline.dispatch.extensions import MAX_HOURS, MAX_LIST, MAX_NOTE_CHARS
+from hotline.dispatch.extensions import MAX_HOURS, MAX_LIST, MAX_NOTE_CHARS, MIN_HOURS
 from hotline.status import Status
 
 _STRING = {"type": "string"}
@@ -63,7 +63,7 @@ _CASE_PARAM = {**CASE_ID_PARAM, "schema": {"type": "string", "pattern": _CASE_ID
                "description": f"{CASE_ID_PARAM['description']}；格式不符 404"}
 
 _APPROVE_IN = {"type": "object", "properties": {
-    "hours": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_HOURS,
+    "hours": {"type": ["number", "null"], "minimum": MIN_HOURS, "maximum": MAX_HOURS,
               "description": "批准的小时数，不超过申请的小时数（否则 422 too_many_hours）；缺省为申请的小时数"},
     "note": {"type": ["string", "null"], "maxLength": MAX_NOTE_CHARS},
     "request_id": _REQUEST_ID,

@@ -26,7 +26,7 @@ from hotline.dates import parse_day
 from hotline.errors import ApiError
 from hotline.numbers import digits_of
 from hotline.pages import page_zone
-from hotline.records import Case
+from hotline.records import Case, mask_pii
 from hotline.status import LABELS_ZH, Status
 from hotline.store import CaseNotFound
 from hotline.store.users import ConsoleStats
@@ -90,10 +90,15 @@ def matches(case: Case, params: dict[str, Any]) -> bool:
         return True
     if _PHONE_QUERY.match(q):
         return _phone_matches(case, digits_of(q))
-    haystack = " ".join([case.text, case.transcript, case.address, *map(str, (case.classification or {}).values())])
+    # The text as staff see it (numbers masked): a search finds what its results show, so digits typed one more
+    # at a time cannot tell a masked number.
+    haystack = " ".join([mask_pii(case.text), mask_pii(case.transcript), case.address,
+                         *map(str, (case.classification or {}).values())])
     if q in haystack:
         return True
-    return bool(_PHONE_SUFFIX.match(q)) and _phone_matches(case, digits_of(q))
+    if not _PHONE_SUFFIX.match(q):
+        return False
+    return digits_of(q) in haystack or _phone_matches(case, digits_of(q))  # ３７４４ finds 3744号楼 too
 
 
 async def run_search(request: web.Request, params: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,10 @@ MAX_TEXT_CHARS = 5000
 EARLIEST_OCCURRED_AT = 946684800.0  # 2000-01-01T00:00:00Z: no work order of this service is older
 OCCURRED_AT_AHEAD_S = 86400.0  # clock skew allowance; beyond it the value is no time of ours (milliseconds?)
 
+# An extension moves a deadline by at least a quarter of an hour (less would tell the citizen of a new time that
+# is the old one) and by at most 90 days.
+MIN_EXTENSION_HOURS = 0.25
+MAX_EXTENSION_HOURS = 24 * 90
 
 def _str(body: dict[str, Any], name: str, *, limit: int, required: bool = False) -> str:
     value = body.get(name)
@@ -110,8 +114,9 @@ def parse_event(body: Any, source: str = "backend") -> StatusEvent:
     )
     if etype == "extension_requested":
         hours = _number(body, "extension_hours")
-        if hours is None or not 0 < hours <= 24 * 90:
-            raise DispatchError("bad_field", "extension_hours 须为 0 到 2160 之间的小时数。")
+        if hours is None or not MIN_EXTENSION_HOURS <= hours <= MAX_EXTENSION_HOURS:
+            raise DispatchError("bad_field", f"extension_hours 须为 {MIN_EXTENSION_HOURS:g} 到 {MAX_EXTENSION_HOURS} "
+                                             "之间的小时数。")
         ev.extension_hours = hours
     return ev
 

@@ -32,7 +32,7 @@ from aiohttp import web
 from hotline.access import SUPERVISOR, requires
 from hotline.appkeys import DISPATCHER
 from hotline.console.auth import staff_actor
-from hotline.dispatch.events import MAX_EVENT_ID_CHARS
+from hotline.dispatch.events import MAX_EVENT_ID_CHARS, MAX_EXTENSION_HOURS, MIN_EXTENSION_HOURS
 from hotline.dispatch.params import query_int
 from hotline.dispatch.service import Dispatcher, DispatchError
 from hotline.errors import decode_json_object
@@ -44,7 +44,7 @@ from hotline.store import CaseNotFound
 dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 WORKING = (Status.DISPATCHED, Status.IN_PROGRESS)
-MAX_HOURS = 24 * 90  # what the events endpoint accepts in a request
+MIN_HOURS, MAX_HOURS = MIN_EXTENSION_HOURS, MAX_EXTENSION_HOURS  # what the events endpoint accepts
 MAX_NOTE_CHARS = 1000
 HISTORY_KEPT = 50
 MAX_LIST = 500
@@ -159,6 +159,11 @@ class Extensions:
             if granted > asked:
                 raise DispatchError("too_many_hours", f"批准的小时数不能超过申请的 {asked:g} 小时。")
             before = case.deadline_at
+            if before + granted * 3600 <= now:
+                # The citizen would be told of a new time limit that has passed already.
+                raise DispatchError("deadline_still_past",
+                                    f"同意 {granted:g} 小时后办理期限为 {self.time_text(before + granted * 3600)}，"
+                                    f"仍早于现在。请增加小时数（不超过申请的 {asked:g} 小时），或不同意延期。", 422)
             case.deadline_at = before + granted * 3600
             self._close(case, request, {"outcome": "approved", "hours": granted, "note": note, "by": actor,
                                         "decided_at": now, "deadline_before": before,
@@ -233,8 +238,9 @@ def _hours(body: dict[str, Any]) -> float | None:
     if value is None:
         return None
     hours = finite_number(value)
-    if hours is None or not 0 < hours <= MAX_HOURS:
-        raise DispatchError("bad_field", f"hours 须为 0 到 {MAX_HOURS} 之间的小时数（不超过申请的小时数）。")
+    if hours is None or not MIN_HOURS <= hours <= MAX_HOURS:
+        raise DispatchError("bad_field",
+                            f"hours 须为 {MIN_HOURS:g} 到 {MAX_HOURS} 之间的小时数（不超过申请的小时数）。")
     return hours
 
 
